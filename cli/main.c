@@ -1,0 +1,733 @@
+/* The quiver command: a thin layer over the store API.
+ *
+ * Each command parses its own options (getopt_long, so options may follow
+ * the arguments), calls one library function, and prints either a human
+ * summary or, with --json, one JSON document on stdout. Errors are one line
+ * on stderr. Exit codes: 0 ok, 1 failure, 2 usage, 3 integrity damage. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+#define REF_BUF (2 * QV_NAME_MAX + 16)
+
+static const char *g_root; /* --root before the command */
+
+struct cmd {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+	const char *usage;   /* first line of --help */
+	const char *help;    /* the rest */
+};
+
+static const struct cmd *find_cmd(const char *name);
+
+static int usage_error(const struct cmd *c, const char *fmt, const char *arg)
+{
+	fputs("quiver: ", stderr);
+	fprintf(stderr, fmt, arg);
+	fprintf(stderr, "\nusage: %s (see 'quiver %s --help')\n", c->usage, c->name);
+	return EXIT_USAGE;
+}
+
+static void print_help(const struct cmd *c)
+{
+	printf("usage: %s\n\n%s\n", c->usage, c->help);
+	printf("\nCommon options:\n"
+	       "  --root DIR   store folder (default: $QUIVER_ROOT, else ~/.local/share/quiver)\n"
+	       "  -h, --help   show this help\n"
+	       "\nExit codes: 0 success, 1 failure, 2 usage error, 3 integrity damage found.\n");
+}
+
+/* Common option parsing: every command knows --root, --help and maybe --json. */
+enum { OPT_ROOT = 1000, OPT_JSON, OPT_VERSION, OPT_ALIAS, OPT_NO_ACTIVATE, OPT_MESSAGE,
+       OPT_FORCE, OPT_DRY_RUN, OPT_TO, OPT_RM };
+
+struct opts {
+	const char *root;
+	int json;
+	const char *version;
+	const char *aliases[64];
+	size_t n_aliases;
+	int no_activate;
+	const char *message;
+	int force;
+	int dry_run;
+	const char *to;
+	int rm;
+};
+
+/* Parses argv for command c with the extra long options allowed in `allow`
+ * (a string of OPT_ codes as chars - 1000). Returns -1 on usage error (message
+ * printed), 1 if --help was printed, 0 to go on; *first is the index of the
+ * first positional argument. */
+static int parse_opts(const struct cmd *c, int argc, char **argv, const struct option *extra,
+                      struct opts *o, int *first)
+{
+	struct option lo[16];
+	size_t n = 0;
+	lo[n++] = (struct option){"root", required_argument, NULL, OPT_ROOT};
+	lo[n++] = (struct option){"help", no_argument, NULL, 'h'};
+	for (; extra && extra->name; extra++)
+		lo[n++] = *extra;
+	lo[n] = (struct option){0, 0, 0, 0};
+	memset(o, 0, sizeof(*o));
+	o->root = g_root;
+	optind = 1;
+	opterr = 0;
+	for (;;) {
+		int ch = getopt_long(argc, argv, "h", lo, NULL);
+		if (ch == -1)
+			break;
+		switch (ch) {
+		case 'h': print_help(c); return 1;
+		case OPT_ROOT: o->root = optarg; break;
+		case OPT_JSON: o->json = 1; break;
+		case OPT_VERSION: o->version = optarg; break;
+		case OPT_ALIAS:
+			if (o->n_aliases == 64) {
+				usage_error(c, "too many --alias options%s", "");
+				return -1;
+			}
+			o->aliases[o->n_aliases++] = optarg;
+			break;
+		case OPT_NO_ACTIVATE: o->no_activate = 1; break;
+		case OPT_MESSAGE: o->message = optarg; break;
+		case OPT_FORCE: o->force = 1; break;
+		case OPT_DRY_RUN: o->dry_run = 1; break;
+		case OPT_TO: o->to = optarg; break;
+		case OPT_RM: o->rm = 1; break;
+		case ':':
+			usage_error(c, "option %s needs a value", argv[optind - 1]);
+			return -1;
+		default:
+			usage_error(c, "unknown option '%s'", argv[optind - 1]);
+			return -1;
+		}
+	}
+	*first = optind;
+	return 0;
+}
+
+static int open_store(const struct opts *o, qv_store **s)
+{
+	char err[1024] = "";
+	int rc = qv_store_open(o->root, s, err, sizeof(err));
+	if (rc) {
+		cli_error("%s", *err ? err : qv_strerror(rc));
+		return EXIT_FAIL;
+	}
+	return 0;
+}
+
+#define PARSE(extra, nargs_min, nargs_max)                                            \
+	struct opts o;                                                                 \
+	int first;                                                                     \
+	const struct cmd *c = find_cmd(argv[0]);                                       \
+	int pr = parse_opts(c, argc, argv, extra, &o, &first);                         \
+	if (pr)                                                                        \
+		return pr < 0 ? EXIT_USAGE : EXIT_OK;                                  \
+	int nargs = argc - first;                                                      \
+	if (nargs < (nargs_min) || nargs > (nargs_max))                                \
+		return usage_error(c, "%s", nargs < (nargs_min) ? "missing argument"   \
+		                                                : "too many arguments");
+
+static const struct option opt_json[] = {{"json", no_argument, NULL, OPT_JSON}, {0, 0, 0, 0}};
+
+static json_t *digest_json(const uint8_t d[QV_DIGEST_LEN])
+{
+	char hex[QV_HEX_LEN + 8];
+	strcpy(hex, "sha256:");
+	qv_digest_hex(d, hex + 7);
+	return json_string(hex);
+}
+
+static json_t *aliases_json(const qv_version *v)
+{
+	json_t *a = json_array();
+	for (size_t i = 0; i < v->n_aliases; i++)
+		json_array_append_new(a, json_string(v->aliases[i]));
+	return a;
+}
+
+/* ---- publish ------------------------------------------------------------------ */
+static int cmd_publish(int argc, char **argv)
+{
+	static const struct option extra[] = {
+		{"version", required_argument, NULL, OPT_VERSION},
+		{"alias", required_argument, NULL, OPT_ALIAS},
+		{"no-activate", no_argument, NULL, OPT_NO_ACTIVATE},
+		{"message", required_argument, NULL, OPT_MESSAGE},
+		{"json", no_argument, NULL, OPT_JSON},
+		{0, 0, 0, 0}};
+	PARSE(extra, 2, 2);
+	qv_store *s;
+	if (open_store(&o, &s))
+		return EXIT_FAIL;
+	qv_publish_opts po = {.label = o.version, .aliases = o.aliases, .n_aliases = o.n_aliases,
+	                      .no_activate = o.no_activate, .message = o.message};
+	cli_progress pg;
+	cli_progress_start(&pg, "publish");
+	po.progress = cli_progress_cb;
+	po.progress_arg = &pg;
+	qv_publish_result r;
+	int rc = qv_publish(s, argv[first], argv[first + 1], &po, &r);
+	cli_progress_end(&pg);
+	if (rc) {
+		rc = cli_fail(s, rc);
+		qv_store_close(s);
+		return rc;
+	}
+	double gbps = r.seconds > 0 ? (double)r.bytes / r.seconds / 1e9 : 0;
+	if (o.json) {
+		cli_json_print(json_pack("{s:s, s:s, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:b}",
+		                         "model", argv[first], "version", r.label, "digest",
+		                         digest_json(r.digest), "files", (json_int_t)r.files,
+		                         "tensors", (json_int_t)r.tensors, "bytes", (json_int_t)r.bytes,
+		                         "shards", (json_int_t)r.shards, "new_shards",
+		                         (json_int_t)r.new_shards, "new_bytes",
+		                         (json_int_t)r.new_bytes, "seconds", r.seconds, "gbps", gbps,
+		                         "activated", !o.no_activate));
+	} else {
+		char hex[QV_HEX_LEN + 1], a[32], b[32];
+		qv_digest_hex(r.digest, hex);
+		printf("published %s@%s%s\n", argv[first], r.label,
+		       o.no_activate ? "" : " (now current)");
+		printf("  digest    sha256:%s\n", hex);
+		printf("  tensors   %llu in %llu file%s\n", (unsigned long long)r.tensors,
+		       (unsigned long long)r.files, r.files == 1 ? "" : "s");
+		printf("  bytes     %s, newly stored %s (%llu of %llu shards new)\n",
+		       cli_bytes(r.bytes, a, sizeof(a)), cli_bytes(r.new_bytes, b, sizeof(b)),
+		       (unsigned long long)r.new_shards, (unsigned long long)r.shards);
+		printf("  elapsed   %.2f s, %.2f GB/s\n", r.seconds, gbps);
+	}
+	qv_store_close(s);
+	return EXIT_OK;
+}
+
+/* ---- list ----------------------------------------------------------------------- */
+static int cmd_list(int argc, char **argv)
+{
+	PARSE(opt_json, 0, 1);
+	qv_store *s;
+	if (open_store(&o, &s))
+		return EXIT_FAIL;
+	int rc;
+	char a[32], t[32];
+	if (nargs == 0) {
+		qv_model_list *ml;
+		rc = qv_model_list_get(s, &ml);
+		if (rc)
+			goto fail;
+		if (o.json) {
+			json_t *arr = json_array();
+			for (size_t i = 0; i < ml->n; i++)
+				json_array_append_new(
+					arr, json_pack("{s:s, s:I, s:s, s:I}", "model", ml->m[i].name,
+				                       "versions", (json_int_t)ml->m[i].n_versions,
+				                       "current", ml->m[i].current, "bytes",
+				                       (json_int_t)ml->m[i].bytes));
+			cli_json_print(json_pack("{s:o}", "models", arr));
+		} else if (ml->n == 0) {
+			printf("no models in %s\n", qv_store_root(s));
+		} else {
+			printf("%-40s %8s  %-12s %12s\n", "MODEL", "VERSIONS", "CURRENT", "BYTES");
+			for (size_t i = 0; i < ml->n; i++)
+				printf("%-40s %8zu  %-12s %12s\n", ml->m[i].name, ml->m[i].n_versions,
+				       *ml->m[i].current ? ml->m[i].current : "-",
+				       cli_bytes(ml->m[i].bytes, a, sizeof(a)));
+		}
+		qv_model_list_free(ml);
+	} else {
+		qv_version_list *vl;
+		rc = qv_version_list_get(s, argv[first], &vl);
+		if (rc)
+			goto fail;
+		if (o.json) {
+			json_t *arr = json_array();
+			for (size_t i = 0; i < vl->n; i++) {
+				const qv_version *v = &vl->v[i];
+				json_array_append_new(
+					arr, json_pack("{s:s, s:o, s:I, s:I, s:s, s:o, s:b, s:s, s:s}",
+				                       "version", v->label, "digest", digest_json(v->digest),
+				                       "created_ns", (json_int_t)v->created_ns, "bytes",
+				                       (json_int_t)v->bytes, "created",
+				                       cli_time(v->created_ns, t, sizeof(t)), "aliases",
+				                       aliases_json(v), "current", v->is_current, "message",
+				                       v->message, "tier", "hot"));
+			}
+			cli_json_print(json_pack("{s:s, s:o}", "model", argv[first], "versions", arr));
+		} else {
+			printf("%-14s %-14s %-21s %12s  %-5s %s\n", "VERSION", "DIGEST", "CREATED", "BYTES",
+			       "TIER", "ALIASES");
+			for (size_t i = 0; i < vl->n; i++) {
+				const qv_version *v = &vl->v[i];
+				char hex[QV_HEX_LEN + 1], al[512] = "";
+				qv_digest_hex(v->digest, hex);
+				for (size_t k = 0; k < v->n_aliases; k++) {
+					if (k)
+						strncat(al, ",", sizeof(al) - strlen(al) - 1);
+					strncat(al, v->aliases[k], sizeof(al) - strlen(al) - 1);
+				}
+				printf("%-14s %.12s   %-21s %12s  %-5s %s\n", v->label, hex,
+				       cli_time(v->created_ns, t, sizeof(t)), cli_bytes(v->bytes, a, sizeof(a)),
+				       "hot", al);
+			}
+		}
+		qv_version_list_free(vl);
+	}
+	qv_store_close(s);
+	return EXIT_OK;
+fail:
+	rc = cli_fail(s, rc);
+	qv_store_close(s);
+	return rc;
+}
+
+/* ---- show ---------------------------------------------------------------------------- */
+static int cmd_show(int argc, char **argv)
+{
+	PARSE(opt_json, 1, 1);
+	char buf[REF_BUF];
+	const char *model, *ref;
+	if (cli_split_ref(argv[first], buf, sizeof(buf), &model, &ref))
+		return usage_error(c, "bad MODEL[@REF] '%s'", argv[first]);
+	qv_store *s;
+	if (open_store(&o, &s))
+		return EXIT_FAIL;
+	qv_version *v;
+	int rc = qv_version_get(s, model, ref, QV_WITH_MANIFEST, &v);
+	if (rc) {
+		rc = cli_fail(s, rc);
+		qv_store_close(s);
+		return rc;
+	}
+	char t[32], a[32], hex[QV_HEX_LEN + 1];
+	if (o.json) {
+		json_t *files = json_array(), *tensors = json_array();
+		for (size_t i = 0; i < v->n_files; i++) {
+			const qv_file *f = &v->files[i];
+			json_array_append_new(files,
+			                      json_pack("{s:s, s:I, s:s, s:I}", "name", f->name, "size",
+			                                (json_int_t)f->size, "type",
+			                                f->safetensors ? "safetensors" : "blob", "tensors",
+			                                (json_int_t)f->n_tensors));
+			for (size_t k = 0; k < f->n_tensors; k++) {
+				const qv_tensor *x = &f->tensors[k];
+				json_t *shape = json_array();
+				for (uint32_t d = 0; d < x->ndim; d++)
+					json_array_append_new(shape, json_integer(x->shape[d]));
+				json_array_append_new(
+					tensors, json_pack("{s:s, s:s, s:o, s:I, s:s, s:o, s:I, s:s}", "name",
+				                           x->name, "dtype", x->dtype, "shape", shape, "bytes",
+				                           (json_int_t)x->bytes, "file", f->name, "shard",
+				                           digest_json(x->shard), "shard_offset",
+				                           (json_int_t)x->shard_offset, "tier", "hot"));
+			}
+		}
+		cli_json_print(json_pack(
+			"{s:s, s:s, s:o, s:I, s:s, s:I, s:I, s:s, s:s, s:o, s:b, s:s, s:o, s:o}", "model",
+			v->model, "version", v->label, "digest", digest_json(v->digest), "created_ns",
+			(json_int_t)v->created_ns, "created", cli_time(v->created_ns, t, sizeof(t)),
+			"bytes", (json_int_t)v->bytes, "tensor_count", (json_int_t)v->n_tensors,
+			"message", v->message, "parent", v->parent, "aliases", aliases_json(v), "current",
+			v->is_current, "tier", "hot", "files", files, "tensors", tensors));
+	} else {
+		qv_digest_hex(v->digest, hex);
+		printf("model     %s\nversion   %s%s\ndigest    sha256:%s\ncreated   %s\n", v->model,
+		       v->label, v->is_current ? " (current)" : "", hex,
+		       cli_time(v->created_ns, t, sizeof(t)));
+		printf("bytes     %s in %zu file%s, %llu tensors, tier hot\n",
+		       cli_bytes(v->bytes, a, sizeof(a)), v->n_files, v->n_files == 1 ? "" : "s",
+		       (unsigned long long)v->n_tensors);
+		if (*v->parent)
+			printf("parent    %s\n", v->parent);
+		if (*v->message)
+			printf("message   %s\n", v->message);
+		printf("aliases   ");
+		for (size_t i = 0; i < v->n_aliases; i++)
+			printf("%s%s", i ? ", " : "", v->aliases[i]);
+		printf("%s\nfiles\n", v->n_aliases ? "" : "-");
+		for (size_t i = 0; i < v->n_files; i++)
+			printf("  %-50s %12s  %s\n", v->files[i].name, cli_bytes(v->files[i].size, a, sizeof(a)),
+			       v->files[i].safetensors ? "safetensors" : "blob");
+		printf("tensors\n");
+		for (size_t i = 0; i < v->n_files; i++)
+			for (size_t k = 0; k < v->files[i].n_tensors; k++) {
+				const qv_tensor *x = &v->files[i].tensors[k];
+				char shape[256] = "[";
+				for (uint32_t d = 0; d < x->ndim; d++) {
+					char num[32];
+					snprintf(num, sizeof(num), "%s%lld", d ? ", " : "", (long long)x->shape[d]);
+					strncat(shape, num, sizeof(shape) - strlen(shape) - 2);
+				}
+				strcat(shape, "]");
+				qv_digest_hex(x->shard, hex);
+				printf("  %-50s %-8s %-24s %12s  shard %.12s  hot\n", x->name, x->dtype, shape,
+				       cli_bytes(x->bytes, a, sizeof(a)), hex);
+			}
+	}
+	qv_version_free(v);
+	qv_store_close(s);
+	return EXIT_OK;
+}
+
+/* ---- activate / rollback ----------------------------------------------------------------- */
+static int print_switch(const struct opts *o, const char *model, const qv_switch_result *r,
+                        double secs)
+{
+	if (o->json)
+		cli_json_print(json_pack("{s:s, s:s, s:s, s:f}", "model", model, "from", r->from, "to",
+		                         r->to, "seconds", secs));
+	else
+		printf("%s: current is now %s (was %s)\n", model, r->to, *r->from ? r->from : "none");
+	return EXIT_OK;
+}
+
+static int cmd_activate(int argc, char **argv)
+{
+	PARSE(opt_json, 1, 1);
+	char buf[REF_BUF];
+	const char *model, *ref;
+	if (cli_split_ref(argv[first], buf, sizeof(buf), &model, &ref) || !ref)
+		return usage_error(c, "expected MODEL@REF, got '%s'", argv[first]);
+	qv_store *s;
+	if (open_store(&o, &s))
+		return EXIT_FAIL;
+	qv_switch_result r;
+	double t0 = cli_now();
+	int rc = qv_activate(s, model, ref, &r);
+	rc = rc ? cli_fail(s, rc) : print_switch(&o, model, &r, cli_now() - t0);
+	qv_store_close(s);
+	return rc;
+}
+
+static int cmd_rollback(int argc, char **argv)
+{
+	static const struct option extra[] = {{"to", required_argument, NULL, OPT_TO},
+	                                      {"json", no_argument, NULL, OPT_JSON},
+	                                      {0, 0, 0, 0}};
+	PARSE(extra, 1, 1);
+	qv_store *s;
+	if (open_store(&o, &s))
+		return EXIT_FAIL;
+	qv_switch_result r;
+	double t0 = cli_now();
+	int rc = qv_rollback(s, argv[first], o.to, &r);
+	rc = rc ? cli_fail(s, rc) : print_switch(&o, argv[first], &r, cli_now() - t0);
+	qv_store_close(s);
+	return rc;
+}
+
+/* ---- alias -------------------------------------------------------------------------------- */
+static int cmd_alias(int argc, char **argv)
+{
+	static const struct option extra[] = {{"rm", no_argument, NULL, OPT_RM}, {0, 0, 0, 0}};
+	PARSE(extra, 2, 3);
+	if (o.rm ? nargs != 2 : nargs != 3)
+		return usage_error(c, "%s", o.rm ? "--rm takes MODEL NAME" : "expected MODEL NAME REF");
+	qv_store *s;
+	if (open_store(&o, &s))
+		return EXIT_FAIL;
+	int rc = o.rm ? qv_alias_rm(s, argv[first], argv[first + 1])
+	              : qv_alias_set(s, argv[first], argv[first + 1], argv[first + 2]);
+	if (rc)
+		rc = cli_fail(s, rc);
+	else if (o.rm)
+		printf("%s: removed alias %s\n", argv[first], argv[first + 1]);
+	else
+		printf("%s: %s -> %s\n", argv[first], argv[first + 1], argv[first + 2]);
+	qv_store_close(s);
+	return rc;
+}
+
+/* ---- history ------------------------------------------------------------------------------ */
+static int cmd_history(int argc, char **argv)
+{
+	PARSE(opt_json, 1, 1);
+	qv_store *s;
+	if (open_store(&o, &s))
+		return EXIT_FAIL;
+	qv_history *h;
+	int rc = qv_history_get(s, argv[first], &h);
+	if (rc) {
+		rc = cli_fail(s, rc);
+		qv_store_close(s);
+		return rc;
+	}
+	char t[32];
+	if (o.json) {
+		json_t *arr = json_array();
+		for (size_t i = 0; i < h->n; i++)
+			json_array_append_new(arr, json_pack("{s:I, s:s, s:s, s:s, s:s}", "time_ns",
+			                                     (json_int_t)h->e[i].time_ns, "time",
+			                                     cli_time(h->e[i].time_ns, t, sizeof(t)),
+			                                     "action", h->e[i].action, "from",
+			                                     h->e[i].from, "to", h->e[i].to));
+		cli_json_print(json_pack("{s:s, s:o}", "model", argv[first], "history", arr));
+	} else {
+		printf("%-21s %-9s %-14s %s\n", "TIME", "ACTION", "FROM", "TO");
+		for (size_t i = 0; i < h->n; i++)
+			printf("%-21s %-9s %-14s %s\n", cli_time(h->e[i].time_ns, t, sizeof(t)),
+			       h->e[i].action, *h->e[i].from ? h->e[i].from : "-",
+			       *h->e[i].to ? h->e[i].to : "-");
+	}
+	qv_history_free(h);
+	qv_store_close(s);
+	return EXIT_OK;
+}
+
+/* ---- export ------------------------------------------------------------------------------- */
+static int cmd_export(int argc, char **argv)
+{
+	PARSE(opt_json, 2, 2);
+	char buf[REF_BUF];
+	const char *model, *ref;
+	if (cli_split_ref(argv[first], buf, sizeof(buf), &model, &ref))
+		return usage_error(c, "bad MODEL[@REF] '%s'", argv[first]);
+	qv_store *s;
+	if (open_store(&o, &s))
+		return EXIT_FAIL;
+	cli_progress pg;
+	cli_progress_start(&pg, "export");
+	double t0 = cli_now();
+	int rc = qv_export(s, model, ref, argv[first + 1], cli_progress_cb, &pg);
+	cli_progress_end(&pg);
+	if (rc) {
+		rc = cli_fail(s, rc);
+	} else if (o.json) {
+		cli_json_print(json_pack("{s:s, s:s, s:f}", "model", model, "outdir", argv[first + 1],
+		                         "seconds", cli_now() - t0));
+	} else {
+		printf("exported %s@%s to %s in %.2f s\n", model, ref ? ref : "current", argv[first + 1],
+		       cli_now() - t0);
+	}
+	qv_store_close(s);
+	return rc;
+}
+
+/* ---- verify -------------------------------------------------------------------------------- */
+static int cmd_verify(int argc, char **argv)
+{
+	PARSE(opt_json, 0, 1);
+	char buf[REF_BUF];
+	const char *model = NULL, *ref = NULL;
+	if (nargs == 1 && cli_split_ref(argv[first], buf, sizeof(buf), &model, &ref))
+		return usage_error(c, "bad MODEL[@REF] '%s'", argv[first]);
+	qv_store *s;
+	if (open_store(&o, &s))
+		return EXIT_FAIL;
+	cli_progress pg;
+	cli_progress_start(&pg, "verify");
+	qv_verify_report *r;
+	int rc = qv_verify(s, model, ref, &r, cli_progress_cb, &pg);
+	cli_progress_end(&pg);
+	if (rc) {
+		rc = cli_fail(s, rc);
+		qv_store_close(s);
+		return rc;
+	}
+	if (o.json) {
+		json_t *dm = json_array();
+		for (size_t i = 0; i < r->n_damaged; i++) {
+			json_t *vs = json_array();
+			for (size_t k = 0; k < r->damaged[i].n_versions; k++)
+				json_array_append_new(vs, json_string(r->damaged[i].versions[k]));
+			json_array_append_new(dm, json_pack("{s:o, s:s, s:o}", "shard",
+			                                    digest_json(r->damaged[i].shard), "reason",
+			                                    r->damaged[i].reason, "versions", vs));
+		}
+		cli_json_print(json_pack("{s:b, s:I, s:I, s:I, s:o}", "ok", r->n_damaged == 0,
+		                         "versions", (json_int_t)r->versions, "shards",
+		                         (json_int_t)r->shards, "bytes", (json_int_t)r->bytes,
+		                         "damaged", dm));
+	} else {
+		char a[32], hex[QV_HEX_LEN + 1];
+		for (size_t i = 0; i < r->n_damaged; i++) {
+			qv_digest_hex(r->damaged[i].shard, hex);
+			printf("DAMAGED shard sha256:%s (%s), breaks:", hex, r->damaged[i].reason);
+			for (size_t k = 0; k < r->damaged[i].n_versions; k++)
+				printf(" %s", r->damaged[i].versions[k]);
+			printf("\n");
+		}
+		printf("%s: %llu version%s, %llu shards, %s checked; %zu damaged\n",
+		       r->n_damaged ? "DAMAGE" : "ok", (unsigned long long)r->versions,
+		       r->versions == 1 ? "" : "s", (unsigned long long)r->shards,
+		       cli_bytes(r->bytes, a, sizeof(a)), r->n_damaged);
+	}
+	if (r->n_damaged)
+		cli_error("integrity damage: %zu shard%s damaged", r->n_damaged,
+		          r->n_damaged == 1 ? "" : "s");
+	rc = r->n_damaged ? EXIT_DAMAGE : EXIT_OK;
+	qv_verify_report_free(r);
+	qv_store_close(s);
+	return rc;
+}
+
+/* ---- rm / gc --------------------------------------------------------------------------------- */
+static int print_freed(const struct opts *o, const char *what, const qv_free_result *r)
+{
+	char a[32];
+	if (o->json)
+		cli_json_print(json_pack("{s:b, s:I, s:I, s:I, s:I, s:I}", "dry_run", o->dry_run,
+		                         "versions", (json_int_t)r->versions, "shards",
+		                         (json_int_t)r->shards, "bytes", (json_int_t)r->bytes,
+		                         "temp_files", (json_int_t)r->temp_files, "index_fixes",
+		                         (json_int_t)r->index_fixes));
+	else
+		printf("%s%s %llu shard%s (%s)%s%llu temp file%s, %llu index fix%s\n", what,
+		       o->dry_run ? " would free" : " freed", (unsigned long long)r->shards,
+		       r->shards == 1 ? "" : "s", cli_bytes(r->bytes, a, sizeof(a)), ", ",
+		       (unsigned long long)r->temp_files, r->temp_files == 1 ? "" : "s",
+		       (unsigned long long)r->index_fixes, r->index_fixes == 1 ? "" : "es");
+	return EXIT_OK;
+}
+
+static int cmd_rm(int argc, char **argv)
+{
+	static const struct option extra[] = {{"force", no_argument, NULL, OPT_FORCE},
+	                                      {"json", no_argument, NULL, OPT_JSON},
+	                                      {0, 0, 0, 0}};
+	PARSE(extra, 1, 1);
+	char buf[REF_BUF];
+	const char *model, *ref;
+	if (cli_split_ref(argv[first], buf, sizeof(buf), &model, &ref) || !ref)
+		return usage_error(c, "expected MODEL@REF, got '%s'", argv[first]);
+	qv_store *s;
+	if (open_store(&o, &s))
+		return EXIT_FAIL;
+	qv_free_result r;
+	int rc = qv_version_rm(s, model, ref, o.force, &r);
+	if (rc) {
+		rc = cli_fail(s, rc);
+	} else {
+		char what[REF_BUF + 16];
+		snprintf(what, sizeof(what), "removed %s@%s;", model, ref);
+		print_freed(&o, what, &r);
+	}
+	qv_store_close(s);
+	return rc;
+}
+
+static int cmd_gc(int argc, char **argv)
+{
+	static const struct option extra[] = {{"dry-run", no_argument, NULL, OPT_DRY_RUN},
+	                                      {"json", no_argument, NULL, OPT_JSON},
+	                                      {0, 0, 0, 0}};
+	PARSE(extra, 0, 0);
+	qv_store *s;
+	if (open_store(&o, &s))
+		return EXIT_FAIL;
+	qv_free_result r;
+	int rc = qv_gc(s, o.dry_run, &r);
+	rc = rc ? cli_fail(s, rc) : print_freed(&o, "gc:", &r);
+	qv_store_close(s);
+	return rc;
+}
+
+/* ---- dispatch --------------------------------------------------------------------------------- */
+static const struct cmd cmds[] = {
+	{"publish", cmd_publish,
+	 "quiver publish MODEL PATH [--version V] [--alias NAME]... [--no-activate] [--message TEXT] [--json]",
+	 "Publish PATH (a .safetensors file, or a Hugging Face style folder with sharded\n"
+	 "safetensors, model.safetensors.index.json and other files) as a new version of\n"
+	 "MODEL. Only tensors the store does not hold yet are written (dedup). The new\n"
+	 "version becomes current unless --no-activate.\n\n"
+	 "  --version V      label of the new version (default: v1, v2, ...)\n"
+	 "  --alias NAME     also point alias NAME at it (repeatable)\n"
+	 "  --no-activate    do not make it current\n"
+	 "  --message TEXT   a note kept with the version\n"
+	 "  --json           print the result as JSON"},
+	{"list", cmd_list, "quiver list [MODEL] [--json]",
+	 "List the models, or the versions of MODEL with their aliases, sizes and tier."},
+	{"show", cmd_show, "quiver show MODEL[@REF] [--json]",
+	 "Show a version: digest, time, message, aliases, files and every tensor\n"
+	 "(name, dtype, shape, bytes, shard). REF is a label, an alias or a unique digest\n"
+	 "prefix; the default is current."},
+	{"activate", cmd_activate, "quiver activate MODEL@REF [--json]",
+	 "Make MODEL@REF the current version (one transaction, recorded in history)."},
+	{"rollback", cmd_rollback, "quiver rollback MODEL [--to REF] [--json]",
+	 "Make the version that was current before the present one current again, or\n"
+	 "REF with --to."},
+	{"alias", cmd_alias, "quiver alias MODEL NAME REF | quiver alias --rm MODEL NAME",
+	 "Point alias NAME of MODEL at REF (e.g. prod, canary, blue, green), or remove it."},
+	{"history", cmd_history, "quiver history MODEL [--json]",
+	 "Every switch of MODEL's current version: time, action, from, to."},
+	{"export", cmd_export, "quiver export MODEL[@REF] OUTDIR [--json]",
+	 "Rebuild the published file or folder in OUTDIR, byte for byte. Every shard's\n"
+	 "digest is checked on the way; damage exits 3."},
+	{"verify", cmd_verify, "quiver verify [MODEL[@REF]] [--json]",
+	 "Recompute the SHA-256 of every shard of MODEL@REF (default: every version in\n"
+	 "the store). Damaged shards are listed with every version they break; exit 3."},
+	{"rm", cmd_rm, "quiver rm MODEL@REF [--force] [--json]",
+	 "Remove a version and free the shards no other version uses. A current or\n"
+	 "aliased version is refused unless --force (which drops those aliases)."},
+	{"gc", cmd_gc, "quiver gc [--dry-run] [--json]",
+	 "Free everything no version references: shard files, stale index entries and\n"
+	 "temp files left by interrupted commands. --dry-run only reports."},
+};
+
+static const struct cmd *find_cmd(const char *name)
+{
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		if (strcmp(cmds[i].name, name) == 0)
+			return &cmds[i];
+	return NULL;
+}
+
+static void main_help(FILE *f)
+{
+	fprintf(f, "usage: quiver [--root DIR] COMMAND [ARGS]\n\n"
+	           "Keep and serve LLM weights: a content-addressed, versioned shard store.\n\n"
+	           "Commands:\n");
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		fprintf(f, "  %s\n", cmds[i].usage + strlen("quiver "));
+	fprintf(f, "\nMODEL may be org/name. REF is a version label, an alias or a unique digest\n"
+	           "prefix (default: current). 'quiver COMMAND --help' describes each command.\n"
+	           "Store: --root DIR, else $QUIVER_ROOT, else ~/.local/share/quiver.\n"
+	           "Exit codes: 0 success, 1 failure, 2 usage error, 3 integrity damage found.\n");
+}
+
+int main(int argc, char **argv)
+{
+	int i = 1;
+	while (i < argc && argv[i][0] == '-') {
+		if (strcmp(argv[i], "--root") == 0 && i + 1 < argc) {
+			g_root = argv[i + 1];
+			i += 2;
+		} else if (strncmp(argv[i], "--root=", 7) == 0) {
+			g_root = argv[i] + 7;
+			i++;
+		} else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+			main_help(stdout);
+			return EXIT_OK;
+		} else if (strcmp(argv[i], "--version") == 0) {
+			printf("quiver %s\n", QUIVER_VERSION);
+			return EXIT_OK;
+		} else {
+			cli_error("unknown option '%s'", argv[i]);
+			main_help(stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (i >= argc) {
+		main_help(stderr);
+		return EXIT_USAGE;
+	}
+	if (strcmp(argv[i], "help") == 0) {
+		const struct cmd *c = i + 1 < argc ? find_cmd(argv[i + 1]) : NULL;
+		if (c)
+			print_help(c);
+		else
+			main_help(stdout);
+		return EXIT_OK;
+	}
+	const struct cmd *c = find_cmd(argv[i]);
+	if (!c) {
+		cli_error("unknown command '%s' (see 'quiver --help')", argv[i]);
+		return EXIT_USAGE;
+	}
+	return c->fn(argc - i, argv + i);
+}

@@ -1,0 +1,128 @@
+/* Output helpers of the quiver command: errors, sizes, times, the progress
+ * bar and JSON. Errors are one line on stderr; results go to stdout. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+void cli_error(const char *fmt, ...)
+{
+	va_list ap;
+	fputs("quiver: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+int cli_fail(qv_store *s, int rc)
+{
+	const char *msg = s ? qv_store_errmsg(s) : "";
+	cli_error("%s", *msg ? msg : qv_strerror(rc));
+	return rc == QV_ECORRUPT ? EXIT_DAMAGE : EXIT_FAIL;
+}
+
+const char *cli_bytes(uint64_t n, char *buf, size_t len)
+{
+	static const char *units[] = {"B", "kB", "MB", "GB", "TB", "PB"};
+	double v = (double)n;
+	int u = 0;
+	while (v >= 1000 && u < 5) {
+		v /= 1000;
+		u++;
+	}
+	if (u == 0)
+		snprintf(buf, len, "%llu B", (unsigned long long)n);
+	else
+		snprintf(buf, len, "%.2f %s", v, units[u]);
+	return buf;
+}
+
+const char *cli_time(int64_t ns, char *buf, size_t len)
+{
+	time_t t = (time_t)(ns / 1000000000);
+	struct tm tm;
+	gmtime_r(&t, &tm);
+	strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+	return buf;
+}
+
+double cli_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void cli_progress_start(cli_progress *p, const char *what)
+{
+	memset(p, 0, sizeof(*p));
+	p->what = what;
+	p->t0 = cli_now();
+	p->tty = isatty(STDERR_FILENO);
+}
+
+void cli_progress_cb(void *arg, uint64_t done, uint64_t total)
+{
+	cli_progress *p = arg;
+	if (!p->tty || total == 0)
+		return;
+	double now = cli_now();
+	if (now - p->last < 0.1 && done < total)
+		return;
+	p->last = now;
+	p->active = 1;
+	const int width = 30;
+	int fill = (int)((double)done / (double)total * width);
+	char bar[64], a[32], b[32];
+	for (int i = 0; i < width; i++)
+		bar[i] = i < fill ? '=' : (i == fill ? '>' : ' ');
+	bar[width] = 0;
+	double el = now - p->t0;
+	fprintf(stderr, "\r%-10s [%s] %3d%%  %s / %s  %.2f GB/s ", p->what, bar,
+	        (int)(100.0 * (double)done / (double)total), cli_bytes(done, a, sizeof(a)),
+	        cli_bytes(total, b, sizeof(b)), el > 0 ? (double)done / el / 1e9 : 0.0);
+	fflush(stderr);
+}
+
+void cli_progress_end(cli_progress *p)
+{
+	if (p->active)
+		fputs("\r\033[K", stderr);
+	p->active = 0;
+}
+
+int cli_split_ref(const char *arg, char *buf, size_t len, const char **model, const char **ref)
+{
+	if (!arg || strlen(arg) >= len)
+		return -1;
+	strcpy(buf, arg);
+	char *at = strchr(buf, '@');
+	*model = buf;
+	*ref = NULL;
+	if (at) {
+		*at = 0;
+		*ref = at + 1;
+		if (!**ref)
+			return -1;
+	}
+	return **model ? 0 : -1;
+}
+
+void cli_json_print(json_t *j)
+{
+	if (!j) {
+		cli_error("out of memory");
+		return;
+	}
+	char *s = json_dumps(j, JSON_INDENT(2));
+	if (s) {
+		puts(s);
+		free(s);
+	}
+	json_decref(j);
+}

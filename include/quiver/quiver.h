@@ -1,0 +1,6 @@
+/* Quiver: the public C API. Include this one header. */
+#ifndef QUIVER_QUIVER_H
+#define QUIVER_QUIVER_H
+#include "quiver/error.h"
+#include "quiver/store.h"
+#endif

@@ -1,0 +1,56 @@
+/* Naming rules for models, version labels and aliases.
+ *
+ * Names become LMDB keys, appear in file names on export and are typed on
+ * command lines, so they are kept to a safe, printable subset: no path
+ * traversal, no control characters, nothing that collides with the
+ * MODEL@REF syntax. */
+#include <string.h>
+
+#include "store_int.h"
+
+static int name_char_ok(unsigned char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       c == '.' || c == '_' || c == '-' || c == '+';
+}
+
+/* One component: non-empty, not starting with '.', only name_char_ok. */
+static int component_ok(const char *p, size_t n)
+{
+	if (n == 0 || p[0] == '.')
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!name_char_ok((unsigned char)p[i]))
+			return 0;
+	return 1;
+}
+
+int qv_name_check_model(const char *name)
+{
+	if (!name)
+		return QV_ENAME;
+	size_t len = strlen(name);
+	if (len == 0 || len > QV_NAME_MAX || strstr(name, ".."))
+		return QV_ENAME;
+	const char *p = name;
+	for (;;) {
+		const char *slash = strchr(p, '/');
+		size_t n = slash ? (size_t)(slash - p) : strlen(p);
+		if (!component_ok(p, n))
+			return QV_ENAME;
+		if (!slash)
+			break;
+		p = slash + 1;
+	}
+	return 0;
+}
+
+int qv_name_check_label(const char *name)
+{
+	if (!name)
+		return QV_ENAME;
+	size_t len = strlen(name);
+	if (len == 0 || len > QV_NAME_MAX || strstr(name, ".."))
+		return QV_ENAME;
+	return component_ok(name, len) ? 0 : QV_ENAME;
+}
