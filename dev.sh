@@ -32,7 +32,7 @@ deps() {
 
 build() { # build DIR [cmake args...]
   local dir=$1; shift
-  cmake -S "$ROOT" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
+  cmake -S "$ROOT" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQUIVER_BUILD_TESTS=ON "$@" >/dev/null
   cmake --build "$dir" -j"$JOBS"
 }
 

@@ -26,9 +26,10 @@ static const struct cmd *find_cmd(const char *name);
 
 static int usage_error(const struct cmd *c, const char *fmt, const char *arg)
 {
-	fputs("quiver: ", stderr);
-	fprintf(stderr, fmt, arg);
-	fprintf(stderr, "\nusage: %s (see 'quiver %s --help')\n", c->usage, c->name);
+	char msg[1024];
+	snprintf(msg, sizeof(msg), fmt, arg);
+	cli_error("%s", msg);
+	fprintf(stderr, "usage: %s (see 'quiver %s --help')\n", c->usage, c->name);
 	return EXIT_USAGE;
 }
 
@@ -43,7 +44,8 @@ static void print_help(const struct cmd *c)
 
 /* Common option parsing: every command knows --root, --help and maybe --json. */
 enum { OPT_ROOT = 1000, OPT_JSON, OPT_VERSION, OPT_ALIAS, OPT_NO_ACTIVATE, OPT_MESSAGE,
-       OPT_FORCE, OPT_DRY_RUN, OPT_TO, OPT_RM };
+       OPT_FORCE, OPT_DRY_RUN, OPT_TO, OPT_RM, OPT_DEVICE, OPT_IO, OPT_QD, OPT_CHUNK,
+       OPT_VERIFY };
 
 struct opts {
 	const char *root;
@@ -57,6 +59,11 @@ struct opts {
 	int dry_run;
 	const char *to;
 	int rm;
+	const char *device;
+	const char *io;
+	const char *qd;
+	const char *chunk;
+	int verify;
 };
 
 /* Parses argv for command c with the extra long options allowed in `allow`
@@ -78,7 +85,7 @@ static int parse_opts(const struct cmd *c, int argc, char **argv, const struct o
 	optind = 1;
 	opterr = 0;
 	for (;;) {
-		int ch = getopt_long(argc, argv, "h", lo, NULL);
+		int ch = getopt_long(argc, argv, ":h", lo, NULL);
 		if (ch == -1)
 			break;
 		switch (ch) {
@@ -99,6 +106,11 @@ static int parse_opts(const struct cmd *c, int argc, char **argv, const struct o
 		case OPT_DRY_RUN: o->dry_run = 1; break;
 		case OPT_TO: o->to = optarg; break;
 		case OPT_RM: o->rm = 1; break;
+		case OPT_DEVICE: o->device = optarg; break;
+		case OPT_IO: o->io = optarg; break;
+		case OPT_QD: o->qd = optarg; break;
+		case OPT_CHUNK: o->chunk = optarg; break;
+		case OPT_VERIFY: o->verify = 1; break;
 		case ':':
 			usage_error(c, "option %s needs a value", argv[optind - 1]);
 			return -1;
@@ -627,6 +639,113 @@ static int cmd_gc(int argc, char **argv)
 	return rc;
 }
 
+/* ---- load ------------------------------------------------------------------------------------- */
+/* "4M", "512k", "1048576" -> bytes; -1 on junk. */
+static long long parse_size(const char *arg)
+{
+	char *end;
+	long long v = strtoll(arg, &end, 10);
+	if (end == arg || v < 0)
+		return -1;
+	switch (*end) {
+	case 'k': case 'K': v <<= 10; end++; break;
+	case 'm': case 'M': v <<= 20; end++; break;
+	case 'g': case 'G': v <<= 30; end++; break;
+	default: break;
+	}
+	if (*end == 'i' || *end == 'B')
+		end += *end == 'i' && end[1] == 'B' ? 2 : 1;
+	return *end ? -1 : v;
+}
+
+static int cmd_load(int argc, char **argv)
+{
+	static const struct option extra[] = {{"device", required_argument, NULL, OPT_DEVICE},
+	                                      {"io", required_argument, NULL, OPT_IO},
+	                                      {"qd", required_argument, NULL, OPT_QD},
+	                                      {"chunk", required_argument, NULL, OPT_CHUNK},
+	                                      {"verify", no_argument, NULL, OPT_VERIFY},
+	                                      {"json", no_argument, NULL, OPT_JSON},
+	                                      {0, 0, 0, 0}};
+	PARSE(extra, 1, 1);
+	char buf[REF_BUF];
+	const char *model, *ref;
+	if (cli_split_ref(argv[first], buf, sizeof(buf), &model, &ref))
+		return usage_error(c, "bad MODEL[@REF] '%s'", argv[first]);
+	qv_load_opts lo = {.device = QV_DEVICE_CPU, .io = QV_IO_AUTO, .verify = o.verify};
+	if (o.device && strcmp(o.device, "cpu") != 0) {
+		char *end;
+		if (strncmp(o.device, "cuda:", 5) != 0 || !o.device[5] ||
+		    (lo.device = (int)strtol(o.device + 5, &end, 10)) < 0 || *end)
+			return usage_error(c, "--device must be cpu or cuda:N, not '%s'", o.device);
+	}
+	if (o.io) {
+		if (strcmp(o.io, "auto") == 0)
+			lo.io = QV_IO_AUTO;
+		else if (strcmp(o.io, "direct") == 0)
+			lo.io = QV_IO_DIRECT;
+		else if (strcmp(o.io, "buffered") == 0)
+			lo.io = QV_IO_BUFFERED;
+		else
+			return usage_error(c, "--io must be auto, direct or buffered, not '%s'", o.io);
+	}
+	if (o.qd) {
+		long long v = parse_size(o.qd);
+		if (v < 1 || v > QV_LOAD_QD_MAX)
+			return usage_error(c, "--qd must be 1 to 256, not '%s'", o.qd);
+		lo.qd = (unsigned)v;
+	}
+	if (o.chunk) {
+		long long v = parse_size(o.chunk);
+		if (v < QV_LOAD_CHUNK_MIN || v > QV_LOAD_CHUNK_MAX || v % 4096)
+			return usage_error(c, "--chunk must be a multiple of 4 KiB from 64K to 64M, not '%s'",
+			                   o.chunk);
+		lo.chunk_bytes = (size_t)v;
+	}
+	qv_store *s;
+	if (open_store(&o, &s))
+		return EXIT_FAIL;
+	cli_progress pg;
+	cli_progress_start(&pg, "load");
+	lo.progress = cli_progress_cb;
+	lo.progress_arg = &pg;
+	qv_load *l;
+	int rc = qv_load_run(s, model, ref, NULL, 0, &lo, &l);
+	cli_progress_end(&pg);
+	if (rc) {
+		rc = cli_fail(s, rc);
+		qv_store_close(s);
+		return rc;
+	}
+	const qv_load_stats *st = qv_load_get_stats(l);
+	double gbps = st->seconds > 0 ? (double)st->bytes / st->seconds / 1e9 : 0;
+	const char *io = st->io == QV_IO_DIRECT ? "direct" : "buffered";
+	char dev[32], a[32];
+	if (st->device == QV_DEVICE_CPU)
+		snprintf(dev, sizeof(dev), "cpu");
+	else
+		snprintf(dev, sizeof(dev), "cuda:%d", st->device);
+	if (o.json)
+		cli_json_print(json_pack("{s:s, s:s, s:I, s:I, s:f, s:f, s:f, s:s, s:s, s:s, s:i, s:I, s:I, s:b}",
+		                         "model", model, "version", ref ? ref : "current", "bytes",
+		                         (json_int_t)st->bytes, "tensors", (json_int_t)st->tensors,
+		                         "seconds", st->seconds, "gbps", gbps, "first_tensor_seconds",
+		                         st->first_tensor_seconds, "device", dev, "io", io, "engine",
+		                         st->engine, "qd", (int)st->qd, "chunk_bytes",
+		                         (json_int_t)st->chunk_bytes, "reads", (json_int_t)st->reads,
+		                         "verified", lo.verify));
+	else
+		printf("loaded %s@%s to %s: %s, %llu tensors in %.3f s (%.2f GB/s), first tensor after %.3f s\n"
+		       "  io %s (%s), qd %u, chunk %zu KiB, %llu reads%s\n",
+		       model, ref ? ref : "current", dev, cli_bytes(st->bytes, a, sizeof(a)),
+		       (unsigned long long)st->tensors, st->seconds, gbps, st->first_tensor_seconds, io,
+		       st->engine, st->qd, st->chunk_bytes >> 10, (unsigned long long)st->reads,
+		       lo.verify ? ", every shard's checksum verified" : "");
+	qv_load_destroy(l);
+	qv_store_close(s);
+	return EXIT_OK;
+}
+
 /* ---- dispatch --------------------------------------------------------------------------------- */
 static const struct cmd cmds[] = {
 	{"publish", cmd_publish,
@@ -650,7 +769,8 @@ static const struct cmd cmds[] = {
 	 "Make MODEL@REF the current version (one transaction, recorded in history)."},
 	{"rollback", cmd_rollback, "quiver rollback MODEL [--to REF] [--json]",
 	 "Make the version that was current before the present one current again, or\n"
-	 "REF with --to."},
+	 "REF with --to. Two rollbacks in a row return to where they started; use --to\n"
+	 "to go further back (see 'quiver history')."},
 	{"alias", cmd_alias, "quiver alias MODEL NAME REF | quiver alias --rm MODEL NAME",
 	 "Point alias NAME of MODEL at REF (e.g. prod, canary, blue, green), or remove it."},
 	{"history", cmd_history, "quiver history MODEL [--json]",
@@ -661,6 +781,19 @@ static const struct cmd cmds[] = {
 	{"verify", cmd_verify, "quiver verify [MODEL[@REF]] [--json]",
 	 "Recompute the SHA-256 of every shard of MODEL@REF (default: every version in\n"
 	 "the store). Damaged shards are listed with every version they break; exit 3."},
+	{"load", cmd_load,
+	 "quiver load MODEL[@REF] [--device cpu|cuda:N] [--io auto|direct|buffered] [--qd N] [--chunk SIZE] [--verify] [--json]",
+	 "Stream a version's tensors from the store into memory: io_uring with O_DIRECT\n"
+	 "reads into a ring of pinned buffers, then into host memory or the GPU.\n"
+	 "Prints bytes, tensors, seconds, GB/s and the time to the first complete tensor.\n\n"
+	 "  --device D   cpu (default) or cuda:N\n"
+	 "  --io MODE    auto (default: O_DIRECT unless the shards are in the page cache),\n"
+	 "               direct (io_uring, O_DIRECT) or buffered (pread threads)\n"
+	 "  --qd N       reads in flight, 1 to 256 (default 16)\n"
+	 "  --chunk SIZE bytes per read, a multiple of 4K from 64K to 64M (default 1M)\n"
+	 "  --verify     check every shard's XXH3 checksum on the way; damage exits 3\n"
+	 "  --json       print the result as JSON (keys bytes, tensors, seconds, gbps,\n"
+	 "               first_tensor_seconds, device, io, engine, qd, chunk_bytes)"},
 	{"rm", cmd_rm, "quiver rm MODEL@REF [--force] [--json]",
 	 "Remove a version and free the shards no other version uses. A current or\n"
 	 "aliased version is refused unless --force (which drops those aliases)."},

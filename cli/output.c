@@ -9,13 +9,28 @@
 
 #include "cli.h"
 
+/* Writes s with control characters escaped, so an error stays one line and
+ * a name cannot drive the terminal. */
+static void put_escaped(const char *s, FILE *f)
+{
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c < 0x20 || c == 0x7f)
+			fprintf(f, "\\x%02x", c);
+		else
+			fputc(c, f);
+	}
+}
+
 void cli_error(const char *fmt, ...)
 {
+	char buf[2048];
 	va_list ap;
-	fputs("quiver: ", stderr);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
+	fputs("quiver: ", stderr);
+	put_escaped(buf, stderr);
 	fputc('\n', stderr);
 }
 

@@ -31,17 +31,6 @@ const char *qv_strerror(int err)
 	}
 }
 
-int qv__err(qv_store *s, int err, const char *fmt, ...)
-{
-	va_list ap;
-	if (!s)
-		return err;
-	va_start(ap, fmt);
-	vsnprintf(s->errmsg, sizeof(s->errmsg), fmt, ap);
-	va_end(ap);
-	return err;
-}
-
 int qv__mdb_err(int rc)
 {
 	switch (rc) {
@@ -63,6 +52,17 @@ int qv__mdb_err(int rc)
 int qv__mdb_fail(qv_store *s, int rc, const char *what)
 {
 	return qv__err(s, qv__mdb_err(rc), "index: %s: %s", what, mdb_strerror(rc));
+}
+
+int qv_store_fail(qv_store *s, int err, const char *fmt, ...)
+{
+	va_list ap;
+	if (!s)
+		return err;
+	va_start(ap, fmt);
+	vsnprintf(s->errmsg, sizeof(s->errmsg), fmt, ap);
+	va_end(ap);
+	return err;
 }
 
 const char *qv_store_errmsg(const qv_store *s)

@@ -204,6 +204,9 @@ static int export_file(struct exporter *x, const qv_file *f, const char *outdir)
 			rc = qv__pwrite_full(fd, f->header, f->header_len, 8);
 		if (rc)
 			rc = qv__err(x->s, rc, "%s: write: %s", tmp, qv_strerror(rc));
+		x->done += 8 + f->header_len;
+		if (rc == 0 && x->progress)
+			x->progress(x->parg, x->done, x->total);
 		uint64_t data0 = 8 + f->header_len;
 		for (size_t i = 0; i < f->n_tensors && rc == 0; i++) {
 			const qv_tensor *t = &f->tensors[i];

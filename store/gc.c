@@ -51,6 +51,8 @@ static int cmp_d(const void *a, const void *b)
 /* Sorts and merges duplicates, summing their counts. */
 static void dset_seal(struct dset *s)
 {
+	if (s->n == 0)
+		return;
 	/* sort (digest, count) pairs by digest: counts are all 1 before sealing */
 	qsort(s->d, s->n, QV_DIGEST_LEN, cmp_d);
 	size_t u = 0;
@@ -67,6 +69,8 @@ static void dset_seal(struct dset *s)
 
 static uint64_t dset_count(const struct dset *s, const uint8_t d[QV_DIGEST_LEN])
 {
+	if (s->n == 0)
+		return 0;
 	uint8_t (*hit)[QV_DIGEST_LEN] = bsearch(d, s->d, s->n, QV_DIGEST_LEN, cmp_d);
 	return hit ? s->count[hit - s->d] : 0;
 }

@@ -506,6 +506,16 @@ int qv__alias_put(qv_store *s, MDB_txn *txn, const char *model, const char *name
 	if (rc && rc != QV_ENOTFOUND)
 		return rc;
 	MDB_val k = {qv__key2(kb, model, name), kb};
+	if (*label && strcmp(name, label) != 0) {
+		/* an alias named like a version would shadow it in MODEL@REF */
+		MDB_val v;
+		rc = mdb_get(txn, s->db_versions, &k, &v);
+		if (rc == 0)
+			return qv__err(s, QV_EEXIST, "%s: '%s' is a version label; an alias may not shadow it",
+			               model, name);
+		if (rc != MDB_NOTFOUND)
+			return qv__mdb_fail(s, rc, "read version");
+	}
 	if (*label) {
 		MDB_val v = {strlen(label), (void *)label};
 		rc = mdb_put(txn, s->db_aliases, &k, &v, 0);

@@ -719,6 +719,15 @@ static int commit_version(struct pub *p, const qv_publish_opts *o, qv_publish_re
 		}
 		if (rc != QV_ENOTFOUND)
 			goto out;
+		char other[QV_NAME_MAX + 1];
+		rc = qv__alias_get(p->s, txn, p->model, label, other);
+		if (rc == 0) {
+			rc = qv__err(p->s, QV_EEXIST, "%s: '%s' is already an alias (of %s)", p->model,
+			             label, other);
+			goto out;
+		}
+		if (rc != QV_ENOTFOUND)
+			goto out;
 	}
 	/* manifest: new, or one more version on an existing one */
 	MDB_val k = {QV_DIGEST_LEN, rec.digest}, v;

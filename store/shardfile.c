@@ -18,9 +18,7 @@
 
 void qv__shard_path(const qv_store *s, const uint8_t d[QV_DIGEST_LEN], char *buf, size_t n)
 {
-	char hex[QV_HEX_LEN + 1];
-	qv_digest_hex(d, hex);
-	snprintf(buf, n, "%s/%.2s/%.2s/%s", s->shard_dir, hex, hex + 2, hex);
+	qv_shard_path(s, d, buf, n);
 }
 
 int qv__mkdir_p(const char *path, unsigned mode)
@@ -177,4 +175,40 @@ int64_t qv__tmp_sweep(qv_store *s)
 	}
 	closedir(d);
 	return n;
+}
+
+int qv_shard_path(const qv_store *s, const uint8_t d[QV_DIGEST_LEN], char *buf, size_t len)
+{
+	char hex[QV_HEX_LEN + 1];
+	qv_digest_hex(d, hex);
+	int n = snprintf(buf, len, "%s/%.2s/%.2s/%s", s->shard_dir, hex, hex + 2, hex);
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+int qv_shard_info_get(qv_store *s, const uint8_t d[QV_DIGEST_LEN], qv_shard_info *out)
+{
+	MDB_txn *txn;
+	int rc = qv__txn_begin(s, MDB_RDONLY, &txn);
+	if (rc)
+		return rc;
+	MDB_val k = {QV_DIGEST_LEN, (void *)d}, v;
+	rc = mdb_get(txn, s->db_shards, &k, &v);
+	if (rc == 0 && v.mv_size == sizeof(qv__shard_rec)) {
+		qv__shard_rec rec;
+		memcpy(&rec, v.mv_data, sizeof(rec));
+		out->size = rec.size;
+		out->stored_size = rec.stored_size;
+		out->xxh3 = rec.xxh3;
+		out->tier = rec.tier;
+		out->codec = rec.codec;
+	} else {
+		char hex[QV_HEX_LEN + 1];
+		qv_digest_hex(d, hex);
+		rc = rc == MDB_NOTFOUND || rc == 0
+			? qv__err(s, rc ? QV_ENOTFOUND : QV_ECORRUPT, "shard %.16s: %s", hex,
+			          rc ? "not in the index" : "damaged index record")
+			: qv__mdb_fail(s, rc, "read shard");
+	}
+	mdb_txn_abort(txn);
+	return rc;
 }

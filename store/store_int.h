@@ -49,8 +49,7 @@ struct qv_store {
 };
 
 /* Records the message for qv_store_errmsg() and returns err. */
-int qv__err(qv_store *s, int err, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+#define qv__err qv_store_fail
 /* Translates an LMDB return code (MDB_* or errno) to a Quiver code. */
 int qv__mdb_err(int rc);
 /* qv__err() for an LMDB failure in what (e.g. "commit"). */

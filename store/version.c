@@ -587,6 +587,10 @@ int qv_alias_rm(qv_store *s, const char *model, const char *name)
 		return qv__err(s, QV_ENAME, "invalid model name '%.200s'", model);
 	if (qv_name_check_label(name))
 		return qv__err(s, QV_ENAME, "invalid alias name '%.200s'", name);
+	if (strcmp(name, "current") == 0)
+		return qv__err(s, QV_EINUSE,
+		               "%s: 'current' cannot be removed; activate another version or rm this one",
+		               model);
 	rc = qv__txn_begin(s, 0, &txn);
 	if (rc)
 		return rc;

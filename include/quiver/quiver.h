@@ -3,4 +3,6 @@
 #define QUIVER_QUIVER_H
 #include "quiver/error.h"
 #include "quiver/store.h"
+#include "quiver/load.h"
+#include "quiver/gpu.h"
 #endif

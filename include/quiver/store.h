@@ -50,6 +50,11 @@ const char *qv_store_root(const qv_store *s);
  * next call on s. */
 const char *qv_store_errmsg(const qv_store *s);
 
+/* Records msg (printf format) as the message of the failing call on s and
+ * returns err: for modules layered on the store (stream, tiering) that report
+ * their errors through the same handle. */
+int qv_store_fail(qv_store *s, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Progress of a long operation: done of total bytes. Called from the calling
  * thread only. */
 typedef void (*qv_progress_fn)(void *arg, uint64_t done_bytes, uint64_t total_bytes);
@@ -148,7 +153,7 @@ void qv_history_free(qv_history *h);
 /* ---- Publishing -------------------------------------------------------- */
 
 typedef struct qv_publish_opts {
-	const char *label;                 /* NULL: the next free "vN" */
+	const char *label;                 /* NULL: "vN", N counting the model's publishes */
 	const char *const *aliases;        /* extra aliases to point at it */
 	size_t n_aliases;
 	int no_activate;                   /* 1: leave "current" alone */
@@ -187,7 +192,8 @@ typedef struct qv_switch_result {
 int qv_activate(qv_store *s, const char *model, const char *ref, qv_switch_result *res);
 
 /* Makes model@to current; to == NULL picks the version that was current
- * before the present one (from history). QV_ENOTFOUND if there is none. */
+ * before the present one (from history), so two rollbacks in a row return to
+ * where they started. QV_ENOTFOUND if there is none. */
 int qv_rollback(qv_store *s, const char *model, const char *to, qv_switch_result *res);
 
 /* Points alias name of model at ref (name "current" is qv_activate()). */
@@ -247,6 +253,23 @@ typedef struct qv_verify_report {
 int qv_verify(qv_store *s, const char *model, const char *ref, qv_verify_report **out,
               qv_progress_fn progress, void *progress_arg);
 void qv_verify_report_free(qv_verify_report *r);
+
+/* ---- Shards ------------------------------------------------------------------- */
+
+typedef struct qv_shard_info {
+	uint64_t size;           /* raw bytes */
+	uint64_t stored_size;    /* bytes on its tier */
+	uint64_t xxh3;           /* XXH3-64 of the raw bytes (the fast check of loads) */
+	int tier;                /* 0: hot */
+	int codec;               /* 0: raw */
+} qv_shard_info;
+
+/* Looks up shard d in the index. QV_ENOTFOUND if the index does not know it. */
+int qv_shard_info_get(qv_store *s, const uint8_t d[QV_DIGEST_LEN], qv_shard_info *out);
+
+/* Writes the path of shard d's file on the hot tier into buf (len bytes;
+ * PATH_MAX is always enough). Returns 0 or -ENAMETOOLONG. */
+int qv_shard_path(const qv_store *s, const uint8_t d[QV_DIGEST_LEN], char *buf, size_t len);
 
 /* ---- Names and digests ------------------------------------------------- */
 

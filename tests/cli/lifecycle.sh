@@ -152,6 +152,16 @@ expect_rc 1 q show $M@canary
 expect_rc 1 q alias --rm $M canary       # already gone
 err_one_line
 expect_rc 1 q alias $M canary v9         # unknown target
+# 'current' is not an ordinary alias: removing it must not leave the model
+# without a current version (activate/rollback are the way to move it)
+chk_rm_current() {
+	run_cmd q alias --rm $M current
+	[ "$RC" -ne 0 ] || fail "'alias --rm MODEL current' succeeded: the model lost its current version"
+	expect_ok q show $M --json
+	jcheck "$OUT_FILE" 'd["version"] == "v2"' "current still v2 after refused 'alias --rm current'"
+}
+soft chk_rm_current
+if ! q show $M >/dev/null 2>&1; then q activate $M@v2 >/dev/null 2>&1 || fail "cannot restore current"; fi
 expect_ok q show $M@v2 --json
 jcheck "$OUT_FILE" '"canary" not in d["aliases"]' "canary removed"
 
@@ -200,4 +210,4 @@ expect_ok q verify acme/hf-model
 QUIVER_ROOT=$ROOT expect_ok "$QUIVER" list --json
 jcheck "$OUT_FILE" 'len(d["models"]) == 2' "QUIVER_ROOT honoured"
 
-echo "lifecycle: ok"
+qv_finish

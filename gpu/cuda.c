@@ -1,0 +1,232 @@
+/* Everything CUDA: device queries, device memory, host registration and the
+ * CUDA sink. The only file of the project that includes a CUDA header.
+ *
+ * The CUDA sink spreads chunks over several streams (slot i on stream i mod
+ * n) so several host-to-device copies are in flight while the disk fills
+ * other ring slots; an event recorded after each copy tells when its slot may
+ * be reused. Every CUDA call is checked; failures become -EIO with the CUDA
+ * error text in the sink's message. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <cuda_runtime_api.h>
+
+#include "gpu_int.h"
+
+int qv_gpu_built_with_cuda(void) { return 1; }
+
+int qv_gpu_device_count(const char **why)
+{
+	int n = 0;
+	cudaError_t e = cudaGetDeviceCount(&n);
+	if (e != cudaSuccess) {
+		if (why)
+			*why = cudaGetErrorString(e);
+		cudaGetLastError(); /* clear the sticky state of a failed init */
+		return 0;
+	}
+	if (n == 0 && why)
+		*why = "no CUDA device found";
+	return n;
+}
+
+int qv__cuda_host_register(void *p, size_t bytes)
+{
+	int n = 0;
+	if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+		cudaGetLastError();
+		return -ENOTSUP;
+	}
+	if (cudaHostRegister(p, bytes, cudaHostRegisterDefault) != cudaSuccess) {
+		cudaGetLastError();
+		return -EIO;
+	}
+	return 0;
+}
+
+void qv__cuda_host_unregister(void *p)
+{
+	cudaHostUnregister(p);
+}
+
+int qv_gpu_alloc(int device, size_t bytes, void **dptr)
+{
+	*dptr = NULL;
+	if (cudaSetDevice(device) != cudaSuccess)
+		return -ENODEV;
+	cudaError_t e = cudaMalloc(dptr, bytes);
+	if (e != cudaSuccess) {
+		cudaGetLastError();
+		*dptr = NULL;
+		return e == cudaErrorMemoryAllocation ? -ENOMEM : -EIO;
+	}
+	return 0;
+}
+
+void qv_gpu_free(int device, void *dptr)
+{
+	if (!dptr)
+		return;
+	cudaSetDevice(device);
+	cudaFree(dptr);
+}
+
+int qv_gpu_to_host(int device, void *host, const void *dptr, size_t bytes)
+{
+	if (cudaSetDevice(device) != cudaSuccess)
+		return -ENODEV;
+	return cudaMemcpy(host, dptr, bytes, cudaMemcpyDeviceToHost) == cudaSuccess ? 0 : -EIO;
+}
+
+int qv_gpu_fill(int device, void *dptr, int byte, size_t bytes)
+{
+	if (cudaSetDevice(device) != cudaSuccess)
+		return -ENODEV;
+	if (cudaMemset(dptr, byte, bytes) != cudaSuccess)
+		return -EIO;
+	return cudaDeviceSynchronize() == cudaSuccess ? 0 : -EIO;
+}
+
+int qv_gpu_mem_info(int device, size_t *free_bytes, size_t *total_bytes)
+{
+	if (cudaSetDevice(device) != cudaSuccess)
+		return -ENODEV;
+	return cudaMemGetInfo(free_bytes, total_bytes) == cudaSuccess ? 0 : -EIO;
+}
+
+/* ---- the CUDA sink -------------------------------------------------------------------- */
+#define MAX_STREAMS 16
+
+struct cuda_sink {
+	qv_sink base;
+	int device;
+	char *dest;
+	unsigned n_streams;
+	cudaStream_t streams[MAX_STREAMS];
+	cudaEvent_t *events;     /* one per ring slot */
+	unsigned char *pending;  /* a copy out of the slot was queued */
+};
+
+static int cuda_fail(struct cuda_sink *c, cudaError_t e, const char *what)
+{
+	snprintf(c->base.errmsg, sizeof(c->base.errmsg), "CUDA %s on device %d: %s", what,
+	         c->device, cudaGetErrorString(e));
+	return -EIO;
+}
+
+static int cuda_put(qv_sink *k, unsigned slot, const void *src, size_t len, uint64_t dest_off)
+{
+	struct cuda_sink *c = (struct cuda_sink *)k;
+	cudaStream_t st = c->streams[slot % c->n_streams];
+	cudaError_t e = cudaMemcpyAsync(c->dest + dest_off, src, len, cudaMemcpyHostToDevice, st);
+	if (e != cudaSuccess)
+		return cuda_fail(c, e, "cudaMemcpyAsync");
+	e = cudaEventRecord(c->events[slot], st);
+	if (e != cudaSuccess)
+		return cuda_fail(c, e, "cudaEventRecord");
+	c->pending[slot] = 1;
+	return 0;
+}
+
+static int cuda_busy(qv_sink *k, unsigned slot)
+{
+	struct cuda_sink *c = (struct cuda_sink *)k;
+	if (!c->pending[slot])
+		return 0;
+	cudaError_t e = cudaEventQuery(c->events[slot]);
+	if (e == cudaErrorNotReady)
+		return 1;
+	if (e != cudaSuccess)
+		return cuda_fail(c, e, "cudaEventQuery");
+	c->pending[slot] = 0;
+	return 0;
+}
+
+static int cuda_wait(qv_sink *k, unsigned slot)
+{
+	struct cuda_sink *c = (struct cuda_sink *)k;
+	if (!c->pending[slot])
+		return 0;
+	cudaError_t e = cudaEventSynchronize(c->events[slot]);
+	if (e != cudaSuccess)
+		return cuda_fail(c, e, "cudaEventSynchronize");
+	c->pending[slot] = 0;
+	return 0;
+}
+
+static int cuda_finish(qv_sink *k)
+{
+	struct cuda_sink *c = (struct cuda_sink *)k;
+	for (unsigned i = 0; i < c->n_streams; i++) {
+		cudaError_t e = cudaStreamSynchronize(c->streams[i]);
+		if (e != cudaSuccess)
+			return cuda_fail(c, e, "cudaStreamSynchronize");
+	}
+	for (unsigned i = 0; i < c->base.n_slots; i++)
+		c->pending[i] = 0;
+	return 0;
+}
+
+static void cuda_destroy(qv_sink *k)
+{
+	struct cuda_sink *c = (struct cuda_sink *)k;
+	cudaSetDevice(c->device);
+	for (unsigned i = 0; i < c->n_streams; i++)
+		if (c->streams[i]) {
+			cudaStreamSynchronize(c->streams[i]);
+			cudaStreamDestroy(c->streams[i]);
+		}
+	if (c->events)
+		for (unsigned i = 0; i < c->base.n_slots; i++)
+			if (c->events[i])
+				cudaEventDestroy(c->events[i]);
+	free(c->events);
+	free(c->pending);
+	free(c);
+}
+
+static const struct qv_sink_ops cuda_ops = {cuda_put, cuda_busy, cuda_wait, cuda_finish,
+                                            cuda_destroy};
+
+int qv_sink_cuda_create(int device, void *dest, uint64_t dest_bytes, unsigned n_slots,
+                        unsigned n_streams, qv_sink **out)
+{
+	struct cuda_sink *c = calloc(1, sizeof(*c));
+	*out = NULL;
+	if (!c)
+		return -ENOMEM;
+	c->base.ops = &cuda_ops;
+	c->base.dest_bytes = dest_bytes;
+	c->base.n_slots = n_slots;
+	c->device = device;
+	c->dest = dest;
+	c->n_streams = n_streams < 1 ? 1 : n_streams > MAX_STREAMS ? MAX_STREAMS : n_streams;
+	c->events = calloc(n_slots, sizeof(cudaEvent_t));
+	c->pending = calloc(n_slots, 1);
+	int rc = 0;
+	if (!c->events || !c->pending) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	if (cudaSetDevice(device) != cudaSuccess) {
+		rc = -ENODEV;
+		goto fail;
+	}
+	for (unsigned i = 0; i < c->n_streams; i++)
+		if (cudaStreamCreateWithFlags(&c->streams[i], cudaStreamNonBlocking) != cudaSuccess) {
+			rc = -EIO;
+			goto fail;
+		}
+	for (unsigned i = 0; i < n_slots; i++)
+		if (cudaEventCreateWithFlags(&c->events[i], cudaEventDisableTiming) != cudaSuccess) {
+			rc = -EIO;
+			goto fail;
+		}
+	*out = &c->base;
+	return 0;
+fail:
+	cudaGetLastError();
+	cuda_destroy(&c->base);
+	return rc;
+}

@@ -1,0 +1,73 @@
+/* Quiver gpu module: pinned host buffers and the sinks that move loaded bytes
+ * to their destination (host memory, or CUDA device memory).
+ *
+ * A sink receives chunks that the read engine has placed in ring slots and
+ * copies each to its destination offset. The host sink copies at once; the
+ * CUDA sink queues cudaMemcpyAsync on several streams and records an event
+ * per slot, so reading the next chunk and copying the last one overlap. A ring
+ * slot may be refilled only when qv_sink_slot_wait() says its copy is done.
+ *
+ * No CUDA type appears here; CUDA is only in gpu/cuda_sink.c. Built without
+ * CUDA, the CUDA functions return -ENOTSUP. */
+#ifndef QUIVER_GPU_H
+#define QUIVER_GPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* 1 if this build has the CUDA sink. */
+int qv_gpu_built_with_cuda(void);
+
+/* Number of CUDA devices usable now: 0 when built without CUDA or when no
+ * GPU or driver is present (*why, if not NULL, says why; static string). */
+int qv_gpu_device_count(const char **why);
+
+/* Page-aligned host memory of bytes, pinned for DMA when CUDA is built in and
+ * a driver is present (mmap + cudaHostRegister: pages that io_uring can also
+ * register as fixed buffers), else plain page-aligned memory. Free with
+ * qv_pinned_free(). *pinned tells which it is. */
+int qv_pinned_alloc(size_t bytes, void **out, int *pinned);
+void qv_pinned_free(void *p, size_t bytes, int pinned);
+
+/* Device memory: cudaMalloc on device, and the copies tests need. */
+int qv_gpu_alloc(int device, size_t bytes, void **dptr);
+void qv_gpu_free(int device, void *dptr);
+int qv_gpu_to_host(int device, void *host, const void *dptr, size_t bytes);
+int qv_gpu_fill(int device, void *dptr, int byte, size_t bytes);
+/* Free and total memory of device, in bytes. */
+int qv_gpu_mem_info(int device, size_t *free_bytes, size_t *total_bytes);
+
+typedef struct qv_sink qv_sink;
+
+/* A sink writing into host memory dest[0, dest_bytes). */
+int qv_sink_host_create(void *dest, uint64_t dest_bytes, unsigned n_slots, qv_sink **out);
+
+/* A sink writing into device memory dest[0, dest_bytes) on device, with
+ * n_streams CUDA streams (>= 1) and an event per each of n_slots ring slots. */
+int qv_sink_cuda_create(int device, void *dest, uint64_t dest_bytes, unsigned n_slots,
+                        unsigned n_streams, qv_sink **out);
+
+/* Queues the copy of len bytes at src (inside ring slot `slot`) to dest_off.
+ * Returns 0, -ERANGE if it would write past the destination, or a CUDA
+ * failure as -EIO (the message is in qv_sink_errmsg()). */
+int qv_sink_put(qv_sink *k, unsigned slot, const void *src, size_t len, uint64_t dest_off);
+
+/* 1 if the copies out of slot are still running, 0 if the slot is free, <0 on error. */
+int qv_sink_slot_busy(qv_sink *k, unsigned slot);
+/* Waits until the copies out of slot are done. */
+int qv_sink_slot_wait(qv_sink *k, unsigned slot);
+/* Waits until every queued copy is done. */
+int qv_sink_finish(qv_sink *k);
+/* The last error's description ("" if none). */
+const char *qv_sink_errmsg(const qv_sink *k);
+/* NULL is a no-op. Waits for queued copies first. */
+void qv_sink_destroy(qv_sink *k);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

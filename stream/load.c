@@ -1,0 +1,469 @@
+/* Loading a version: manifest -> load plan -> read engine -> sink.
+ *
+ * The plan places every distinct shard of the version at a 4 KiB aligned
+ * offset of one arena, so a shard is one extent (a whole file, read from
+ * offset 0 in chunk-sized, aligned reads) and each tensor is a pointer into
+ * its shard's copy. Engine choice: io_uring with O_DIRECT by default; the
+ * pread pool when io_uring cannot start, when the file system refuses
+ * O_DIRECT (at open or on the first read), on --io buffered, and on --io auto
+ * when the shards are already in the page cache. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "stream_int.h"
+
+#define DEFAULT_QD 16u
+#define DEFAULT_CHUNK (1u << 20)
+#define DEFAULT_STREAMS 4u
+#define CACHED_ENOUGH 0.9
+
+struct qv_load {
+	qv_version *v;           /* owns the names the tensor table points at */
+	qv_load_tensor *tensors;
+	size_t n_tensors;
+	qv_load_stats stats;
+	void *arena;
+	int owns_arena;
+};
+
+/* ---- the test hook ---------------------------------------------------------------- */
+static uint64_t fault_k;
+static enum qv_fault_kind fault_kind;
+
+void qv_load_fault_set(uint64_t k, enum qv_fault_kind kind)
+{
+	fault_k = k;
+	fault_kind = kind;
+}
+
+enum qv_fault_kind qv__fault_check(uint64_t k)
+{
+	return fault_k && k == fault_k ? fault_kind : QV_FAULT_NONE;
+}
+
+/* ---- the plan ------------------------------------------------------------------------- */
+struct plan {
+	struct qv__target *t;
+	size_t n, cap;
+	uint8_t (*digest)[QV_DIGEST_LEN];   /* per target */
+	size_t *map;                        /* open addressing: digest -> target */
+	size_t mask;
+	uint64_t arena_bytes;
+};
+
+static void plan_free(struct plan *p)
+{
+	for (size_t i = 0; i < p->n; i++)
+		if (p->t[i].fd >= 0)
+			close(p->t[i].fd);
+	free(p->t);
+	free(p->digest);
+	free(p->map);
+	memset(p, 0, sizeof(*p));
+}
+
+/* Index of the target for shard d, adding it if new. */
+static int plan_target(qv_store *s, struct plan *p, const uint8_t d[QV_DIGEST_LEN], size_t *idx)
+{
+	uint64_t h;
+	memcpy(&h, d, sizeof(h));
+	size_t j = h & p->mask;
+	for (; p->map[j] != SIZE_MAX; j = (j + 1) & p->mask)
+		if (memcmp(p->digest[p->map[j]], d, QV_DIGEST_LEN) == 0) {
+			*idx = p->map[j];
+			return 0;
+		}
+	qv_shard_info info;
+	int rc = qv_shard_info_get(s, d, &info);
+	if (rc)
+		return rc == QV_ENOTFOUND ? QV_ECORRUPT : rc;
+	if (info.tier != 0 || info.codec != 0)
+		return qv_store_fail(s, -ENOTSUP, "shard is on tier %d with codec %d: not loadable yet",
+		                     info.tier, info.codec);
+	struct qv__target *t = &p->t[p->n];
+	memset(t, 0, sizeof(*t));
+	t->fd = -1;
+	t->fixed = -1;
+	t->size = info.size;
+	t->xxh3 = info.xxh3;
+	t->dest_off = (p->arena_bytes + QV_IO_ALIGN - 1) / QV_IO_ALIGN * QV_IO_ALIGN;
+	char hex[QV_HEX_LEN + 1];
+	qv_digest_hex(d, hex);
+	snprintf(t->name, sizeof(t->name), "%.16s", hex);
+	memcpy(p->digest[p->n], d, QV_DIGEST_LEN);
+	p->arena_bytes = t->dest_off + info.size;
+	p->map[j] = p->n;
+	*idx = p->n++;
+	return 0;
+}
+
+/* Builds the plan and, if table != NULL, the tensor table (ptr = offset). */
+static int plan_make(qv_store *s, const qv_version *v, struct plan *p, qv_load_tensor **table,
+                     size_t *n_tensors)
+{
+	size_t total = 0;
+	for (size_t i = 0; i < v->n_files; i++)
+		total += v->files[i].n_tensors;
+	size_t cap = 16;
+	while (cap < 2 * total)
+		cap *= 2;
+	memset(p, 0, sizeof(*p));
+	p->t = malloc((total ? total : 1) * sizeof(*p->t));
+	p->digest = malloc((total ? total : 1) * QV_DIGEST_LEN);
+	p->map = malloc(cap * sizeof(size_t));
+	qv_load_tensor *tab = table ? calloc(total ? total : 1, sizeof(*tab)) : NULL;
+	if (!p->t || !p->digest || !p->map || (table && !tab)) {
+		free(tab);
+		plan_free(p);
+		return qv_store_fail(s, -ENOMEM, "out of memory");
+	}
+	memset(p->map, 0xff, cap * sizeof(size_t));
+	p->mask = cap - 1;
+	size_t k = 0;
+	for (size_t i = 0; i < v->n_files; i++) {
+		const qv_file *f = &v->files[i];
+		for (size_t j = 0; j < f->n_tensors; j++) {
+			const qv_tensor *x = &f->tensors[j];
+			size_t ti = 0;
+			int rc = plan_target(s, p, x->shard, &ti);
+			if (rc) {
+				free(tab);
+				plan_free(p);
+				return rc;
+			}
+			if (!tab)
+				continue;
+			qv_load_tensor *lt = &tab[k++];
+			lt->name = x->name;
+			lt->file = f->name;
+			memcpy(lt->dtype, x->dtype, sizeof(lt->dtype));
+			lt->ndim = x->ndim;
+			memcpy(lt->shape, x->shape, sizeof(lt->shape));
+			lt->bytes = x->bytes;
+			lt->offset = p->t[ti].dest_off + x->shard_offset;
+		}
+	}
+	if (table) {
+		*table = tab;
+		*n_tensors = k;
+	}
+	return 0;
+}
+
+int qv_load_size(qv_store *s, const char *model, const char *ref, uint64_t *bytes)
+{
+	qv_version *v;
+	struct plan p;
+	int rc = qv_version_get(s, model, ref, QV_WITH_MANIFEST, &v);
+	if (rc)
+		return rc;
+	rc = plan_make(s, v, &p, NULL, NULL);
+	if (rc == 0) {
+		*bytes = p.arena_bytes;
+		plan_free(&p);
+	}
+	qv_version_free(v);
+	return rc;
+}
+
+/* ---- files and the page cache ---------------------------------------------------------- */
+static int open_targets(qv_store *s, struct plan *p, int direct)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max &&
+	    rl.rlim_cur < p->n + 256) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	for (size_t i = 0; i < p->n; i++) {
+		struct qv__target *t = &p->t[i];
+		char path[PATH_MAX];
+		if (t->fd >= 0) {
+			close(t->fd);
+			t->fd = -1;
+		}
+		qv_shard_path(s, p->digest[i], path, sizeof(path));
+		t->fd = open(path, O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
+		if (t->fd < 0) {
+			int e = errno;
+			if (e == EINVAL && direct)
+				return QV__EDIRECT;
+			if (e == ENOENT)
+				return qv_store_fail(s, QV_ECORRUPT, "shard %s is missing (%s)", t->name, path);
+			if (e == EMFILE || e == ENFILE)
+				return qv_store_fail(s, -e, "%zu shard files exceed the open-file limit", p->n);
+			return qv_store_fail(s, -e, "%s: %s", path, strerror(e));
+		}
+		struct stat st;
+		if (fstat(t->fd, &st) < 0)
+			return qv_store_fail(s, -errno, "%s: %s", path, strerror(errno));
+		if ((uint64_t)st.st_size != t->size)
+			return qv_store_fail(s, QV_ECORRUPT,
+			                     "shard %s is %llu bytes on disk, the index says %llu", t->name,
+			                     (unsigned long long)st.st_size, (unsigned long long)t->size);
+	}
+	return 0;
+}
+
+/* Fraction of the targets' bytes in the page cache (cachestat, else mincore). */
+static double cached_fraction(const struct plan *p)
+{
+	uint64_t pages = 0, cached = 0;
+	long pg = sysconf(_SC_PAGESIZE);
+	for (size_t i = 0; i < p->n; i++) {
+		const struct qv__target *t = &p->t[i];
+		uint64_t np = (t->size + (uint64_t)pg - 1) / (uint64_t)pg;
+		if (np == 0)
+			continue;
+		pages += np;
+#ifdef SYS_cachestat
+		struct { uint64_t off, len; } range = {0, 0};
+		struct { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; } cs;
+		if (syscall(SYS_cachestat, t->fd, &range, &cs, 0) == 0) {
+			cached += cs.nr_cache;
+			continue;
+		}
+#endif
+		void *m = mmap(NULL, t->size, PROT_READ, MAP_SHARED, t->fd, 0);
+		if (m == MAP_FAILED)
+			continue;
+		unsigned char *vec = malloc(np);
+		if (vec && mincore(m, t->size, vec) == 0)
+			for (uint64_t k = 0; k < np; k++)
+				cached += vec[k] & 1;
+		free(vec);
+		munmap(m, t->size);
+	}
+	return pages ? (double)cached / (double)pages : 1.0;
+}
+
+/* ---- the load --------------------------------------------------------------------------- */
+static int check_opts(qv_store *s, const qv_load_opts *o, unsigned *qd, size_t *chunk)
+{
+	*qd = o->qd ? o->qd : DEFAULT_QD;
+	*chunk = o->chunk_bytes ? o->chunk_bytes : DEFAULT_CHUNK;
+	if (*qd > QV_LOAD_QD_MAX)
+		return qv_store_fail(s, -EINVAL, "queue depth %u is over the limit of %u", *qd,
+		                     QV_LOAD_QD_MAX);
+	if (*chunk < QV_LOAD_CHUNK_MIN || *chunk > QV_LOAD_CHUNK_MAX || *chunk % QV_IO_ALIGN)
+		return qv_store_fail(s, -EINVAL,
+		                     "chunk size %zu must be a multiple of 4096 between %u and %u", *chunk,
+		                     QV_LOAD_CHUNK_MIN, QV_LOAD_CHUNK_MAX);
+	if (o->io > QV_IO_BUFFERED)
+		return qv_store_fail(s, -EINVAL, "unknown io mode %d", (int)o->io);
+	return 0;
+}
+
+static int make_arena(qv_store *s, const qv_load_opts *o, qv_load *l, void *dest,
+                      uint64_t dest_bytes, uint64_t need)
+{
+	if (dest) {
+		if (dest_bytes < need)
+			return qv_store_fail(s, QV_ELIMIT,
+			                     "the destination holds %llu bytes, the version needs %llu",
+			                     (unsigned long long)dest_bytes, (unsigned long long)need);
+		l->arena = dest;
+		return 0;
+	}
+	size_t bytes = need ? (size_t)need : QV_IO_ALIGN;
+	if (o->device == QV_DEVICE_CPU) {
+		void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p == MAP_FAILED)
+			return qv_store_fail(s, -errno, "cannot allocate %zu bytes of host memory: %s", bytes,
+			                     strerror(errno));
+		l->arena = p;
+	} else {
+		size_t fr = 0, tot = 0;
+		if (qv_gpu_mem_info(o->device, &fr, &tot) == 0 && fr < bytes)
+			return qv_store_fail(s, -ENOMEM,
+			                     "the version needs %zu bytes of GPU memory; cuda:%d has %zu free of %zu",
+			                     bytes, o->device, fr, tot);
+		int rc = qv_gpu_alloc(o->device, bytes, &l->arena);
+		if (rc)
+			return qv_store_fail(s, rc, "cannot allocate %zu bytes on cuda:%d: %s", bytes,
+			                     o->device, strerror(-rc));
+	}
+	l->owns_arena = 1;
+	l->stats.arena_bytes = bytes;
+	return 0;
+}
+
+static void free_arena(qv_load *l)
+{
+	if (!l->owns_arena || !l->arena)
+		return;
+	if (l->stats.device == QV_DEVICE_CPU)
+		munmap(l->arena, l->stats.arena_bytes);
+	else
+		qv_gpu_free(l->stats.device, l->arena);
+	l->arena = NULL;
+}
+
+static int run_engine(qv_store *s, const qv_load_opts *o, struct plan *p, qv_sink *sink,
+                      char *ring, unsigned qd, size_t chunk, int direct, int use_uring,
+                      qv_load_stats *stats)
+{
+	struct qv__backend *be = NULL;
+	char err[512] = "";
+	int rc = 0;
+	if (use_uring) {
+		rc = qv__uring_create(qd, ring, chunk, p->t, p->n, &be, err, sizeof(err));
+		if (rc)
+			be = NULL; /* io_uring unavailable: fall back below */
+	}
+	if (!be) {
+		rc = qv__pread_create(qd < 16 ? qd : 16, qd, &be);
+		if (rc)
+			return qv_store_fail(s, rc, "cannot start the read threads: %s", strerror(-rc));
+	}
+	struct qv__engine_cfg cfg = {qd, chunk, direct, o->verify, o->progress, o->progress_arg};
+	struct qv__engine_stats st = {0};
+	rc = qv__engine_run(&cfg, be, p->t, p->n, sink, ring, &st, err, sizeof(err));
+	stats->engine = be->name;
+	be->destroy(be);
+	if (rc && rc != QV__EDIRECT)
+		return qv_store_fail(s, rc, "%s", err);
+	stats->bytes = st.bytes;
+	stats->reads = st.reads;
+	stats->first_tensor_seconds = st.first_done_s;
+	return rc;
+}
+
+int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uint64_t dest_bytes,
+                const qv_load_opts *opts, qv_load **out)
+{
+	static const qv_load_opts defaults = {.device = QV_DEVICE_CPU};
+	const qv_load_opts *o = opts ? opts : &defaults;
+	double t0 = qv__stream_now();
+	struct plan p = {0};
+	qv_sink *sink = NULL;
+	char *ring = NULL;
+	int pinned = 0;
+	unsigned qd;
+	size_t chunk;
+	int rc;
+
+	*out = NULL;
+	qv_load *l = calloc(1, sizeof(*l));
+	if (!l)
+		return qv_store_fail(s, -ENOMEM, "out of memory");
+	l->stats.device = o->device;
+	rc = check_opts(s, o, &qd, &chunk);
+	if (rc)
+		goto out;
+	if (o->device != QV_DEVICE_CPU) {
+		const char *why = "";
+		int n = qv_gpu_device_count(&why);
+		if (!qv_gpu_built_with_cuda()) {
+			rc = qv_store_fail(s, -ENOTSUP, "cuda:%d requested, but quiver was built without CUDA",
+			                   o->device);
+			goto out;
+		}
+		if (o->device < 0 || o->device >= n) {
+			rc = qv_store_fail(s, -ENODEV, "no device cuda:%d (%d found%s%s)", o->device, n,
+			                   *why ? ": " : "", why);
+			goto out;
+		}
+	}
+	rc = qv_version_get(s, model, ref, QV_WITH_MANIFEST, &l->v);
+	if (rc)
+		goto out;
+	rc = plan_make(s, l->v, &p, &l->tensors, &l->n_tensors);
+	if (rc)
+		goto out;
+	rc = make_arena(s, o, l, dest, dest_bytes, p.arena_bytes);
+	if (rc)
+		goto out;
+	if (!l->owns_arena)
+		l->stats.arena_bytes = dest_bytes;
+
+	int direct = o->io != QV_IO_BUFFERED;
+	rc = open_targets(s, &p, direct);
+	if (rc == 0 && o->io == QV_IO_AUTO && cached_fraction(&p) >= CACHED_ENOUGH) {
+		direct = 0;
+		rc = open_targets(s, &p, 0);
+	}
+	if (rc == QV__EDIRECT) {
+		direct = 0;
+		rc = open_targets(s, &p, 0);
+	}
+	if (rc)
+		goto out;
+
+	rc = qv_pinned_alloc((size_t)qd * chunk, (void **)&ring, &pinned);
+	if (rc) {
+		rc = qv_store_fail(s, rc, "cannot allocate the %zu-byte read ring: %s", (size_t)qd * chunk,
+		                   strerror(-rc));
+		goto out;
+	}
+	rc = o->device == QV_DEVICE_CPU
+		? qv_sink_host_create(l->arena, l->stats.arena_bytes, qd, &sink)
+		: qv_sink_cuda_create(o->device, l->arena, l->stats.arena_bytes, qd,
+		                      o->cuda_streams ? o->cuda_streams : DEFAULT_STREAMS, &sink);
+	if (rc) {
+		rc = qv_store_fail(s, rc, "cannot create the %s sink: %s",
+		                   o->device == QV_DEVICE_CPU ? "host" : "CUDA", strerror(-rc));
+		goto out;
+	}
+	rc = run_engine(s, o, &p, sink, ring, qd, chunk, direct, direct, &l->stats);
+	if (rc == QV__EDIRECT) { /* O_DIRECT refused on the first read */
+		direct = 0;
+		rc = open_targets(s, &p, 0);
+		if (rc == 0)
+			rc = run_engine(s, o, &p, sink, ring, qd, chunk, 0, 0, &l->stats);
+	}
+	if (rc)
+		goto out;
+	for (size_t i = 0; i < l->n_tensors; i++)
+		l->tensors[i].ptr = (char *)l->arena + l->tensors[i].offset;
+	l->stats.tensors = l->n_tensors;
+	l->stats.io = direct ? QV_IO_DIRECT : QV_IO_BUFFERED;
+	l->stats.qd = qd;
+	l->stats.chunk_bytes = chunk;
+	l->stats.seconds = qv__stream_now() - t0;
+out:
+	qv_sink_destroy(sink);
+	qv_pinned_free(ring, (size_t)qd * chunk, pinned);
+	plan_free(&p);
+	if (rc) {
+		qv_load_destroy(l);
+		return rc;
+	}
+	*out = l;
+	return 0;
+}
+
+const qv_load_tensor *qv_load_tensors(const qv_load *l, size_t *n)
+{
+	*n = l->n_tensors;
+	return l->tensors;
+}
+
+const qv_load_stats *qv_load_get_stats(const qv_load *l)
+{
+	return &l->stats;
+}
+
+void *qv_load_arena(const qv_load *l)
+{
+	return l->arena;
+}
+
+void qv_load_destroy(qv_load *l)
+{
+	if (!l)
+		return;
+	free_arena(l);
+	free(l->tensors);
+	qv_version_free(l->v);
+	free(l);
+}

@@ -1,0 +1,69 @@
+/* Internals of the stream module. */
+#ifndef QV_STREAM_INT_H
+#define QV_STREAM_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quiver/gpu.h"
+#include "quiver/load.h"
+
+#define QV_IO_ALIGN 4096u
+/* A read engine reports O_DIRECT being refused on the first read with this. */
+#define QV__EDIRECT (-2000)
+
+/* One shard file to read whole into the arena at dest_off. */
+struct qv__target {
+	int fd;
+	int fixed;             /* index in the registered file table, -1 if none */
+	uint64_t size;
+	uint64_t dest_off;
+	uint64_t xxh3;         /* expected, for verify */
+	char name[20];         /* short digest, for messages */
+};
+
+/* A read backend: io_uring or the pread pool. */
+struct qv__backend {
+	const char *name;
+	int (*submit)(struct qv__backend *b, unsigned slot, const struct qv__target *t, void *buf,
+	              size_t len, uint64_t off);
+	int (*flush)(struct qv__backend *b);
+	/* Blocks for one completion: its slot and result (bytes or -errno). */
+	int (*reap)(struct qv__backend *b, unsigned *slot, int64_t *res);
+	void (*destroy)(struct qv__backend *b);
+};
+
+/* io_uring with qd entries, the ring's slots registered as fixed buffers and
+ * the targets' files registered (t[i].fixed set) when the limit allows. */
+int qv__uring_create(unsigned qd, void *ring, size_t chunk_bytes, struct qv__target *t, size_t n,
+                     struct qv__backend **out, char *err, size_t errlen);
+/* n_threads threads doing pread, up to qd jobs queued. */
+int qv__pread_create(unsigned n_threads, unsigned qd, struct qv__backend **out);
+
+struct qv__engine_cfg {
+	unsigned qd;
+	size_t chunk_bytes;
+	int direct;            /* reads are O_DIRECT: lengths and offsets 4 KiB aligned */
+	int verify;
+	qv_progress_fn progress;
+	void *progress_arg;
+};
+
+struct qv__engine_stats {
+	uint64_t bytes;
+	uint64_t reads;
+	double first_done_s;   /* since the engine started */
+};
+
+/* Reads every target into the sink through the ring (qd slots of chunk_bytes).
+ * Returns 0, QV_ECORRUPT, QV__EDIRECT, or -errno, with a message in err. */
+int qv__engine_run(const struct qv__engine_cfg *cfg, struct qv__backend *be,
+                   struct qv__target *t, size_t n, qv_sink *sink, char *ring,
+                   struct qv__engine_stats *st, char *err, size_t errlen);
+
+/* The test hook (load.c): what to do with the read completion number k. */
+enum qv_fault_kind qv__fault_check(uint64_t k);
+
+double qv__stream_now(void);
+
+#endif
