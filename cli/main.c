@@ -726,10 +726,10 @@ static int cmd_load(int argc, char **argv)
 	else
 		snprintf(dev, sizeof(dev), "cuda:%d", st->device);
 	if (o.json)
-		cli_json_print(json_pack("{s:s, s:s, s:I, s:I, s:f, s:f, s:f, s:s, s:s, s:s, s:i, s:I, s:I, s:b}",
+		cli_json_print(json_pack("{s:s, s:s, s:I, s:I, s:f, s:f, s:f, s:f, s:s, s:s, s:s, s:i, s:I, s:I, s:b}",
 		                         "model", model, "version", ref ? ref : "current", "bytes",
 		                         (json_int_t)st->bytes, "tensors", (json_int_t)st->tensors,
-		                         "seconds", st->seconds, "gbps", gbps, "first_tensor_seconds",
+		                         "seconds", st->seconds, "gbps", gbps, "device_init_seconds", st->device_init_seconds, "first_tensor_seconds",
 		                         st->first_tensor_seconds, "device", dev, "io", io, "engine",
 		                         st->engine, "qd", (int)st->qd, "chunk_bytes",
 		                         (json_int_t)st->chunk_bytes, "reads", (json_int_t)st->reads,

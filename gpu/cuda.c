@@ -50,6 +50,15 @@ void qv__cuda_host_unregister(void *p)
 	cudaHostUnregister(p);
 }
 
+int qv_gpu_init(int device)
+{
+	if (cudaSetDevice(device) != cudaSuccess || cudaFree(0) != cudaSuccess) {
+		cudaGetLastError();
+		return -ENODEV;
+	}
+	return 0;
+}
+
 int qv_gpu_alloc(int device, size_t bytes, void **dptr)
 {
 	*dptr = NULL;

@@ -21,6 +21,12 @@ int qv__cuda_host_register(void *p, size_t bytes)
 
 void qv__cuda_host_unregister(void *p) { (void)p; }
 
+int qv_gpu_init(int device)
+{
+	(void)device;
+	return -ENOTSUP;
+}
+
 int qv_gpu_alloc(int device, size_t bytes, void **dptr)
 {
 	(void)device;

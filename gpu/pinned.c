@@ -10,7 +10,7 @@
 
 #include "gpu_int.h"
 
-int qv_pinned_alloc(size_t bytes, void **out, int *pinned)
+int qv_pinned_alloc(size_t bytes, int for_cuda, void **out, int *pinned)
 {
 	*out = NULL;
 	*pinned = 0;
@@ -20,7 +20,7 @@ int qv_pinned_alloc(size_t bytes, void **out, int *pinned)
 	               -1, 0);
 	if (p == MAP_FAILED)
 		return -errno;
-	if (qv__cuda_host_register(p, bytes) == 0)
+	if (for_cuda && qv__cuda_host_register(p, bytes) == 0)
 		*pinned = 1;
 	*out = p;
 	return 0;

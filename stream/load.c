@@ -373,6 +373,13 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 			                   *why ? ": " : "", why);
 			goto out;
 		}
+		double ti = qv__stream_now();
+		rc = qv_gpu_init(o->device);
+		if (rc) {
+			rc = qv_store_fail(s, rc, "cannot start CUDA on cuda:%d", o->device);
+			goto out;
+		}
+		l->stats.device_init_seconds = qv__stream_now() - ti;
 	}
 	rc = qv_version_get(s, model, ref, QV_WITH_MANIFEST, &l->v);
 	if (rc)
@@ -399,7 +406,7 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 	if (rc)
 		goto out;
 
-	rc = qv_pinned_alloc((size_t)qd * chunk, (void **)&ring, &pinned);
+	rc = qv_pinned_alloc((size_t)qd * chunk, o->device != QV_DEVICE_CPU, (void **)&ring, &pinned);
 	if (rc) {
 		rc = qv_store_fail(s, rc, "cannot allocate the %zu-byte read ring: %s", (size_t)qd * chunk,
 		                   strerror(-rc));

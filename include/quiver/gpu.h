@@ -26,12 +26,17 @@ int qv_gpu_built_with_cuda(void);
  * GPU or driver is present (*why, if not NULL, says why; static string). */
 int qv_gpu_device_count(const char **why);
 
-/* Page-aligned host memory of bytes, pinned for DMA when CUDA is built in and
- * a driver is present (mmap + cudaHostRegister: pages that io_uring can also
- * register as fixed buffers), else plain page-aligned memory. Free with
- * qv_pinned_free(). *pinned tells which it is. */
-int qv_pinned_alloc(size_t bytes, void **out, int *pinned);
+/* Page-aligned host memory of bytes. With for_cuda, pinned for DMA when CUDA
+ * is built in and a driver is present (mmap + cudaHostRegister: pages that
+ * io_uring can also register as fixed buffers); otherwise plain page-aligned
+ * memory, which costs no CUDA start-up. Free with qv_pinned_free(). *pinned
+ * tells which it is. */
+int qv_pinned_alloc(size_t bytes, int for_cuda, void **out, int *pinned);
 void qv_pinned_free(void *p, size_t bytes, int pinned);
+
+/* Creates device's CUDA context now (cudaSetDevice + cudaFree(0)), so its
+ * start-up cost is not charged to the first copy. */
+int qv_gpu_init(int device);
 
 /* Device memory: cudaMalloc on device, and the copies tests need. */
 int qv_gpu_alloc(int device, size_t bytes, void **dptr);

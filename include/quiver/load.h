@@ -62,7 +62,8 @@ typedef struct qv_load_stats {
 	uint64_t arena_bytes;
 	uint64_t tensors;
 	uint64_t reads;            /* read requests completed */
-	double seconds;            /* wall time of the load, resolving included */
+	double seconds;            /* wall time of the load, everything included */
+	double device_init_seconds;/* of which: creating the CUDA context (0 for cpu) */
 	double first_tensor_seconds; /* until the first tensor was complete at its destination */
 	enum qv_io_mode io;        /* what was used: QV_IO_DIRECT or QV_IO_BUFFERED */
 	const char *engine;        /* "io_uring" or "pread" */

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Cold load throughput against the disk's own limit, in one run.
+#
+# Publishes a generated ~2 GB bf16 model, then REPS times each, with the page
+# cache dropped before every measurement (when the machine permits):
+#   (a) fio reading the same shard files: io_uring, O_DIRECT, fixed buffers and
+#       files, the same queue depth and block size as quiver;
+#   (b) quiver load --device cpu --io direct.
+# Prints each run and the ratio of the medians (b)/(a) (target >= 0.95).
+# QD and CHUNK sweep: QDS="4 16 64" CHUNKS="256K 1M 4M" prints one line each.
+#
+#   bench/load_vs_fio.sh [WORKDIR]   (QUIVER=path, REPS=3, HIDDEN/LAYERS/VOCAB)
+set -euo pipefail
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+Q=${QUIVER:-$SRC/build/cli/quiver}
+W=${1:-$SRC/build/bench-load}
+REPS=${REPS:-3}
+QDS=${QDS:-16} CHUNKS=${CHUNKS:-1M}
+HIDDEN=${HIDDEN:-2048} LAYERS=${LAYERS:-12} VOCAB=${VOCAB:-32000}
+command -v fio >/dev/null || { echo "fio is not installed (./dev.sh deps)" >&2; exit 1; }
+[ -x "$Q" ] || { echo "no quiver binary at $Q (build first)" >&2; exit 1; }
+mkdir -p "$W"
+if [ ! -f "$W/model/model.safetensors.index.json" ]; then
+  echo "generating model (hidden $HIDDEN, layers $LAYERS, vocab $VOCAB)..."
+  python3 "$SRC/python/tools/gen_model.py" "$W/model" --shards 4 --hidden "$HIDDEN" \
+    --layers "$LAYERS" --vocab "$VOCAB" >/dev/null
+fi
+if ! "$Q" --root "$W/store" show bench/model >/dev/null 2>&1; then
+  "$Q" --root "$W/store" publish bench/model "$W/model" >/dev/null
+fi
+FILES=$(find "$W/store/shards" -type f | sort | tr '\n' ':' | sed 's/:$//')
+DROPPED=no
+drop() { sync; if echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then DROPPED=yes; fi; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+tobytes() { case $1 in *K) echo $(( ${1%K} << 10 ));; *M) echo $(( ${1%M} << 20 ));; *) echo "$1";; esac; }
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(df -T "$W" | awk 'NR==2 {print $2}') on $(df "$W" | awk 'NR==2 {print $1}'), kernel $(uname -r)"
+for qd in $QDS; do
+  for chunk in $CHUNKS; do
+    fio_r=(); q_r=(); first=()
+    for r in $(seq "$REPS"); do
+      drop
+      fio_r+=("$(fio --name=disk --filename="$FILES" --ioengine=io_uring --direct=1 --rw=read \
+        --bs="$(tobytes "$chunk")" --iodepth="$qd" --fixedbufs=1 --registerfiles=1 \
+        --file_service_type=sequential --output-format=json |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"]/1e9)')")
+      drop
+      out=$("$Q" --root "$W/store" load bench/model --device cpu --io direct --qd "$qd" \
+        --chunk "$chunk" --json)
+      q_r+=("$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["gbps"])')")
+      first+=("$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["first_tensor_seconds"])')")
+    done
+    mf=$(median "${fio_r[@]}"); mq=$(median "${q_r[@]}")
+    printf 'qd %3s chunk %4s: fio %.3f GB/s  quiver load %.3f GB/s  ratio %.3f  (first tensor %.3f s; runs fio %s / quiver %s)\n' \
+      "$qd" "$chunk" "$mf" "$mq" "$(echo "$mq / $mf" | bc -l)" "$(median "${first[@]}")" \
+      "$(printf '%.2f,' "${fio_r[@]}")" "$(printf '%.2f,' "${q_r[@]}")"
+  done
+done
+echo "caches dropped before each run: $DROPPED; bytes: $(du -sb "$W/store/shards" | cut -f1)"
