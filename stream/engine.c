@@ -77,10 +77,13 @@ static int submit_slot(struct engine *e, unsigned s)
 	sl->got = have;
 	char *buf = e->ring + (size_t)s * e->cfg->chunk_bytes + have;
 	int rc = e->be->submit(e->be, s, t, buf, sl->req - have, sl->off + have);
-	if (rc)
+	if (rc) {
 		snprintf(e->err, e->errlen, "shard %s: cannot queue a read: %s", t->name, strerror(-rc));
+		sl->state = SLOT_READY; /* nothing in flight */
+		return rc;
+	}
 	sl->state = SLOT_READING;
-	return rc;
+	return 0;
 }
 
 /* A free slot: FREE, or SINKING with its copy done. -1 if none now. */
@@ -211,6 +214,9 @@ static int complete(struct engine *e, unsigned s, int64_t res)
 {
 	struct slot *sl = &e->slots[s];
 	const struct qv__target *t = &e->t[sl->target];
+	/* This completion is consumed: nothing of the slot is in flight until a
+	 * resubmission below puts it back (submit_slot sets SLOT_READING). */
+	sl->state = SLOT_READY;
 	e->reads++;
 	switch (qv__fault_check(e->reads)) {
 	case QV_FAULT_EIO: res = -EIO; break;
@@ -242,7 +248,6 @@ static int complete(struct engine *e, unsigned s, int64_t res)
 		sl->best = sl->got;
 	if (sl->got < sl->want)
 		return submit_slot(e, s) ? -EIO : e->be->flush(e->be);
-	sl->state = SLOT_READY;
 	return 0;
 }
 

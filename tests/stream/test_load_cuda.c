@@ -1,0 +1,290 @@
+/* Tests of qv_load_run() into CUDA device memory (gpu/cuda.c's sink).
+ *
+ * Self-contained: it builds its own temp store under /var/tmp, loads into a
+ * library-allocated device arena and into a caller arena from qv_gpu_alloc()
+ * poisoned with qv_gpu_fill(), copies back with qv_gpu_to_host() and compares
+ * every tensor with its source bytes. Without CUDA in the build or without a
+ * usable device it exits 77 (skipped) and says why. Each test prints what it
+ * checked. QV_TEST_SEED repeats a run; QV_TEST_DEVICE picks the device
+ * (default 0). */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "load_util.h"
+
+#define POISON 0xA5
+#define MODEL "org/gpu"
+
+static int g_dev;
+
+struct env {
+	char base[256];
+	char root[512];
+	char in[512];
+	qv_store *s;
+	struct lt_model m;
+	void *hog;            /* device memory held to fake a full GPU */
+};
+
+static void std_model(struct env *e)
+{
+	struct lt_file *f = lt_file_add(&e->m, "model.safetensors");
+	lt_tensor_add(f, "straddle.a", 1 * MIB + 12345, NULL);
+	lt_tensor_add(f, "small.a", 100, NULL);
+	lt_tensor_add(f, "exact.2m", 2 * MIB, NULL);
+	lt_tensor_add(f, "straddle.b", 4 * MIB + 4096 * 3 + 7, NULL);
+	for (int i = 0; i < 200; i++) {
+		char n[32];
+		snprintf(n, sizeof(n), "tiny.%d", i);
+		lt_tensor_add(f, n, 1 + lt_rand() % 4095, NULL);
+	}
+	lt_tensor_add(f, "straddle.c", 3 * MIB + 65536 + 1, NULL);
+	lt_model_write(&e->m, e->in, 1);
+	lt_publish(e->s, MODEL, &e->m, "v1");
+}
+
+static int setup(void **state)
+{
+	struct env *e = calloc(1, sizeof(*e));
+	if (!e)
+		return -1;
+	lt_tmpdir(e->base, sizeof(e->base), "load-cuda");
+	snprintf(e->root, sizeof(e->root), "%s/root", e->base);
+	snprintf(e->in, sizeof(e->in), "%s/in", e->base);
+	e->s = lt_store_open(e->root);
+	std_model(e);
+	*state = e;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct env *e = *state;
+	qv_load_fault_set(0, QV_FAULT_NONE);
+	if (!e)
+		return 0;
+	qv_gpu_free(g_dev, e->hog);
+	qv_store_close(e->s);
+	lt_rmrf(e->base);
+	lt_model_free(&e->m);
+	free(e);
+	return 0;
+}
+
+static void load_fails(struct env *e, void *dest, uint64_t dest_bytes, const qv_load_opts *o,
+                       int want, const char *what)
+{
+	static int sentinel;
+	qv_load *l = (qv_load *)&sentinel;
+	int rc = qv_load_run(e->s, MODEL, "v1", dest, dest_bytes, o, &l);
+	if (rc == 0) {
+		qv_load_destroy(l);
+		lt_fail("%s: qv_load_run succeeded, expected %d (%s)", what, want, qv_strerror(want));
+	}
+	LT_CHECK(l == NULL, "%s: failed with %d but *out is not NULL", what, rc);
+	LT_CHECK(rc == want, "%s: returned %d (%s), expected %d (%s): %s", what, rc, qv_strerror(rc),
+	         want, qv_strerror(want), qv_store_errmsg(e->s));
+	print_message("#   ok: %s -> %s: %s\n", what, qv_strerror(rc), qv_store_errmsg(e->s));
+}
+
+/* Copies the device arena back and compares the table with the source. */
+static void check_device_load(struct env *e, qv_load *l, uint64_t bytes, const char *what)
+{
+	const qv_load_stats *st = qv_load_get_stats(l);
+	LT_CHECK(st->device == g_dev, "%s: stats.device %d, want %d", what, st->device, g_dev);
+	unsigned char *host = malloc(bytes ? bytes : 1);
+	LT_CHECK(host, "out of memory");
+	int rc = qv_gpu_to_host(g_dev, host, qv_load_arena(l), bytes);
+	LT_CHECK(rc == 0, "%s: qv_gpu_to_host: %d", what, rc);
+	lt_check_table(&e->m, l, host, what);
+	free(host);
+}
+
+static void test_library_arena(void **state)
+{
+	struct env *e = *state;
+	uint64_t need = 0;
+	assert_int_equal(qv_load_size(e->s, MODEL, "v1", &need), 0);
+	static const size_t chunks[] = {64 * KIB, 1 * MIB, 4 * MIB};
+	static const unsigned qds[] = {1, 2, 16, 64};
+	static const unsigned streams[] = {1, 4, 8};
+	int n = 0;
+	for (int io = QV_IO_DIRECT; io <= QV_IO_BUFFERED; io++)
+		for (size_t c = 0; c < 3; c++)
+			for (size_t q = 0; q < 4; q++) {
+				qv_load_opts o = {.device = g_dev, .io = (enum qv_io_mode)io, .qd = qds[q],
+				                  .chunk_bytes = chunks[c], .cuda_streams = streams[(c + q) % 3],
+				                  .verify = (int)(q & 1)};
+				char w[160];
+				snprintf(w, sizeof(w), "library arena, io %s, chunk %zu KiB, qd %u, streams %u, verify %d",
+				         lt_io_name(o.io), chunks[c] >> 10, o.qd, o.cuda_streams, o.verify);
+				qv_load *l = NULL;
+				int rc = qv_load_run(e->s, MODEL, "v1", NULL, 0, &o, &l);
+				LT_CHECK(rc == 0, "%s: %d (%s) %s", w, rc, qv_strerror(rc), qv_store_errmsg(e->s));
+				check_device_load(e, l, need, w);
+				LT_CHECK(qv_load_get_stats(l)->bytes ==
+				             lt_distinct_shard_bytes(e->s, MODEL, "v1", NULL),
+				         "%s: stats.bytes %llu", w, (unsigned long long)qv_load_get_stats(l)->bytes);
+				qv_load_destroy(l);
+				n++;
+			}
+	print_message("#   ok: %d loads into library device arenas matched the source byte for byte\n", n);
+}
+
+static void test_caller_arena(void **state)
+{
+	struct env *e = *state;
+	uint64_t need = 0;
+	assert_int_equal(qv_load_size(e->s, MODEL, "v1", &need), 0);
+	const size_t tail = 2 * 4096 + 5;
+	size_t cap = (size_t)need + tail;
+	void *d = NULL;
+	int rc = qv_gpu_alloc(g_dev, cap, &d);
+	LT_CHECK(rc == 0, "qv_gpu_alloc(%zu): %d", cap, rc);
+	unsigned char *host = malloc(cap);
+	assert_non_null(host);
+	for (int io = QV_IO_AUTO; io <= QV_IO_BUFFERED; io++) {
+		assert_int_equal(qv_gpu_fill(g_dev, d, POISON, cap), 0);
+		qv_load_opts o = {.device = g_dev, .io = (enum qv_io_mode)io, .chunk_bytes = 64 * KIB,
+		                  .qd = 16, .verify = 1};
+		char w[96];
+		snprintf(w, sizeof(w), "caller device arena, io %s", lt_io_name(o.io));
+		qv_load *l = NULL;
+		rc = qv_load_run(e->s, MODEL, "v1", d, cap, &o, &l);
+		LT_CHECK(rc == 0, "%s: %d (%s) %s", w, rc, qv_strerror(rc), qv_store_errmsg(e->s));
+		LT_CHECK(qv_load_arena(l) == d, "%s: arena is not the caller's", w);
+		assert_int_equal(qv_gpu_to_host(g_dev, host, d, cap), 0);
+		lt_check_table(&e->m, l, host, w);
+		for (size_t i = need; i < cap; i++)
+			LT_CHECK(host[i] == POISON, "%s: byte %zu past the %llu needed was written", w, i,
+			         (unsigned long long)need);
+		qv_load_destroy(l); /* must not free d */
+		print_message("#   ok: %s: every tensor matches, the poisoned tail is untouched\n", w);
+	}
+	/* still ours and usable after the loads */
+	assert_int_equal(qv_gpu_fill(g_dev, d, 0, cap), 0);
+	load_fails(e, d, need - 1, NULL, QV_ELIMIT, "caller device arena one byte short");
+	qv_load_opts o = {.device = g_dev};
+	load_fails(e, d, need - 1, &o, QV_ELIMIT, "caller device arena one byte short (cuda opts)");
+	load_fails(e, d, 4096, &o, QV_ELIMIT, "caller device arena of 4 KiB");
+	qv_gpu_free(g_dev, d);
+	free(host);
+}
+
+static void test_faults_and_damage(void **state)
+{
+	struct env *e = *state;
+	qv_load_opts o = {.device = g_dev, .io = QV_IO_DIRECT, .chunk_bytes = 64 * KIB, .qd = 8};
+	for (uint64_t k = 1; k <= 9; k += 4) {
+		char w[64];
+		snprintf(w, sizeof(w), "EIO on read %llu", (unsigned long long)k);
+		qv_load_fault_set(k, QV_FAULT_EIO);
+		load_fails(e, NULL, 0, &o, -EIO, w);
+		qv_load_fault_set(0, QV_FAULT_NONE);
+	}
+	uint64_t need = 0;
+	assert_int_equal(qv_load_size(e->s, MODEL, "v1", &need), 0);
+	qv_load_fault_set(3, QV_FAULT_SHORT);
+	qv_load *l = NULL;
+	int rc = qv_load_run(e->s, MODEL, "v1", NULL, 0, &o, &l);
+	qv_load_fault_set(0, QV_FAULT_NONE);
+	LT_CHECK(rc == 0, "short read 3: %d %s", rc, qv_store_errmsg(e->s));
+	check_device_load(e, l, need, "short read 3");
+	qv_load_destroy(l);
+	print_message("#   ok: a short read is resubmitted, the device copy matches\n");
+	/* a flipped byte: verify catches it */
+	char p[PATH_MAX];
+	uint64_t soff = 0;
+	lt_shard_of(e->s, MODEL, "v1", "straddle.b", p, sizeof(p), &soff);
+	int fd = open(p, O_RDWR);
+	LT_CHECK(fd >= 0, "open %s", p);
+	unsigned char b;
+	LT_CHECK(pread(fd, &b, 1, (off_t)(soff + 3 * MIB)) == 1, "pread");
+	b ^= 0x80;
+	LT_CHECK(pwrite(fd, &b, 1, (off_t)(soff + 3 * MIB)) == 1, "pwrite");
+	fsync(fd);
+	close(fd);
+	o.verify = 1;
+	load_fails(e, NULL, 0, &o, QV_ECORRUPT, "flipped byte, verify");
+}
+
+static void test_gpu_full(void **state)
+{
+	struct env *e = *state;
+	size_t fr = 0, tot = 0;
+	int rc = qv_gpu_mem_info(g_dev, &fr, &tot);
+	LT_CHECK(rc == 0, "qv_gpu_mem_info: %d", rc);
+	uint64_t need = 0;
+	assert_int_equal(qv_load_size(e->s, MODEL, "v1", &need), 0);
+	/* hold all but a little less than the version needs */
+	size_t leave = (size_t)need / 2;
+	size_t take = fr > leave ? fr - leave : 0;
+	while (take > 64 * MIB && qv_gpu_alloc(g_dev, take, &e->hog) != 0)
+		take -= 64 * MIB;
+	size_t fr2 = 0;
+	qv_gpu_mem_info(g_dev, &fr2, &tot);
+	if (!e->hog || fr2 >= need) {
+		print_message("# SKIP: could not fill cuda:%d (free %zu of %zu, need %llu)\n", g_dev,
+		              fr2, tot, (unsigned long long)need);
+		skip();
+	}
+	qv_load_opts o = {.device = g_dev};
+	load_fails(e, NULL, 0, &o, -ENOMEM, "version larger than free GPU memory");
+	const char *msg = qv_store_errmsg(e->s);
+	LT_CHECK(strstr(msg, "GPU") || strstr(msg, "cuda"),
+	         "-ENOMEM message does not name the GPU: '%s'", msg);
+	qv_gpu_free(g_dev, e->hog);
+	e->hog = NULL;
+	/* with the memory back, it loads */
+	qv_load *l = NULL;
+	rc = qv_load_run(e->s, MODEL, "v1", NULL, 0, &o, &l);
+	LT_CHECK(rc == 0, "after freeing: %d %s", rc, qv_store_errmsg(e->s));
+	check_device_load(e, l, need, "after freeing the hog");
+	qv_load_destroy(l);
+}
+
+int main(void)
+{
+	const char *why = "";
+	if (!qv_gpu_built_with_cuda()) {
+		printf("SKIP test_load_cuda: this build has no CUDA sink (QUIVER_WITH_CUDA off)\n");
+		return 77;
+	}
+	int n = qv_gpu_device_count(&why);
+	if (n <= 0) {
+		printf("SKIP test_load_cuda: no usable CUDA device (%s)\n", why && *why ? why : "none");
+		return 77;
+	}
+	const char *ds = getenv("QV_TEST_DEVICE");
+	g_dev = ds ? atoi(ds) : 0;
+	if (g_dev < 0 || g_dev >= n) {
+		printf("test_load_cuda: QV_TEST_DEVICE=%d but %d device(s)\n", g_dev, n);
+		return 1;
+	}
+	size_t fr = 0, tot = 0;
+	qv_gpu_mem_info(g_dev, &fr, &tot);
+	printf("# cuda:%d of %d device(s), %zu MiB free of %zu MiB\n", g_dev, n, fr >> 20, tot >> 20);
+	lt_seed_init();
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_library_arena, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_caller_arena, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_faults_and_damage, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_gpu_full, setup, teardown),
+	};
+	int rc = cmocka_run_group_tests_name("load_cuda", tests, NULL, NULL);
+	if (rc)
+		printf("# %d failed; seed %llu (QV_TEST_SEED=%llu repeats this run)\n", rc,
+		       (unsigned long long)lt_seed(), (unsigned long long)lt_seed());
+	return rc;
+}
