@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "quiver/tier.h"
 
 #define REF_BUF (2 * QV_NAME_MAX + 16)
 
@@ -45,7 +46,7 @@ static void print_help(const struct cmd *c)
 /* Common option parsing: every command knows --root, --help and maybe --json. */
 enum { OPT_ROOT = 1000, OPT_JSON, OPT_VERSION, OPT_ALIAS, OPT_NO_ACTIVATE, OPT_MESSAGE,
        OPT_FORCE, OPT_DRY_RUN, OPT_TO, OPT_RM, OPT_DEVICE, OPT_IO, OPT_QD, OPT_CHUNK,
-       OPT_VERIFY };
+       OPT_VERIFY, OPT_PROMOTE, OPT_HOT, OPT_COLD, OPT_CAPACITY, OPT_HIGH, OPT_LOW, OPT_APPLY };
 
 struct opts {
 	const char *root;
@@ -64,6 +65,9 @@ struct opts {
 	const char *qd;
 	const char *chunk;
 	int verify;
+	int promote;
+	const char *hot, *cold, *capacity, *high, *low;
+	int apply;
 };
 
 /* Parses argv for command c with the extra long options allowed in `allow`
@@ -111,6 +115,13 @@ static int parse_opts(const struct cmd *c, int argc, char **argv, const struct o
 		case OPT_QD: o->qd = optarg; break;
 		case OPT_CHUNK: o->chunk = optarg; break;
 		case OPT_VERIFY: o->verify = 1; break;
+		case OPT_PROMOTE: o->promote = 1; break;
+		case OPT_HOT: o->hot = optarg; break;
+		case OPT_COLD: o->cold = optarg; break;
+		case OPT_CAPACITY: o->capacity = optarg; break;
+		case OPT_HIGH: o->high = optarg; break;
+		case OPT_LOW: o->low = optarg; break;
+		case OPT_APPLY: o->apply = 1; break;
 		case ':':
 			usage_error(c, "option %s needs a value", argv[optind - 1]);
 			return -1;
@@ -130,6 +141,66 @@ static int open_store(const struct opts *o, qv_store **s)
 	if (rc) {
 		cli_error("%s", *err ? err : qv_strerror(rc));
 		return EXIT_FAIL;
+	}
+	qv_tier_attach(*s);
+	return 0;
+}
+
+static const char *tier_name(int tier)
+{
+	return tier == QV_TIER_HOT ? "hot" : tier == QV_TIER_COLD ? "cold" : "mixed";
+}
+
+/* The tier of model@label ("hot", "cold", "mixed"); "?" if it cannot be read. */
+static const char *version_tier(qv_store *s, const char *model, const char *label)
+{
+	qv_version *v;
+	int tier = QV_TIER_HOT;
+	if (qv_version_get(s, model, label, QV_WITH_MANIFEST, &v))
+		return "?";
+	int rc = qv_tier_of_version(s, v, &tier);
+	qv_version_free(v);
+	return rc ? "?" : tier_name(tier);
+}
+
+/* After a switch to a version with cold shards: bring them back hot. */
+static int promote_if_cold(qv_store *s, const char *model, const char *label, int json,
+                           double *secs)
+{
+	*secs = 0;
+	if (strcmp(version_tier(s, model, label), "hot") == 0)
+		return 0;
+	qv_migrate_result m;
+	int rc = qv_tier_promote(s, model, label, &m);
+	if (rc)
+		return cli_fail(s, rc);
+	*secs = m.seconds;
+	if (!json) {
+		char a[32];
+		printf("%s@%s was cold: promoted %llu shards (%s) to the hot tier in %.2f s\n", model,
+		       label, (unsigned long long)m.shards, cli_bytes(m.raw_bytes, a, sizeof(a)),
+		       m.seconds);
+	}
+	return 0;
+}
+
+/* Runs the placement policy after a publish; prints what it moved. */
+static int run_policy(qv_store *s, int json)
+{
+	qv_store_config cfg;
+	qv_store_config_get(s, &cfg);
+	if (!cfg.cold_dir || !cfg.hot_capacity)
+		return 0;
+	qv_policy_result r;
+	int rc = qv_tier_apply(s, &r);
+	if (rc)
+		return cli_fail(s, rc);
+	if (r.versions && !json) {
+		char a[32], b[32];
+		printf("tier policy: demoted %llu version%s (%llu shards, %s -> %s on the cold tier)\n",
+		       (unsigned long long)r.versions, r.versions == 1 ? "" : "s",
+		       (unsigned long long)r.moved.shards, cli_bytes(r.moved.raw_bytes, a, sizeof(a)),
+		       cli_bytes(r.moved.stored_bytes, b, sizeof(b)));
 	}
 	return 0;
 }
@@ -215,8 +286,9 @@ static int cmd_publish(int argc, char **argv)
 		       (unsigned long long)r.new_shards, (unsigned long long)r.shards);
 		printf("  elapsed   %.2f s, %.2f GB/s\n", r.seconds, gbps);
 	}
+	rc = run_policy(s, o.json);
 	qv_store_close(s);
-	return EXIT_OK;
+	return rc;
 }
 
 /* ---- list ----------------------------------------------------------------------- */
@@ -268,7 +340,7 @@ static int cmd_list(int argc, char **argv)
 				                       (json_int_t)v->bytes, "created",
 				                       cli_time(v->created_ns, t, sizeof(t)), "aliases",
 				                       aliases_json(v), "current", v->is_current, "message",
-				                       v->message, "tier", "hot"));
+				                       v->message, "tier", version_tier(s, v->model, v->label)));
 			}
 			cli_json_print(json_pack("{s:s, s:o}", "model", argv[first], "versions", arr));
 		} else {
@@ -285,7 +357,7 @@ static int cmd_list(int argc, char **argv)
 				}
 				printf("%-14s %.12s   %-21s %12s  %-5s %s\n", v->label, hex,
 				       cli_time(v->created_ns, t, sizeof(t)), cli_bytes(v->bytes, a, sizeof(a)),
-				       "hot", al);
+				       version_tier(s, v->model, v->label), al);
 			}
 		}
 		qv_version_list_free(vl);
@@ -331,29 +403,34 @@ static int cmd_show(int argc, char **argv)
 				json_t *shape = json_array();
 				for (uint32_t d = 0; d < x->ndim; d++)
 					json_array_append_new(shape, json_integer(x->shape[d]));
+				qv_shard_info si = {0};
+				int has = qv_shard_info_get(s, x->shard, &si) == 0;
 				json_array_append_new(
 					tensors, json_pack("{s:s, s:s, s:o, s:I, s:s, s:o, s:I, s:s}", "name",
 				                           x->name, "dtype", x->dtype, "shape", shape, "bytes",
 				                           (json_int_t)x->bytes, "file", f->name, "shard",
 				                           digest_json(x->shard), "shard_offset",
-				                           (json_int_t)x->shard_offset, "tier", "hot"));
+				                           (json_int_t)x->shard_offset, "tier",
+				                           has ? tier_name(si.tier) : "missing"));
 			}
 		}
 		cli_json_print(json_pack(
-			"{s:s, s:s, s:o, s:I, s:s, s:I, s:I, s:s, s:s, s:o, s:b, s:s, s:o, s:o}", "model",
+			"{s:s, s:s, s:o, s:I, s:s, s:I, s:I, s:s, s:s, s:o, s:b, s:s, s:o, s:o, s:b}", "model",
 			v->model, "version", v->label, "digest", digest_json(v->digest), "created_ns",
 			(json_int_t)v->created_ns, "created", cli_time(v->created_ns, t, sizeof(t)),
 			"bytes", (json_int_t)v->bytes, "tensor_count", (json_int_t)v->n_tensors,
 			"message", v->message, "parent", v->parent, "aliases", aliases_json(v), "current",
-			v->is_current, "tier", "hot", "files", files, "tensors", tensors));
+			v->is_current, "tier", version_tier(s, v->model, v->label), "files", files,
+			"tensors", tensors, "pinned", v->pinned));
 	} else {
 		qv_digest_hex(v->digest, hex);
 		printf("model     %s\nversion   %s%s\ndigest    sha256:%s\ncreated   %s\n", v->model,
 		       v->label, v->is_current ? " (current)" : "", hex,
 		       cli_time(v->created_ns, t, sizeof(t)));
-		printf("bytes     %s in %zu file%s, %llu tensors, tier hot\n",
+		printf("bytes     %s in %zu file%s, %llu tensors, tier %s%s\n",
 		       cli_bytes(v->bytes, a, sizeof(a)), v->n_files, v->n_files == 1 ? "" : "s",
-		       (unsigned long long)v->n_tensors);
+		       (unsigned long long)v->n_tensors, version_tier(s, v->model, v->label),
+		       v->pinned ? ", pinned" : "");
 		if (*v->parent)
 			printf("parent    %s\n", v->parent);
 		if (*v->message)
@@ -377,8 +454,10 @@ static int cmd_show(int argc, char **argv)
 				}
 				strcat(shape, "]");
 				qv_digest_hex(x->shard, hex);
-				printf("  %-50s %-8s %-24s %12s  shard %.12s  hot\n", x->name, x->dtype, shape,
-				       cli_bytes(x->bytes, a, sizeof(a)), hex);
+				qv_shard_info si = {0};
+				int has = qv_shard_info_get(s, x->shard, &si) == 0;
+				printf("  %-50s %-8s %-24s %12s  shard %.12s  %s\n", x->name, x->dtype, shape,
+				       cli_bytes(x->bytes, a, sizeof(a)), hex, has ? tier_name(si.tier) : "missing");
 			}
 	}
 	qv_version_free(v);
@@ -388,11 +467,11 @@ static int cmd_show(int argc, char **argv)
 
 /* ---- activate / rollback ----------------------------------------------------------------- */
 static int print_switch(const struct opts *o, const char *model, const qv_switch_result *r,
-                        double secs)
+                        double secs, double promote_secs)
 {
 	if (o->json)
-		cli_json_print(json_pack("{s:s, s:s, s:s, s:f}", "model", model, "from", r->from, "to",
-		                         r->to, "seconds", secs));
+		cli_json_print(json_pack("{s:s, s:s, s:s, s:f, s:f}", "model", model, "from", r->from,
+		                         "to", r->to, "seconds", secs, "promote_seconds", promote_secs));
 	else
 		printf("%s: current is now %s (was %s)\n", model, r->to, *r->from ? r->from : "none");
 	return EXIT_OK;
@@ -409,9 +488,14 @@ static int cmd_activate(int argc, char **argv)
 	if (open_store(&o, &s))
 		return EXIT_FAIL;
 	qv_switch_result r;
-	double t0 = cli_now();
+	double t0 = cli_now(), promo = 0;
 	int rc = qv_activate(s, model, ref, &r);
-	rc = rc ? cli_fail(s, rc) : print_switch(&o, model, &r, cli_now() - t0);
+	if (rc == 0)
+		rc = promote_if_cold(s, model, r.to, o.json, &promo);
+	else
+		rc = cli_fail(s, rc);
+	if (rc == 0)
+		print_switch(&o, model, &r, cli_now() - t0, promo);
 	qv_store_close(s);
 	return rc;
 }
@@ -426,9 +510,14 @@ static int cmd_rollback(int argc, char **argv)
 	if (open_store(&o, &s))
 		return EXIT_FAIL;
 	qv_switch_result r;
-	double t0 = cli_now();
+	double t0 = cli_now(), promo = 0;
 	int rc = qv_rollback(s, argv[first], o.to, &r);
-	rc = rc ? cli_fail(s, rc) : print_switch(&o, argv[first], &r, cli_now() - t0);
+	if (rc == 0)
+		rc = promote_if_cold(s, argv[first], r.to, o.json, &promo);
+	else
+		rc = cli_fail(s, rc);
+	if (rc == 0)
+		print_switch(&o, argv[first], &r, cli_now() - t0, promo);
 	qv_store_close(s);
 	return rc;
 }
@@ -665,6 +754,7 @@ static int cmd_load(int argc, char **argv)
 	                                      {"qd", required_argument, NULL, OPT_QD},
 	                                      {"chunk", required_argument, NULL, OPT_CHUNK},
 	                                      {"verify", no_argument, NULL, OPT_VERIFY},
+	                                      {"promote", no_argument, NULL, OPT_PROMOTE},
 	                                      {"json", no_argument, NULL, OPT_JSON},
 	                                      {0, 0, 0, 0}};
 	PARSE(extra, 1, 1);
@@ -726,14 +816,15 @@ static int cmd_load(int argc, char **argv)
 	else
 		snprintf(dev, sizeof(dev), "cuda:%d", st->device);
 	if (o.json)
-		cli_json_print(json_pack("{s:s, s:s, s:I, s:I, s:f, s:f, s:f, s:f, s:s, s:s, s:s, s:i, s:I, s:I, s:b}",
+		cli_json_print(json_pack("{s:s, s:s, s:I, s:I, s:f, s:f, s:f, s:f, s:s, s:s, s:s, s:i, s:I, s:I, s:b, s:I, s:i}",
 		                         "model", model, "version", ref ? ref : "current", "bytes",
 		                         (json_int_t)st->bytes, "tensors", (json_int_t)st->tensors,
 		                         "seconds", st->seconds, "gbps", gbps, "device_init_seconds", st->device_init_seconds, "first_tensor_seconds",
 		                         st->first_tensor_seconds, "device", dev, "io", io, "engine",
 		                         st->engine, "qd", (int)st->qd, "chunk_bytes",
 		                         (json_int_t)st->chunk_bytes, "reads", (json_int_t)st->reads,
-		                         "verified", lo.verify));
+		                         "verified", lo.verify, "cold_bytes", (json_int_t)st->cold_bytes,
+		                         "decode_threads", (int)st->decode_threads));
 	else
 		printf("loaded %s@%s to %s: %s, %llu tensors in %.3f s (%.2f GB/s), first tensor after %.3f s\n"
 		       "  io %s (%s), qd %u, chunk %zu KiB, %llu reads%s\n",
@@ -741,7 +832,226 @@ static int cmd_load(int argc, char **argv)
 		       (unsigned long long)st->tensors, st->seconds, gbps, st->first_tensor_seconds, io,
 		       st->engine, st->qd, st->chunk_bytes >> 10, (unsigned long long)st->reads,
 		       lo.verify ? ", every shard's checksum verified" : "");
+	if (!o.json && st->cold_bytes)
+		printf("  %s decoded from the cold tier on %u threads (every frame's checksum checked)\n",
+		       cli_bytes(st->cold_bytes, a, sizeof(a)), st->decode_threads);
+	rc = EXIT_OK;
+	if (o.promote && st->cold_bytes) {
+		qv_migrate_result m;
+		int prc = qv_tier_promote(s, model, ref ? ref : "current", &m);
+		if (prc)
+			rc = cli_fail(s, prc);
+		else if (!o.json)
+			printf("  promoted %llu shards to the hot tier in %.2f s\n",
+			       (unsigned long long)m.shards, m.seconds);
+	}
 	qv_load_destroy(l);
+	qv_store_close(s);
+	return rc;
+}
+
+/* ---- tiers ---------------------------------------------------------------------------------------- */
+static int cmd_init(int argc, char **argv)
+{
+	static const struct option extra[] = {{"hot", required_argument, NULL, OPT_HOT},
+	                                      {"cold", required_argument, NULL, OPT_COLD},
+	                                      {"hot-capacity", required_argument, NULL, OPT_CAPACITY},
+	                                      {"high", required_argument, NULL, OPT_HIGH},
+	                                      {"low", required_argument, NULL, OPT_LOW},
+	                                      {0, 0, 0, 0}};
+	PARSE(extra, 0, 0);
+	qv_store_config cfg = {.hot_dir = o.hot, .cold_dir = o.cold, .high = 0.90, .low = 0.75};
+	char *end;
+	if (o.capacity) {
+		long long v = parse_size(o.capacity);
+		if (v < 0)
+			return usage_error(c, "--hot-capacity must be a size like 500G, not '%s'", o.capacity);
+		cfg.hot_capacity = (uint64_t)v;
+	}
+	if (o.high && ((cfg.high = strtod(o.high, &end)) <= 0 || cfg.high > 1 || *end))
+		return usage_error(c, "--high must be a fraction in (0, 1], not '%s'", o.high);
+	if (o.low && ((cfg.low = strtod(o.low, &end)) <= 0 || cfg.low > 1 || *end))
+		return usage_error(c, "--low must be a fraction in (0, 1], not '%s'", o.low);
+	if (cfg.low > cfg.high)
+		return usage_error(c, "%s", "--low must not be above --high");
+	char root[4096], err[1024] = "";
+	if (o.root) {
+		snprintf(root, sizeof(root), "%s", o.root);
+	} else if (getenv("QUIVER_ROOT") && *getenv("QUIVER_ROOT")) {
+		snprintf(root, sizeof(root), "%s", getenv("QUIVER_ROOT"));
+	} else if (getenv("HOME")) {
+		snprintf(root, sizeof(root), "%s/.local/share/quiver", getenv("HOME"));
+	} else {
+		cli_error("no store root: set --root, QUIVER_ROOT or HOME");
+		return EXIT_FAIL;
+	}
+	int rc = qv_store_init(root, &cfg, err, sizeof(err));
+	if (rc) {
+		cli_error("%s", *err ? err : qv_strerror(rc));
+		return EXIT_FAIL;
+	}
+	char a[32];
+	printf("initialized %s: hot tier %s, cold tier %s, hot capacity %s, watermarks %.2f/%.2f\n",
+	       root, cfg.hot_dir ? cfg.hot_dir : root, cfg.cold_dir ? cfg.cold_dir : "none",
+	       cfg.hot_capacity ? cli_bytes(cfg.hot_capacity, a, sizeof(a)) : "unlimited", cfg.high,
+	       cfg.low);
+	return EXIT_OK;
+}
+
+static int cmd_pin_common(int argc, char **argv, int pin)
+{
+	PARSE(NULL, 1, 1);
+	char buf[REF_BUF];
+	const char *model, *ref;
+	if (cli_split_ref(argv[first], buf, sizeof(buf), &model, &ref) || !ref)
+		return usage_error(c, "expected MODEL@REF, got '%s'", argv[first]);
+	qv_store *s;
+	if (open_store(&o, &s))
+		return EXIT_FAIL;
+	int rc = qv_version_pin(s, model, ref, pin);
+	if (rc)
+		rc = cli_fail(s, rc);
+	else
+		printf("%s@%s %s\n", model, ref, pin ? "pinned: it stays on the hot tier" : "unpinned");
+	qv_store_close(s);
+	return rc;
+}
+
+static int cmd_pin(int argc, char **argv) { return cmd_pin_common(argc, argv, 1); }
+static int cmd_unpin(int argc, char **argv) { return cmd_pin_common(argc, argv, 0); }
+
+static int print_migrate(const struct opts *o, const char *what, const char *model,
+                         const char *ref, const qv_migrate_result *m)
+{
+	char a[32], b[32];
+	if (o->json)
+		cli_json_print(json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:f}", "model", model,
+		                         "version", ref, "action", what, "shards", (json_int_t)m->shards,
+		                         "raw_bytes", (json_int_t)m->raw_bytes, "stored_bytes",
+		                         (json_int_t)m->stored_bytes, "kept_hot", (json_int_t)m->kept,
+		                         "seconds", m->seconds));
+	else
+		printf("%s %s@%s: %llu shards, %s raw -> %s stored in %.2f s%s%llu shared shard%s kept hot\n",
+		       what, model, ref, (unsigned long long)m->shards, cli_bytes(m->raw_bytes, a, sizeof(a)),
+		       cli_bytes(m->stored_bytes, b, sizeof(b)), m->seconds, "; ", (unsigned long long)m->kept,
+		       m->kept == 1 ? "" : "s");
+	return EXIT_OK;
+}
+
+static int cmd_migrate(int argc, char **argv, int demote)
+{
+	PARSE(opt_json, 1, 1);
+	char buf[REF_BUF];
+	const char *model, *ref;
+	if (cli_split_ref(argv[first], buf, sizeof(buf), &model, &ref) || !ref)
+		return usage_error(c, "expected MODEL@REF, got '%s'", argv[first]);
+	qv_store *s;
+	if (open_store(&o, &s))
+		return EXIT_FAIL;
+	qv_migrate_result m;
+	int rc = demote ? qv_tier_demote(s, model, ref, &m) : qv_tier_promote(s, model, ref, &m);
+	rc = rc ? cli_fail(s, rc) : print_migrate(&o, demote ? "demoted" : "promoted", model, ref, &m);
+	qv_store_close(s);
+	return rc;
+}
+
+static int cmd_demote(int argc, char **argv) { return cmd_migrate(argc, argv, 1); }
+static int cmd_promote(int argc, char **argv) { return cmd_migrate(argc, argv, 0); }
+
+static int cmd_tier(int argc, char **argv)
+{
+	static const struct option extra[] = {{"apply", no_argument, NULL, OPT_APPLY},
+	                                      {"json", no_argument, NULL, OPT_JSON},
+	                                      {0, 0, 0, 0}};
+	PARSE(extra, 0, 0);
+	qv_store *s;
+	if (open_store(&o, &s))
+		return EXIT_FAIL;
+	qv_store_config cfg;
+	qv_store_config_get(s, &cfg);
+	int rc = 0;
+	char a[32], b[32], d[32];
+	if (!o.apply) {
+		qv_tier_status st;
+		rc = qv_tier_status_get(s, &st);
+		if (rc == 0)
+			printf("hot tier: %s used of %s (high %.0f%%, low %.0f%%); run with --apply to enforce\n",
+			       cli_bytes(st.tier[QV_TIER_HOT].used_bytes, a, sizeof(a)),
+			       cfg.hot_capacity ? cli_bytes(cfg.hot_capacity, b, sizeof(b)) : "unlimited",
+			       cfg.high * 100, cfg.low * 100);
+	} else {
+		qv_policy_result r;
+		rc = qv_tier_apply(s, &r);
+		if (rc == 0 && o.json)
+			cli_json_print(json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "hot_before",
+			                         (json_int_t)r.hot_before, "hot_after",
+			                         (json_int_t)r.hot_after, "versions_demoted",
+			                         (json_int_t)r.versions, "shards", (json_int_t)r.moved.shards,
+			                         "raw_bytes", (json_int_t)r.moved.raw_bytes, "stored_bytes",
+			                         (json_int_t)r.moved.stored_bytes));
+		else if (rc == 0)
+			printf("tier policy: hot tier %s -> %s of %s; demoted %llu version%s (%llu shards)\n",
+			       cli_bytes(r.hot_before, a, sizeof(a)), cli_bytes(r.hot_after, b, sizeof(b)),
+			       cfg.hot_capacity ? cli_bytes(cfg.hot_capacity, d, sizeof(d)) : "unlimited",
+			       (unsigned long long)r.versions, r.versions == 1 ? "" : "s",
+			       (unsigned long long)r.moved.shards);
+	}
+	if (rc)
+		rc = cli_fail(s, rc);
+	qv_store_close(s);
+	return rc;
+}
+
+static int cmd_status(int argc, char **argv)
+{
+	PARSE(opt_json, 0, 0);
+	qv_store *s;
+	if (open_store(&o, &s))
+		return EXIT_FAIL;
+	qv_tier_status st;
+	int rc = qv_tier_status_get(s, &st);
+	if (rc) {
+		rc = cli_fail(s, rc);
+		qv_store_close(s);
+		return rc;
+	}
+	char a[32], b[32], d[32];
+	if (o.json) {
+		json_t *tiers = json_array();
+		for (int t = 0; t < QV_TIERS; t++) {
+			const qv_tier_usage *u = &st.tier[t];
+			if (!u->dir)
+				continue;
+			json_array_append_new(
+				tiers, json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I}", "tier", tier_name(t),
+				                 "dir", u->dir, "capacity", (json_int_t)u->capacity,
+				                 "used_bytes", (json_int_t)u->used_bytes, "raw_bytes",
+				                 (json_int_t)u->raw_bytes, "shards", (json_int_t)u->shards,
+				                 "versions", (json_int_t)u->versions));
+		}
+		cli_json_print(json_pack("{s:s, s:o, s:I, s:I, s:I, s:f, s:f}", "root", qv_store_root(s),
+		                         "tiers", tiers, "mixed_versions", (json_int_t)st.mixed_versions,
+		                         "saved_by_compression", (json_int_t)st.saved_by_compression,
+		                         "saved_by_dedup", (json_int_t)st.saved_by_dedup, "high", st.high,
+		                         "low", st.low));
+	} else {
+		printf("store %s\n", qv_store_root(s));
+		printf("%-5s %-40s %12s %12s %8s %9s\n", "TIER", "FOLDER", "CAPACITY", "USED", "SHARDS",
+		       "VERSIONS");
+		for (int t = 0; t < QV_TIERS; t++) {
+			const qv_tier_usage *u = &st.tier[t];
+			if (!u->dir)
+				continue;
+			printf("%-5s %-40s %12s %12s %8llu %9llu\n", tier_name(t), u->dir,
+			       u->capacity ? cli_bytes(u->capacity, a, sizeof(a)) : "-",
+			       cli_bytes(u->used_bytes, b, sizeof(b)), (unsigned long long)u->shards,
+			       (unsigned long long)u->versions);
+		}
+		printf("mixed versions: %llu; saved by compression %s, by dedup %s\n",
+		       (unsigned long long)st.mixed_versions,
+		       cli_bytes(st.saved_by_compression, a, sizeof(a)),
+		       cli_bytes(st.saved_by_dedup, d, sizeof(d)));
+	}
 	qv_store_close(s);
 	return EXIT_OK;
 }
@@ -782,7 +1092,7 @@ static const struct cmd cmds[] = {
 	 "Recompute the SHA-256 of every shard of MODEL@REF (default: every version in\n"
 	 "the store). Damaged shards are listed with every version they break; exit 3."},
 	{"load", cmd_load,
-	 "quiver load MODEL[@REF] [--device cpu|cuda:N] [--io auto|direct|buffered] [--qd N] [--chunk SIZE] [--verify] [--json]",
+	 "quiver load MODEL[@REF] [--device cpu|cuda:N] [--io auto|direct|buffered] [--qd N] [--chunk SIZE] [--verify] [--promote] [--json]",
 	 "Stream a version's tensors from the store into memory: io_uring with O_DIRECT\n"
 	 "reads into a ring of pinned buffers, then into host memory or the GPU.\n"
 	 "Prints bytes, tensors, seconds, GB/s and the time to the first complete tensor.\n\n"
@@ -792,8 +1102,31 @@ static const struct cmd cmds[] = {
 	 "  --qd N       reads in flight, 1 to 256 (default 16)\n"
 	 "  --chunk SIZE bytes per read, a multiple of 4K from 64K to 64M (default 1M)\n"
 	 "  --verify     check every shard's XXH3 checksum on the way; damage exits 3\n"
+	 "               (cold frames are always checked)\n"
+	 "  --promote    also move the version's cold shards back to the hot tier\n"
 	 "  --json       print the result as JSON (keys bytes, tensors, seconds, gbps,\n"
 	 "               first_tensor_seconds, device, io, engine, qd, chunk_bytes)"},
+	{"init", cmd_init,
+	 "quiver init [--hot DIR] [--cold DIR] [--hot-capacity SIZE] [--high 0.90] [--low 0.75]",
+	 "Configure the tiers (writes ROOT/config.ini): the hot tier (fast disk, raw\n"
+	 "shards; default ROOT), the cold tier (large disk, compressed shards) and the\n"
+	 "hot tier's capacity and watermarks for the placement policy. Each tier keeps\n"
+	 "its own temp folder. Tiers that already hold shards cannot be moved."},
+	{"pin", cmd_pin, "quiver pin MODEL@REF", "Keep MODEL@REF on the hot tier whatever the policy says."},
+	{"unpin", cmd_unpin, "quiver unpin MODEL@REF", "Undo 'quiver pin'."},
+	{"demote", cmd_demote, "quiver demote MODEL@REF [--json]",
+	 "Move MODEL@REF's shards to the cold tier, compressed; shards that a version\n"
+	 "staying hot also uses stay hot. Crash-safe: the old copy goes only after the\n"
+	 "index points at the new one."},
+	{"promote", cmd_promote, "quiver promote MODEL@REF [--json]",
+	 "Move MODEL@REF's shards back to the hot tier, checking every frame."},
+	{"tier", cmd_tier, "quiver tier [--apply] [--json]",
+	 "Show hot usage against the watermarks; --apply runs the placement policy:\n"
+	 "above the high watermark, the least recently loaded versions that are not\n"
+	 "current, aliased or pinned go cold until usage is under the low watermark."},
+	{"status", cmd_status, "quiver status [--json]",
+	 "Per tier: folder, capacity, bytes used, shards and versions held; versions\n"
+	 "split across tiers; bytes saved by compression and by dedup."},
 	{"rm", cmd_rm, "quiver rm MODEL@REF [--force] [--json]",
 	 "Remove a version and free the shards no other version uses. A current or\n"
 	 "aliased version is refused unless --force (which drops those aliases)."},

@@ -21,12 +21,56 @@
 
 #define IO_BUF (8u << 20)
 
-/* Hashes the whole shard file; 0 if it matches d and has size bytes. On
- * mismatch returns QV_ECORRUPT and sets *why. */
-static int shard_check(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int64_t size, char *buf,
-                       const char **why)
+/* Hashes the raw bytes of a shard on a non-hot tier through the tier reader. */
+static int shard_check_tier(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int tier, uint64_t size,
+                            char *buf, const char **why)
+{
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	int rc = 0;
+	if (!md || !EVP_DigestInit_ex(md, EVP_sha256(), NULL)) {
+		EVP_MD_CTX_free(md);
+		return -ENOMEM;
+	}
+	for (uint64_t off = 0; off < size && rc == 0;) {
+		size_t n = size - off < IO_BUF ? (size_t)(size - off) : IO_BUF;
+		rc = qv__shard_read(s, d, tier, off, buf, n);
+		if (rc == 0)
+			EVP_DigestUpdate(md, buf, n);
+		off += n;
+	}
+	uint8_t got[QV_DIGEST_LEN];
+	unsigned int dl;
+	EVP_DigestFinal_ex(md, got, &dl);
+	EVP_MD_CTX_free(md);
+	if (rc == -ENOENT) {
+		*why = "missing";
+		return QV_ECORRUPT;
+	}
+	if (rc == QV_ECORRUPT) {
+		*why = "damaged frame (checksum mismatch)";
+		return rc;
+	}
+	if (rc)
+		return rc;
+	if (memcmp(got, d, QV_DIGEST_LEN) != 0) {
+		*why = "digest mismatch";
+		return QV_ECORRUPT;
+	}
+	return 0;
+}
+
+/* Hashes the whole shard; 0 if it matches d and has size bytes (size < 0:
+ * any). On mismatch returns QV_ECORRUPT and sets *why. */
+static int shard_check(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int tier, int64_t size,
+                       char *buf, const char **why)
 {
 	char path[PATH_MAX];
+	if (tier != QV_TIER_HOT) {
+		qv_shard_info info;
+		if (size < 0 && qv_shard_info_get(s, d, &info) == 0)
+			size = (int64_t)info.size;
+		return shard_check_tier(s, d, tier, (uint64_t)(size < 0 ? 0 : size), buf, why);
+	}
 	qv__shard_path(s, d, path, sizeof(path));
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
@@ -101,24 +145,34 @@ static int copy_shard(struct exporter *x, const char *fname, const uint8_t d[QV_
                       uint64_t off, uint64_t len, int out, uint64_t out_off)
 {
 	char path[PATH_MAX], hex[QV_HEX_LEN + 1];
-	qv_digest_hex(d, hex);
-	qv__shard_path(x->s, d, path, sizeof(path));
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return qv__err(x->s, errno == ENOENT ? QV_ECORRUPT : -errno,
-		               "%s: shard %.16s is %s", fname, hex,
-		               errno == ENOENT ? "missing" : strerror(errno));
-	struct stat st;
-	int rc = 0;
+	qv_shard_info info;
+	int fd = -1, rc = 0;
 	EVP_MD_CTX *md = NULL;
-	if (fstat(fd, &st) < 0) {
-		rc = qv__err(x->s, -errno, "%s: %s", path, strerror(errno));
-		goto out;
+	qv_digest_hex(d, hex);
+	rc = qv_shard_info_get(x->s, d, &info);
+	if (rc)
+		return qv__err(x->s, rc == QV_ENOTFOUND ? QV_ECORRUPT : rc,
+		               "%s: shard %.16s is not in the index", fname, hex);
+	uint64_t size = info.size;
+	if (info.tier == QV_TIER_HOT) {
+		struct stat st;
+		qv__shard_path(x->s, d, path, sizeof(path));
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			return qv__err(x->s, errno == ENOENT ? QV_ECORRUPT : -errno,
+			               "%s: shard %.16s is %s", fname, hex,
+			               errno == ENOENT ? "missing" : strerror(errno));
+		if (fstat(fd, &st) < 0) {
+			rc = qv__err(x->s, -errno, "%s: %s", path, strerror(errno));
+			goto out;
+		}
+		size = (uint64_t)st.st_size;
+		posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 	}
-	int whole = off == 0 && len == (uint64_t)st.st_size;
+	int whole = off == 0 && len == size;
 	if (!whole && !pack_checked(x, d)) {
 		const char *why = "";
-		rc = shard_check(x->s, d, -1, x->buf, &why);
+		rc = shard_check(x->s, d, info.tier, -1, x->buf, &why);
 		if (rc) {
 			rc = qv__err(x->s, rc, "%s: shard %.16s: %s", fname, hex,
 			             rc == QV_ECORRUPT ? why : qv_strerror(rc));
@@ -132,7 +186,7 @@ static int copy_shard(struct exporter *x, const char *fname, const uint8_t d[QV_
 		x->ok = np;
 		memcpy(x->ok[x->n_ok++], d, QV_DIGEST_LEN);
 	}
-	if (off + len > (uint64_t)st.st_size) {
+	if (off + len > size) {
 		rc = qv__err(x->s, QV_ECORRUPT, "%s: shard %.16s is shorter than the index says",
 		             fname, hex);
 		goto out;
@@ -144,13 +198,16 @@ static int copy_shard(struct exporter *x, const char *fname, const uint8_t d[QV_
 			goto out;
 		}
 	}
-	posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 	for (uint64_t done = 0; done < len;) {
 		size_t n = len - done < IO_BUF ? (size_t)(len - done) : IO_BUF;
-		rc = qv__pread_full(fd, x->buf, n, off + done);
+		rc = fd >= 0 ? qv__pread_full(fd, x->buf, n, off + done)
+		             : qv__shard_read(x->s, d, info.tier, off + done, x->buf, n);
 		if (rc) {
-			rc = qv__err(x->s, rc == QV_EFORMAT ? QV_ECORRUPT : rc, "%s: shard %.16s: %s",
-			             fname, hex, rc == QV_EFORMAT ? "truncated" : qv_strerror(rc));
+			const char *why = rc == QV_EFORMAT ? "truncated"
+			                  : rc == QV_ECORRUPT ? "damaged (checksum mismatch)"
+			                  : qv_strerror(rc);
+			rc = qv__err(x->s, rc == QV_EFORMAT || rc == QV_ECORRUPT || rc == -ENOENT ? QV_ECORRUPT : rc,
+			             "%s: shard %.16s: %s", fname, hex, why);
 			goto out;
 		}
 		if (md)
@@ -174,7 +231,8 @@ static int copy_shard(struct exporter *x, const char *fname, const uint8_t d[QV_
 	}
 out:
 	EVP_MD_CTX_free(md);
-	close(fd);
+	if (fd >= 0)
+		close(fd);
 	return rc;
 }
 
@@ -412,15 +470,18 @@ int qv_verify(qv_store *s, const char *model, const char *ref, qv_verify_report 
 		MDB_val k = {QV_DIGEST_LEN, uses[i].d}, v;
 		const char *why = NULL;
 		int64_t size = -1;
+		int tier = QV_TIER_HOT;
 		int g = mdb_get(txn, s->db_shards, &k, &v);
 		if (g == MDB_NOTFOUND || (g == 0 && v.mv_size != sizeof(qv__shard_rec)))
 			why = "missing from the index";
 		else if (g)
 			rc = qv__mdb_fail(s, g, "read shard");
-		else
+		else {
 			size = (int64_t)((qv__shard_rec *)v.mv_data)->size;
+			tier = ((qv__shard_rec *)v.mv_data)->tier;
+		}
 		if (rc == 0 && !why) {
-			int c = shard_check(s, uses[i].d, size, buf, &why);
+			int c = shard_check(s, uses[i].d, tier, size, buf, &why);
 			if (c && c != QV_ECORRUPT)
 				why = "unreadable";
 			b->r.shards++;

@@ -187,9 +187,10 @@ static int sweep_manifests(qv_store *s, MDB_txn *txn, const struct dset *man, in
 	return 0;
 }
 
-/* Drops dead shard entries and fixes refcounts that drifted. */
+/* Drops dead shard entries and fixes refcounts that drifted; the surviving
+ * shards go into on_tier[] by the tier the index has them on. */
 static int sweep_shards(qv_store *s, MDB_txn *txn, const struct dset *live, int dry_run,
-                        qv_free_result *r)
+                        struct dset on_tier[QV_TIERS], qv_free_result *r)
 {
 	MDB_cursor *c;
 	int rc = mdb_cursor_open(txn, s->db_shards, &c);
@@ -210,13 +211,19 @@ static int sweep_shards(qv_store *s, MDB_txn *txn, const struct dset *live, int 
 				rc = qv__mdb_fail(s, g, "delete shard");
 				break;
 			}
-		} else if (rec.refcount != want) {
-			r->index_fixes++;
-			rec.refcount = want;
-			MDB_val nv = {sizeof(rec), &rec};
-			if (!dry_run && (g = mdb_cursor_put(c, &k, &nv, MDB_CURRENT)) != 0) {
-				rc = qv__mdb_fail(s, g, "write shard");
+		} else {
+			if (rec.tier < QV_TIERS && dset_add(&on_tier[rec.tier], k.mv_data)) {
+				rc = qv__err(s, -ENOMEM, "out of memory");
 				break;
+			}
+			if (rec.refcount != want) {
+				r->index_fixes++;
+				rec.refcount = want;
+				MDB_val nv = {sizeof(rec), &rec};
+				if (!dry_run && (g = mdb_cursor_put(c, &k, &nv, MDB_CURRENT)) != 0) {
+					rc = qv__mdb_fail(s, g, "write shard");
+					break;
+				}
 			}
 		}
 		g = mdb_cursor_get(c, &k, &v, MDB_NEXT);
@@ -229,12 +236,15 @@ static int sweep_shards(qv_store *s, MDB_txn *txn, const struct dset *live, int 
 	return 0;
 }
 
-/* Deletes (or counts) every shard file that is not live. */
-static int sweep_files(qv_store *s, const struct dset *live, int dry_run, qv_free_result *r)
+/* Deletes (or counts) every shard file of tier that the index does not
+ * place there (live: the digests it does). */
+static int sweep_files(qv_store *s, int tier, const struct dset *live, int dry_run,
+                       qv_free_result *r)
 {
-	DIR *d1 = opendir(s->shard_dir);
+	const char *dir = s->tier[tier].shard_dir;
+	DIR *d1 = opendir(dir);
 	if (!d1)
-		return qv__err(s, -errno, "%s: %s", s->shard_dir, strerror(errno));
+		return qv__err(s, -errno, "%s: %s", dir, strerror(errno));
 	struct dirent *e1;
 	while ((e1 = readdir(d1))) {
 		if (e1->d_name[0] == '.')
@@ -242,7 +252,7 @@ static int sweep_files(qv_store *s, const struct dset *live, int dry_run, qv_fre
 		char p1[PATH_MAX];
 		if (strlen(e1->d_name) != 2)
 			continue;
-		snprintf(p1, sizeof(p1), "%s/%s", s->shard_dir, e1->d_name);
+		snprintf(p1, sizeof(p1), "%s/%s", dir, e1->d_name);
 		DIR *d2 = opendir(p1);
 		if (!d2)
 			continue;
@@ -282,21 +292,23 @@ static int sweep_files(qv_store *s, const struct dset *live, int dry_run, qv_fre
 
 static int64_t count_tmp(qv_store *s)
 {
-	DIR *d = opendir(s->tmp_dir);
 	int64_t n = 0;
-	if (!d)
-		return -errno;
-	struct dirent *e;
-	while ((e = readdir(d)))
-		n += e->d_name[0] != '.';
-	closedir(d);
+	for (int t = 0; t < QV_TIERS; t++) {
+		DIR *d = s->tier[t].tmp_dir ? opendir(s->tier[t].tmp_dir) : NULL;
+		if (!d)
+			continue;
+		struct dirent *e;
+		while ((e = readdir(d)))
+			n += e->d_name[0] != '.';
+		closedir(d);
+	}
 	return n;
 }
 
 int qv_gc(qv_store *s, int dry_run, qv_free_result *res)
 {
 	qv_free_result r = {0};
-	struct dset man = {0}, live = {0};
+	struct dset man = {0}, live = {0}, on_tier[QV_TIERS] = {{0}};
 	MDB_txn *txn = NULL;
 	int rc;
 
@@ -311,7 +323,7 @@ int qv_gc(qv_store *s, int dry_run, qv_free_result *res)
 	if (rc == 0)
 		rc = sweep_manifests(s, txn, &man, dry_run, &live, &r);
 	if (rc == 0)
-		rc = sweep_shards(s, txn, &live, dry_run, &r);
+		rc = sweep_shards(s, txn, &live, dry_run, on_tier, &r);
 	if (rc)
 		goto out;
 	if (dry_run) {
@@ -325,13 +337,19 @@ int qv_gc(qv_store *s, int dry_run, qv_free_result *res)
 		}
 	}
 	txn = NULL;
-	/* After the commit: files of dead and unknown shards, then temp files. */
-	rc = sweep_files(s, &live, dry_run, &r);
+	/* After the commit: files of dead and unknown shards (and copies left
+	 * on the wrong tier by an interrupted migration), then temp files. */
+	for (int t = 0; t < QV_TIERS && rc == 0; t++) {
+		if (!s->tier[t].shard_dir)
+			continue;
+		dset_seal(&on_tier[t]);
+		rc = sweep_files(s, t, &on_tier[t], dry_run, &r);
+	}
 	if (rc)
 		goto out;
-	int64_t t = dry_run ? count_tmp(s) : qv__tmp_sweep(s);
-	if (t > 0)
-		r.temp_files = (uint64_t)t;
+	int64_t ntmp = dry_run ? count_tmp(s) : qv__tmp_sweep(s);
+	if (ntmp > 0)
+		r.temp_files = (uint64_t)ntmp;
 	if (!dry_run) {
 		rc = qv__fsync_dir(s->shard_dir);
 		if (rc)
@@ -343,6 +361,8 @@ out:
 	qv__unlock(s);
 	dset_free(&man);
 	dset_free(&live);
+	for (int t = 0; t < QV_TIERS; t++)
+		dset_free(&on_tier[t]);
 	if (res)
 		*res = r;
 	return rc;

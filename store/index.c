@@ -137,15 +137,13 @@ int qv_store_open(const char *root, qv_store **out, char *errbuf, size_t errlen)
 		return -ENOMEM;
 	s->lock_fd = -1;
 	s->root = strdup(root);
-	s->shard_dir = path_join(root, "shards");
-	s->tmp_dir = path_join(root, "tmp");
 	index_dir = path_join(root, "index");
 	lock_path = path_join(root, "lock");
-	if (!s->root || !s->shard_dir || !s->tmp_dir || !index_dir || !lock_path) {
+	if (!s->root || !index_dir || !lock_path) {
 		rc = -ENOMEM;
 		goto fail;
 	}
-	const char *dirs[] = {s->root, s->shard_dir, s->tmp_dir, index_dir};
+	const char *dirs[] = {s->root, index_dir};
 	for (size_t i = 0; i < QV_ARRAY_LEN(dirs); i++) {
 		rc = qv__mkdir_p(dirs[i], 0755);
 		if (rc) {
@@ -153,6 +151,9 @@ int qv_store_open(const char *root, qv_store **out, char *errbuf, size_t errlen)
 			goto fail;
 		}
 	}
+	rc = qv__config_load(s, errbuf, errlen);
+	if (rc)
+		goto fail;
 	s->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 	if (s->lock_fd < 0) {
 		rc = -errno;
@@ -198,9 +199,8 @@ void qv_store_close(qv_store *s)
 		mdb_env_close(s->env);
 	if (s->lock_fd >= 0)
 		close(s->lock_fd);
+	qv__config_free(s);
 	free(s->root);
-	free(s->shard_dir);
-	free(s->tmp_dir);
 	free(s);
 }
 
@@ -251,20 +251,22 @@ int qv__version_rec_get(qv_store *s, MDB_txn *txn, const char *model, const char
 	json_error_t jerr;
 	json_t *j = json_loadb(v.mv_data, v.mv_size, 0, &jerr);
 	const char *digest = NULL, *parent = "", *message = "";
-	json_int_t created = 0, bytes = 0, tensors = 0, seq = 0;
-	int single = 0;
+	json_int_t created = 0, bytes = 0, tensors = 0, seq = 0, last_load = 0;
+	int single = 0, pinned = 0;
 	rc = QV_ECORRUPT;
 	memset(rec, 0, sizeof(*rec));
-	if (j && json_unpack(j, "{s:s, s:I, s:I, s:I, s:I, s:b, s?s, s?s}", "digest", &digest,
+	if (j && json_unpack(j, "{s:s, s:I, s:I, s:I, s:I, s:b, s?s, s?s, s?b, s?I}", "digest", &digest,
 	                     "created_ns", &created, "bytes", &bytes, "tensors", &tensors, "seq",
 	                     &seq, "single_file", &single, "parent", &parent, "message",
-	                     &message) == 0 &&
+	                     &message, "pinned", &pinned, "last_load_ns", &last_load) == 0 &&
 	    qv__hex_parse(digest, rec->digest) == 0) {
 		rec->created_ns = created;
 		rec->bytes = (uint64_t)bytes;
 		rec->n_tensors = (uint64_t)tensors;
 		rec->seq = (uint64_t)seq;
 		rec->single_file = single;
+		rec->pinned = pinned;
+		rec->last_load_ns = last_load;
 		snprintf(rec->parent, sizeof(rec->parent), "%s", parent);
 		snprintf(rec->message, sizeof(rec->message), "%s", message);
 		rc = 0;
@@ -280,11 +282,12 @@ int qv__version_rec_put(qv_store *s, MDB_txn *txn, const char *model, const char
 {
 	char kb[QV_KEY_MAX], hex[QV_HEX_LEN + 1];
 	qv_digest_hex(rec->digest, hex);
-	json_t *j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:b, s:s, s:s}", "digest", hex,
+	json_t *j = json_pack("{s:s, s:I, s:I, s:I, s:I, s:b, s:s, s:s, s:b, s:I}", "digest", hex,
 	                      "created_ns", (json_int_t)rec->created_ns, "bytes",
 	                      (json_int_t)rec->bytes, "tensors", (json_int_t)rec->n_tensors, "seq",
 	                      (json_int_t)rec->seq, "single_file", rec->single_file, "parent",
-	                      rec->parent, "message", rec->message);
+	                      rec->parent, "message", rec->message, "pinned", rec->pinned,
+	                      "last_load_ns", (json_int_t)rec->last_load_ns);
 	char *txt = j ? json_dumps(j, JSON_COMPACT) : NULL;
 	json_decref(j);
 	if (!txt)

@@ -162,27 +162,39 @@ int qv__copy_range(int in_fd, uint64_t in_off, int out_fd, uint64_t out_off, uin
 
 int64_t qv__tmp_sweep(qv_store *s)
 {
-	DIR *d = opendir(s->tmp_dir);
 	int64_t n = 0;
-	if (!d)
-		return -errno;
-	struct dirent *e;
-	while ((e = readdir(d))) {
-		if (e->d_name[0] == '.')
+	for (int t = 0; t < QV_TIERS; t++) {
+		if (!s->tier[t].tmp_dir)
 			continue;
-		if (unlinkat(dirfd(d), e->d_name, 0) == 0)
-			n++;
+		DIR *d = opendir(s->tier[t].tmp_dir);
+		if (!d)
+			return -errno;
+		struct dirent *e;
+		while ((e = readdir(d))) {
+			if (e->d_name[0] == '.')
+				continue;
+			if (unlinkat(dirfd(d), e->d_name, 0) == 0)
+				n++;
+		}
+		closedir(d);
 	}
-	closedir(d);
 	return n;
+}
+
+int qv_shard_path_tier(const qv_store *s, const uint8_t d[QV_DIGEST_LEN], int tier, char *buf,
+                       size_t len)
+{
+	char hex[QV_HEX_LEN + 1];
+	if (tier < 0 || tier >= QV_TIERS || !s->tier[tier].shard_dir)
+		return -ENOENT;
+	qv_digest_hex(d, hex);
+	int n = snprintf(buf, len, "%s/%.2s/%.2s/%s", s->tier[tier].shard_dir, hex, hex + 2, hex);
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
 int qv_shard_path(const qv_store *s, const uint8_t d[QV_DIGEST_LEN], char *buf, size_t len)
 {
-	char hex[QV_HEX_LEN + 1];
-	qv_digest_hex(d, hex);
-	int n = snprintf(buf, len, "%s/%.2s/%.2s/%s", s->shard_dir, hex, hex + 2, hex);
-	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+	return qv_shard_path_tier(s, d, QV_TIER_HOT, buf, len);
 }
 
 int qv_shard_info_get(qv_store *s, const uint8_t d[QV_DIGEST_LEN], qv_shard_info *out)
@@ -201,6 +213,7 @@ int qv_shard_info_get(qv_store *s, const uint8_t d[QV_DIGEST_LEN], qv_shard_info
 		out->xxh3 = rec.xxh3;
 		out->tier = rec.tier;
 		out->codec = rec.codec;
+		out->last_use_ns = rec.last_use_ns;
 	} else {
 		char hex[QV_HEX_LEN + 1];
 		qv_digest_hex(d, hex);
@@ -209,6 +222,85 @@ int qv_shard_info_get(qv_store *s, const uint8_t d[QV_DIGEST_LEN], qv_shard_info
 			          rc ? "not in the index" : "damaged index record")
 			: qv__mdb_fail(s, rc, "read shard");
 	}
+	mdb_txn_abort(txn);
+	return rc;
+}
+
+int qv_shard_relocate(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int from, int to,
+                      uint64_t stored_size, int codec)
+{
+	MDB_txn *txn;
+	char hex[QV_HEX_LEN + 1];
+	qv_digest_hex(d, hex);
+	int rc = qv__txn_begin(s, 0, &txn);
+	if (rc)
+		return rc;
+	MDB_val k = {QV_DIGEST_LEN, (void *)d}, v;
+	qv__shard_rec rec;
+	rc = mdb_get(txn, s->db_shards, &k, &v);
+	if (rc == MDB_NOTFOUND) {
+		rc = qv__err(s, QV_ENOTFOUND, "shard %.16s: no longer in the index", hex);
+		goto out;
+	}
+	if (rc || v.mv_size != sizeof(rec)) {
+		rc = rc ? qv__mdb_fail(s, rc, "read shard")
+		        : qv__err(s, QV_ECORRUPT, "shard %.16s: damaged index record", hex);
+		goto out;
+	}
+	memcpy(&rec, v.mv_data, sizeof(rec));
+	if (rec.tier != from) {
+		rc = qv__err(s, QV_ECHANGED, "shard %.16s: moved by someone else", hex);
+		goto out;
+	}
+	rec.tier = (uint8_t)to;
+	rec.codec = (uint8_t)codec;
+	rec.stored_size = stored_size;
+	v.mv_size = sizeof(rec);
+	v.mv_data = &rec;
+	rc = mdb_put(txn, s->db_shards, &k, &v, 0);
+	if (rc) {
+		rc = qv__mdb_fail(s, rc, "write shard");
+		goto out;
+	}
+	rc = mdb_txn_commit(txn);
+	txn = NULL;
+	if (rc)
+		rc = qv__mdb_fail(s, rc, "commit");
+out:
+	if (txn)
+		mdb_txn_abort(txn);
+	return rc;
+}
+
+int qv_shard_foreach(qv_store *s, qv_shard_visit_fn fn, void *arg)
+{
+	MDB_txn *txn;
+	MDB_cursor *c;
+	int rc = qv__txn_begin(s, MDB_RDONLY, &txn);
+	if (rc)
+		return rc;
+	rc = mdb_cursor_open(txn, s->db_shards, &c);
+	if (rc) {
+		mdb_txn_abort(txn);
+		return qv__mdb_fail(s, rc, "cursor");
+	}
+	MDB_val k, v;
+	int g = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+	while (g == 0) {
+		if (k.mv_size == QV_DIGEST_LEN && v.mv_size == sizeof(qv__shard_rec)) {
+			qv__shard_rec rec;
+			memcpy(&rec, v.mv_data, sizeof(rec));
+			qv_shard_info info = {rec.size, rec.stored_size, rec.xxh3, rec.tier, rec.codec,
+			                      rec.last_use_ns};
+			rc = fn(arg, k.mv_data, &info);
+			if (rc)
+				break;
+		}
+		g = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+	}
+	if (rc == 0 && g != MDB_NOTFOUND)
+		rc = qv__mdb_fail(s, g, "cursor");
+	mdb_cursor_close(c);
 	mdb_txn_abort(txn);
 	return rc;
 }

@@ -37,10 +37,21 @@ char *qv__arena_strndup(qv__arena *a, const char *s, size_t n);
 void qv__arena_free(qv__arena *a);
 
 /* ---- the store handle ---------------------------------------------------- */
-struct qv_store {
-	char *root;
+struct qv__tier {
+	char *dir;
 	char *shard_dir;
 	char *tmp_dir;
+};
+
+struct qv_store {
+	char *root;
+	char *shard_dir;      /* = tier[QV_TIER_HOT].shard_dir */
+	char *tmp_dir;        /* = tier[QV_TIER_HOT].tmp_dir */
+	struct qv__tier tier[QV_TIERS];  /* dir NULL: no such tier */
+	uint64_t hot_capacity;
+	double high, low;
+	qv_tier_read_fn tier_read;
+	void *tier_read_arg;
 	MDB_env *env;
 	MDB_dbi db_meta, db_models, db_versions, db_manifests, db_aliases, db_history,
 		db_shards;
@@ -87,8 +98,6 @@ int qv__manifest_shards(const qv_file *files, size_t n_files, uint8_t (**out)[QV
 /* ---- index records ---------------------------------------------------------- */
 /* A shard's index entry. Fixed layout, native endian (the index is local). */
 #define QV_SHARD_REC_MAGIC 0x51565331u /* "QVS1" */
-enum { QV_TIER_HOT = 0 };
-enum { QV_CODEC_RAW = 0 };
 enum { QV_SHARD_TENSOR = 0, QV_SHARD_PACK = 1, QV_SHARD_BLOB = 2 };
 typedef struct qv__shard_rec {
 	uint32_t magic;
@@ -111,6 +120,8 @@ typedef struct qv__version_rec {
 	uint64_t n_tensors;
 	uint64_t seq;
 	int single_file;
+	int pinned;
+	int64_t last_load_ns;
 	char parent[QV_NAME_MAX + 1];
 	char message[QV_MESSAGE_MAX + 1];
 } qv__version_rec;
@@ -168,6 +179,16 @@ void qv__unlock(qv_store *s);
 /* Removes temp files of crashed writers when no writer is running (called
  * under the exclusive lock). Returns the count removed or -errno. */
 int64_t qv__tmp_sweep(qv_store *s);
+
+/* ---- configuration (config.c) ------------------------------------------------ */
+/* Reads root/config.ini into s (tiers, watermarks); no file: one hot tier at
+ * root. */
+int qv__config_load(qv_store *s, char *errbuf, size_t errlen);
+void qv__config_free(qv_store *s);
+
+/* Reads raw bytes [off, off + len) of shard d wherever its tier is. */
+int qv__shard_read(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int tier, uint64_t off, void *buf,
+                   size_t len);
 
 /* ---- time ------------------------------------------------------------------- */
 int64_t qv__now_ns(void);

@@ -145,6 +145,8 @@ static int fill_version(qv_store *s, MDB_txn *txn, const char *model, const char
 	v->bytes = rec.bytes;
 	v->n_tensors = rec.n_tensors;
 	v->single_file = rec.single_file;
+	v->pinned = rec.pinned;
+	v->last_load_ns = rec.last_load_ns;
 	size_t n = 0;
 	for (size_t i = 0; i < as->n; i++)
 		n += strcmp(as->p[i].label, label) == 0;
@@ -750,12 +752,14 @@ int qv_version_rm(qv_store *s, const char *model, const char *ref, int force,
 		rc = qv__mdb_fail(s, rc, "commit");
 		goto out;
 	}
-	/* Only now, with no reference left in the index, may the files go. */
-	for (size_t i = 0; i < n_freed; i++) {
-		char path[PATH_MAX];
-		qv__shard_path(s, freed[i], path, sizeof(path));
-		unlink(path);
-	}
+	/* Only now, with no reference left in the index, may the files go
+	 * (from whichever tier holds them). */
+	for (size_t i = 0; i < n_freed; i++)
+		for (int t = 0; t < QV_TIERS; t++) {
+			char path[PATH_MAX];
+			if (qv_shard_path_tier(s, freed[i], t, path, sizeof(path)) == 0)
+				unlink(path);
+		}
 	if (res) {
 		res->versions = 1;
 		res->shards = n_freed;
@@ -769,4 +773,45 @@ out:
 	free(as.p);
 	free(freed);
 	return rc;
+}
+
+/* Rewrites one field group of a version record in one transaction. */
+static int version_update(qv_store *s, const char *model, const char *ref, int pin, int touch)
+{
+	MDB_txn *txn = NULL;
+	char label[QV_NAME_MAX + 1];
+	qv__version_rec rec;
+	s->errmsg[0] = 0;
+	int rc = qv__txn_begin(s, 0, &txn);
+	if (rc)
+		return rc;
+	rc = qv__resolve(s, txn, model, ref, label);
+	if (rc == 0)
+		rc = qv__version_rec_get(s, txn, model, label, &rec);
+	if (rc == 0) {
+		if (pin >= 0)
+			rec.pinned = pin;
+		if (touch)
+			rec.last_load_ns = qv__now_ns();
+		rc = qv__version_rec_put(s, txn, model, label, &rec);
+	}
+	if (rc == 0) {
+		rc = mdb_txn_commit(txn);
+		txn = NULL;
+		if (rc)
+			rc = qv__mdb_fail(s, rc, "commit");
+	}
+	if (txn)
+		mdb_txn_abort(txn);
+	return rc;
+}
+
+int qv_version_pin(qv_store *s, const char *model, const char *ref, int pinned)
+{
+	return version_update(s, model, ref, pinned ? 1 : 0, 0);
+}
+
+int qv_version_touch(qv_store *s, const char *model, const char *label)
+{
+	return version_update(s, model, label, -1, 1);
 }

@@ -19,12 +19,15 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "quiver/codec.h"
 #include "stream_int.h"
 
 #define DEFAULT_QD 16u
 #define DEFAULT_CHUNK (1u << 20)
 #define DEFAULT_STREAMS 4u
 #define CACHED_ENOUGH 0.9
+#define DECODE_THREADS_MAX 8u
+#define COLD_BUFS_PER_THREAD 2u
 
 struct qv_load {
 	qv_version *v;           /* owns the names the tensor table points at */
@@ -58,6 +61,13 @@ struct plan {
 	size_t *map;                        /* open addressing: digest -> target */
 	size_t mask;
 	uint64_t arena_bytes;
+	/* filled by open_targets: the hot targets for the engine (copies that
+	 * share t[]'s descriptors) and the cold ones for the decode path */
+	struct qv__target *hot;
+	size_t n_hot;
+	struct qv__cold_target *cold;
+	size_t n_cold;
+	uint64_t cold_raw;
 };
 
 static void plan_free(struct plan *p)
@@ -65,6 +75,13 @@ static void plan_free(struct plan *p)
 	for (size_t i = 0; i < p->n; i++)
 		if (p->t[i].fd >= 0)
 			close(p->t[i].fd);
+	for (size_t i = 0; i < p->n_cold; i++) {
+		if (p->cold[i].direct_fd >= 0)
+			close(p->cold[i].direct_fd);
+		qv_codec_header_destroy(p->cold[i].hdr);
+	}
+	free(p->cold);
+	free(p->hot);
 	free(p->t);
 	free(p->digest);
 	free(p->map);
@@ -86,11 +103,13 @@ static int plan_target(qv_store *s, struct plan *p, const uint8_t d[QV_DIGEST_LE
 	int rc = qv_shard_info_get(s, d, &info);
 	if (rc)
 		return rc == QV_ENOTFOUND ? QV_ECORRUPT : rc;
-	if (info.tier != 0 || info.codec != 0)
-		return qv_store_fail(s, -ENOTSUP, "shard is on tier %d with codec %d: not loadable yet",
+	if (!((info.tier == QV_TIER_HOT && info.codec == QV_CODEC_RAW) ||
+	      (info.tier == QV_TIER_COLD && info.codec == QV_CODEC_FRAMES)))
+		return qv_store_fail(s, -ENOTSUP, "shard on tier %d with codec %d: not loadable",
 		                     info.tier, info.codec);
 	struct qv__target *t = &p->t[p->n];
 	memset(t, 0, sizeof(*t));
+	t->tier = info.tier;
 	t->fd = -1;
 	t->fixed = -1;
 	t->size = info.size;
@@ -176,6 +195,35 @@ int qv_load_size(qv_store *s, const char *model, const char *ref, uint64_t *byte
 }
 
 /* ---- files and the page cache ---------------------------------------------------------- */
+/* Opens a cold target: a buffered descriptor for the header (and as the
+ * fallback), an O_DIRECT one for the frames where the file system allows. */
+static int open_cold(qv_store *s, struct plan *p, size_t i, struct qv__cold_target *ct)
+{
+	struct qv__target *t = &p->t[i];
+	char path[PATH_MAX];
+	struct stat st;
+	memset(ct, 0, sizeof(*ct));
+	ct->direct_fd = -1;
+	ct->dest_off = t->dest_off;
+	memcpy(ct->name, t->name, sizeof(ct->name));
+	qv_shard_path_tier(s, p->digest[i], QV_TIER_COLD, path, sizeof(path));
+	t->fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (t->fd < 0)
+		return qv_store_fail(s, errno == ENOENT ? QV_ECORRUPT : -errno, "cold shard %s: %s: %s",
+		                     t->name, path, strerror(errno));
+	ct->fd = t->fd;
+	if (fstat(t->fd, &st) < 0)
+		return qv_store_fail(s, -errno, "%s: %s", path, strerror(errno));
+	int rc = qv_codec_header_read(t->fd, (uint64_t)st.st_size, &ct->hdr);
+	if (rc == 0 && ct->hdr->raw_size != t->size)
+		rc = QV_ECORRUPT;
+	if (rc)
+		return qv_store_fail(s, rc == QV_EFORMAT ? QV_ECORRUPT : rc,
+		                     "cold shard %s is damaged (%s)", t->name, qv_strerror(rc));
+	ct->direct_fd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+	return 0;
+}
+
 static int open_targets(qv_store *s, struct plan *p, int direct)
 {
 	struct rlimit rl;
@@ -184,12 +232,35 @@ static int open_targets(qv_store *s, struct plan *p, int direct)
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
+	for (size_t i = 0; i < p->n_cold; i++) {
+		if (p->cold[i].direct_fd >= 0)
+			close(p->cold[i].direct_fd);
+		qv_codec_header_destroy(p->cold[i].hdr);
+	}
+	free(p->cold);
+	free(p->hot);
+	p->cold = NULL;
+	p->hot = NULL;
+	p->n_cold = p->n_hot = 0;
+	p->cold_raw = 0;
+	p->hot = malloc((p->n ? p->n : 1) * sizeof(*p->hot));
+	p->cold = malloc((p->n ? p->n : 1) * sizeof(*p->cold));
+	if (!p->hot || !p->cold)
+		return qv_store_fail(s, -ENOMEM, "out of memory");
 	for (size_t i = 0; i < p->n; i++) {
 		struct qv__target *t = &p->t[i];
 		char path[PATH_MAX];
 		if (t->fd >= 0) {
 			close(t->fd);
 			t->fd = -1;
+		}
+		if (t->tier == QV_TIER_COLD) {
+			int rc = open_cold(s, p, i, &p->cold[p->n_cold]);
+			p->n_cold++;
+			if (rc)
+				return rc;
+			p->cold_raw += t->size;
+			continue;
 		}
 		qv_shard_path(s, p->digest[i], path, sizeof(path));
 		t->fd = open(path, O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
@@ -210,6 +281,7 @@ static int open_targets(qv_store *s, struct plan *p, int direct)
 			return qv_store_fail(s, QV_ECORRUPT,
 			                     "shard %s is %llu bytes on disk, the index says %llu", t->name,
 			                     (unsigned long long)st.st_size, (unsigned long long)t->size);
+		p->hot[p->n_hot++] = *t;
 	}
 	return 0;
 }
@@ -219,8 +291,8 @@ static double cached_fraction(const struct plan *p)
 {
 	uint64_t pages = 0, cached = 0;
 	long pg = sysconf(_SC_PAGESIZE);
-	for (size_t i = 0; i < p->n; i++) {
-		const struct qv__target *t = &p->t[i];
+	for (size_t i = 0; i < p->n_hot; i++) {
+		const struct qv__target *t = &p->hot[i];
 		uint64_t np = (t->size + (uint64_t)pg - 1) / (uint64_t)pg;
 		if (np == 0)
 			continue;
@@ -315,8 +387,10 @@ static int run_engine(qv_store *s, const qv_load_opts *o, struct plan *p, qv_sin
 	struct qv__backend *be = NULL;
 	char err[512] = "";
 	int rc = 0;
+	if (p->n_hot == 0)
+		return 0;
 	if (use_uring) {
-		rc = qv__uring_create(qd, ring, chunk, p->t, p->n, &be, err, sizeof(err));
+		rc = qv__uring_create(qd, ring, chunk, p->hot, p->n_hot, &be, err, sizeof(err));
 		if (rc)
 			be = NULL; /* io_uring unavailable: fall back below */
 	}
@@ -327,15 +401,39 @@ static int run_engine(qv_store *s, const qv_load_opts *o, struct plan *p, qv_sin
 	}
 	struct qv__engine_cfg cfg = {qd, chunk, direct, o->verify, o->progress, o->progress_arg};
 	struct qv__engine_stats st = {0};
-	rc = qv__engine_run(&cfg, be, p->t, p->n, sink, ring, &st, err, sizeof(err));
+	rc = qv__engine_run(&cfg, be, p->hot, p->n_hot, sink, ring, &st, err, sizeof(err));
 	stats->engine = be->name;
 	be->destroy(be);
 	if (rc && rc != QV__EDIRECT)
 		return qv_store_fail(s, rc, "%s", err);
 	stats->bytes = st.bytes;
 	stats->reads = st.reads;
-	stats->first_tensor_seconds = st.first_done_s;
+	if (p->t[0].tier == QV_TIER_HOT)
+		stats->first_tensor_seconds = st.first_done_s;
 	return rc;
+}
+
+/* Decodes the cold targets into the sink (slots after the ring's). */
+static int run_cold(qv_store *s, const qv_load_opts *o, struct plan *p, qv_sink *sink,
+                    unsigned slot_base, unsigned threads, char *bufs, qv_load_stats *stats,
+                    double t_engine)
+{
+	char err[512] = "";
+	struct qv__cold_stats cs = {0};
+	if (p->n_cold == 0)
+		return 0;
+	uint64_t total = stats->bytes + p->cold_raw;
+	int rc = qv__cold_run(p->cold, p->n_cold, threads, sink, slot_base,
+	                      threads * COLD_BUFS_PER_THREAD, bufs, &cs, o->progress, o->progress_arg,
+	                      stats->bytes, total, err, sizeof(err));
+	if (rc)
+		return qv_store_fail(s, rc, "%s", err);
+	stats->bytes += cs.bytes;
+	stats->cold_bytes = cs.bytes;
+	stats->decode_threads = threads;
+	if (p->t[0].tier == QV_TIER_COLD)
+		stats->first_tensor_seconds = t_engine + cs.first_done_s;
+	return 0;
 }
 
 int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uint64_t dest_bytes,
@@ -346,8 +444,9 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 	double t0 = qv__stream_now();
 	struct plan p = {0};
 	qv_sink *sink = NULL;
-	char *ring = NULL;
-	int pinned = 0;
+	char *ring = NULL, *cold_bufs = NULL;
+	int pinned = 0, cold_pinned = 0;
+	size_t cold_len = 0;
 	unsigned qd;
 	size_t chunk;
 	int rc;
@@ -406,15 +505,31 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 	if (rc)
 		goto out;
 
+	unsigned threads = 0;
+	if (p.n_cold) {
+		long cores = sysconf(_SC_NPROCESSORS_ONLN);
+		threads = o->decode_threads ? o->decode_threads
+		                            : (unsigned)(cores < 1 ? 1 : cores > DECODE_THREADS_MAX ? DECODE_THREADS_MAX : cores);
+		if (threads > QV_COLD_THREADS_MAX)
+			threads = QV_COLD_THREADS_MAX;
+		cold_len = (size_t)threads * COLD_BUFS_PER_THREAD * QV_CODEC_FRAME_MAX;
+		rc = qv_pinned_alloc(cold_len, o->device != QV_DEVICE_CPU, (void **)&cold_bufs,
+		                     &cold_pinned);
+		if (rc) {
+			rc = qv_store_fail(s, rc, "cannot allocate the decode buffers: %s", strerror(-rc));
+			goto out;
+		}
+	}
 	rc = qv_pinned_alloc((size_t)qd * chunk, o->device != QV_DEVICE_CPU, (void **)&ring, &pinned);
 	if (rc) {
 		rc = qv_store_fail(s, rc, "cannot allocate the %zu-byte read ring: %s", (size_t)qd * chunk,
 		                   strerror(-rc));
 		goto out;
 	}
+	unsigned n_slots = qd + threads * COLD_BUFS_PER_THREAD;
 	rc = o->device == QV_DEVICE_CPU
-		? qv_sink_host_create(l->arena, l->stats.arena_bytes, qd, &sink)
-		: qv_sink_cuda_create(o->device, l->arena, l->stats.arena_bytes, qd,
+		? qv_sink_host_create(l->arena, l->stats.arena_bytes, n_slots, &sink)
+		: qv_sink_cuda_create(o->device, l->arena, l->stats.arena_bytes, n_slots,
 		                      o->cuda_streams ? o->cuda_streams : DEFAULT_STREAMS, &sink);
 	if (rc) {
 		rc = qv_store_fail(s, rc, "cannot create the %s sink: %s",
@@ -428,10 +543,15 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 		if (rc == 0)
 			rc = run_engine(s, o, &p, sink, ring, qd, chunk, 0, 0, &l->stats);
 	}
+	if (rc == 0)
+		rc = run_cold(s, o, &p, sink, qd, threads, cold_bufs, &l->stats, qv__stream_now() - t0);
+	if (rc == 0 && qv_sink_finish(sink))
+		rc = qv_store_fail(s, -EIO, "%s", qv_sink_errmsg(sink));
 	if (rc)
 		goto out;
 	for (size_t i = 0; i < l->n_tensors; i++)
 		l->tensors[i].ptr = (char *)l->arena + l->tensors[i].offset;
+	qv_version_touch(s, l->v->model, l->v->label); /* for the tier policy; best effort */
 	l->stats.tensors = l->n_tensors;
 	l->stats.io = direct ? QV_IO_DIRECT : QV_IO_BUFFERED;
 	l->stats.qd = qd;
@@ -440,6 +560,7 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 out:
 	qv_sink_destroy(sink);
 	qv_pinned_free(ring, (size_t)qd * chunk, pinned);
+	qv_pinned_free(cold_bufs, cold_len, cold_pinned);
 	plan_free(&p);
 	if (rc) {
 		qv_load_destroy(l);

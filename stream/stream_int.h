@@ -14,6 +14,7 @@
 
 /* One shard file to read whole into the arena at dest_off. */
 struct qv__target {
+	int tier;              /* QV_TIER_HOT: raw file; QV_TIER_COLD: codec frames */
 	int fd;
 	int fixed;             /* index in the registered file table, -1 if none */
 	uint64_t size;
@@ -60,6 +61,32 @@ struct qv__engine_stats {
 int qv__engine_run(const struct qv__engine_cfg *cfg, struct qv__backend *be,
                    struct qv__target *t, size_t n, qv_sink *sink, char *ring,
                    struct qv__engine_stats *st, char *err, size_t errlen);
+
+/* A cold shard for the decode path (cold.c). */
+struct qv_codec_header;
+struct qv__cold_target {
+	int fd;                /* buffered: header, and the fallback for frames */
+	int direct_fd;         /* O_DIRECT, -1 if refused */
+	struct qv_codec_header *hdr;
+	uint64_t dest_off;
+	char name[20];
+};
+
+struct qv__cold_stats {
+	uint64_t bytes;        /* raw bytes delivered */
+	uint64_t frames;
+	double first_done_s;   /* when target 0 was complete, 0 if not measured */
+};
+
+#define QV_COLD_THREADS_MAX 16u
+
+/* Decodes every frame of the cold targets on n_threads workers into the
+ * sink, using n_bufs pinned buffers of QV_CODEC_FRAME_MAX bytes at bufs as
+ * sink slots slot_base.. . Progress counts from done0 of total. */
+int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sink *sink,
+                 unsigned slot_base, unsigned n_bufs, char *bufs, struct qv__cold_stats *st,
+                 qv_progress_fn progress, void *progress_arg, uint64_t done0, uint64_t total,
+                 char *err, size_t errlen);
 
 /* The test hook (load.c): what to do with the read completion number k. */
 enum qv_fault_kind qv__fault_check(uint64_t k);

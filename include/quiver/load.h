@@ -42,6 +42,7 @@ typedef struct qv_load_opts {
 	size_t chunk_bytes;        /* bytes per read, multiple of 4096; 0: default */
 	int verify;                /* check every shard's XXH3 on the fly: QV_ECORRUPT */
 	unsigned cuda_streams;     /* copy streams of the CUDA sink; 0: default (4) */
+	unsigned decode_threads;   /* workers for cold frames; 0: default (cores, at most 8) */
 	qv_progress_fn progress;   /* called on the calling thread */
 	void *progress_arg;
 } qv_load_opts;
@@ -62,6 +63,8 @@ typedef struct qv_load_stats {
 	uint64_t arena_bytes;
 	uint64_t tensors;
 	uint64_t reads;            /* read requests completed */
+	uint64_t cold_bytes;       /* of bytes: decoded from the cold tier */
+	unsigned decode_threads;   /* workers that decoded cold frames (0: none needed) */
 	double seconds;            /* wall time of the load, everything included */
 	double device_init_seconds;/* of which: creating the CUDA context (0 for cpu) */
 	double first_tensor_seconds; /* until the first tensor was complete at its destination */

@@ -21,6 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "quiver/error.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -96,6 +98,8 @@ typedef struct qv_version {
 	size_t n_aliases;               /* every alias naming it, "current" included */
 	const char *const *aliases;
 	int single_file;                /* published from one .safetensors file */
+	int pinned;                     /* kept on the hot tier by the policy */
+	int64_t last_load_ns;           /* 0: never loaded */
 	size_t n_files;                 /* 0 unless the manifest was asked for */
 	const qv_file *files;
 } qv_version;
@@ -201,6 +205,12 @@ int qv_alias_set(qv_store *s, const char *model, const char *name, const char *r
 /* Removes an alias. QV_ENOTFOUND if it does not exist. */
 int qv_alias_rm(qv_store *s, const char *model, const char *name);
 
+/* Pins (pinned = 1) or unpins model@ref: pinned versions stay hot. */
+int qv_version_pin(qv_store *s, const char *model, const char *ref, int pinned);
+/* Records that model@label was loaded now (the policy demotes the least
+ * recently loaded versions first). */
+int qv_version_touch(qv_store *s, const char *model, const char *label);
+
 /* ---- Removing and collecting ------------------------------------------- */
 
 typedef struct qv_free_result {
@@ -254,15 +264,69 @@ int qv_verify(qv_store *s, const char *model, const char *ref, qv_verify_report 
               qv_progress_fn progress, void *progress_arg);
 void qv_verify_report_free(qv_verify_report *r);
 
+/* ---- Tiers -------------------------------------------------------------------- */
+
+enum { QV_TIER_HOT = 0, QV_TIER_COLD = 1, QV_TIERS = 2 };
+enum { QV_CODEC_RAW = 0, QV_CODEC_FRAMES = 1 };
+
+typedef struct qv_store_config {
+	const char *hot_dir;     /* shards and temp files of the hot tier (default: root) */
+	const char *cold_dir;    /* the cold tier, NULL if none */
+	uint64_t hot_capacity;   /* bytes; 0: unlimited */
+	double high, low;        /* watermarks, fractions of hot_capacity */
+} qv_store_config;
+
+/* Writes root/config.ini (creating root): the tier folders and the policy.
+ * Refuses to move a tier of a store that already holds shards there.
+ * Errors go to errbuf. */
+int qv_store_init(const char *root, const qv_store_config *cfg, char *errbuf, size_t errlen);
+
+/* The configuration of s; strings valid until qv_store_close(s). */
+void qv_store_config_get(const qv_store *s, qv_store_config *out);
+
+/* The temp folder of tier (on that tier's file system), NULL if no such tier. */
+const char *qv_store_tmp_dir(const qv_store *s, int tier);
+
+/* Takes / releases the writers' lock (shared among writers, exclusive
+ * against rm and gc): hold it from writing a shard file until the
+ * transaction that references it has committed. */
+int qv_store_writer_lock(qv_store *s);
+void qv_store_writer_unlock(qv_store *s);
+
+/* Reads raw bytes of a shard kept on a tier other than hot (decoding it);
+ * installed by the tiering module so that export and verify can read every
+ * tier. Returns 0, QV_ECORRUPT (damaged frame) or -errno. */
+typedef int (*qv_tier_read_fn)(void *arg, qv_store *s, const uint8_t d[32], int tier,
+                               uint64_t off, void *buf, size_t len);
+void qv_store_set_tier_reader(qv_store *s, qv_tier_read_fn fn, void *arg);
+
 /* ---- Shards ------------------------------------------------------------------- */
 
 typedef struct qv_shard_info {
 	uint64_t size;           /* raw bytes */
 	uint64_t stored_size;    /* bytes on its tier */
 	uint64_t xxh3;           /* XXH3-64 of the raw bytes (the fast check of loads) */
-	int tier;                /* 0: hot */
-	int codec;               /* 0: raw */
+	int tier;                /* QV_TIER_HOT or QV_TIER_COLD */
+	int codec;               /* QV_CODEC_RAW or QV_CODEC_FRAMES */
+	int64_t last_use_ns;
 } qv_shard_info;
+
+/* Calls fn for every shard in the index (in one read snapshot); a non-zero
+ * return stops the walk and is returned. */
+typedef int (*qv_shard_visit_fn)(void *arg, const uint8_t d[QV_DIGEST_LEN],
+                                 const qv_shard_info *info);
+int qv_shard_foreach(qv_store *s, qv_shard_visit_fn fn, void *arg);
+
+/* Path of shard d's file on tier (whether or not it is there). */
+int qv_shard_path_tier(const qv_store *s, const uint8_t d[QV_DIGEST_LEN], int tier, char *buf,
+                       size_t len);
+
+/* Moves shard d's location in the index from tier `from` to tier `to`, with
+ * its stored size and codec there, in one transaction. The new file must be
+ * durable in place before; the old one may be unlinked after. QV_ECHANGED if
+ * the index no longer has it on `from`, QV_ENOTFOUND if no version uses it. */
+int qv_shard_relocate(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int from, int to,
+                      uint64_t stored_size, int codec);
 
 /* Looks up shard d in the index. QV_ENOTFOUND if the index does not know it. */
 int qv_shard_info_get(qv_store *s, const uint8_t d[QV_DIGEST_LEN], qv_shard_info *out);

@@ -1,0 +1,228 @@
+/* The cold read path: compressed frames -> decode workers -> sink.
+ *
+ * A cold shard is a file of independent frames (tiering's codec), each 4 KiB
+ * aligned and checksummed. A bounded pool of workers takes frames in order,
+ * reads each one with O_DIRECT (falling back to buffered reads where the
+ * file system refuses it), decodes it into a pinned buffer from a small pool
+ * and hands it to the calling thread, which alone talks to the sink (the
+ * sink is single-threaded). Frames are independent, so their order of
+ * arrival does not matter; every frame's XXH3 is checked by the decoder, so
+ * damaged bytes never reach the destination as good data. */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "quiver/codec.h"
+#include "stream_int.h"
+
+#define READ_BUF (QV_CODEC_FRAME_MAX + QV_CODEC_ALIGN)
+
+struct job_done {
+	size_t target;
+	uint32_t frame;
+	unsigned buf;
+	int rc;
+};
+
+struct cold {
+	struct qv__cold_target *t;
+	size_t n;
+	qv_sink *sink;
+	unsigned slot_base;
+	char *bufs;                 /* n_bufs pinned buffers of QV_CODEC_FRAME_MAX */
+	unsigned n_bufs;
+	pthread_mutex_t mu;
+	pthread_cond_t cv_free, cv_done;
+	unsigned *free_list, n_free;
+	struct job_done *done;      /* ring of n_bufs */
+	unsigned dhead, dcount;
+	size_t next_t;              /* next frame to hand out */
+	uint32_t next_f;
+	int stop;
+	char *err;
+	size_t errlen;
+};
+
+/* Next job, or 0 if none left / stopping. Called with mu held. */
+static int take_job(struct cold *c, size_t *t, uint32_t *f)
+{
+	while (c->next_t < c->n && c->next_f >= c->t[c->next_t].hdr->frame_count) {
+		c->next_t++;
+		c->next_f = 0;
+	}
+	if (c->stop || c->next_t >= c->n)
+		return 0;
+	*t = c->next_t;
+	*f = c->next_f++;
+	return 1;
+}
+
+static int read_frame(struct qv__cold_target *ct, const struct qv_codec_frame *fr, char *rbuf)
+{
+	size_t len = (size_t)qv_codec_align(fr->stored_bytes);
+	int fd = ct->direct_fd >= 0 ? ct->direct_fd : ct->fd;
+	for (size_t got = 0; got < fr->stored_bytes;) {
+		ssize_t r = pread(fd, rbuf + got, len - got, (off_t)(fr->offset + got));
+		if (r < 0 && errno == EINVAL && fd == ct->direct_fd) {
+			fd = ct->fd; /* O_DIRECT refused: buffered from here on */
+			continue;
+		}
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return QV_ECORRUPT; /* shorter than its frame table says */
+		got += (size_t)r;
+		if (fd == ct->direct_fd && got % QV_CODEC_ALIGN)
+			fd = ct->fd; /* continue an odd tail buffered */
+	}
+	return 0;
+}
+
+static void *worker(void *arg)
+{
+	struct cold *c = arg;
+	struct qv_codec_ctx *ctx = NULL;
+	size_t scratch_len = qv_codec_scratch_bytes(QV_CODEC_FRAME_MAX);
+	char *scratch = malloc(scratch_len);
+	char *rbuf = mmap(NULL, READ_BUF, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int init_rc = (scratch && rbuf != MAP_FAILED) ? qv_codec_ctx_create(&ctx) : -ENOMEM;
+
+	pthread_mutex_lock(&c->mu);
+	for (;;) {
+		size_t t;
+		uint32_t f;
+		if (!take_job(c, &t, &f))
+			break;
+		while (c->n_free == 0 && !c->stop)
+			pthread_cond_wait(&c->cv_free, &c->mu);
+		if (c->stop)
+			break;
+		unsigned b = c->free_list[--c->n_free];
+		pthread_mutex_unlock(&c->mu);
+
+		struct qv__cold_target *ct = &c->t[t];
+		const struct qv_codec_frame *fr = &ct->hdr->frames[f];
+		int rc = init_rc;
+		if (rc == 0)
+			rc = read_frame(ct, fr, rbuf);
+		if (rc == 0)
+			rc = qv_codec_frame_decode(ctx, fr, rbuf, fr->stored_bytes,
+			                           c->bufs + (size_t)b * QV_CODEC_FRAME_MAX,
+			                           QV_CODEC_FRAME_MAX, scratch, scratch_len);
+
+		pthread_mutex_lock(&c->mu);
+		c->done[(c->dhead + c->dcount) % c->n_bufs] = (struct job_done){t, f, b, rc};
+		c->dcount++;
+		pthread_cond_signal(&c->cv_done);
+	}
+	pthread_mutex_unlock(&c->mu);
+	qv_codec_ctx_destroy(ctx);
+	free(scratch);
+	if (rbuf != MAP_FAILED)
+		munmap(rbuf, READ_BUF);
+	return NULL;
+}
+
+int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sink *sink,
+                 unsigned slot_base, unsigned n_bufs, char *bufs, struct qv__cold_stats *st,
+                 qv_progress_fn progress, void *progress_arg, uint64_t done0, uint64_t total,
+                 char *err, size_t errlen)
+{
+	struct cold c = {.t = t, .n = n, .sink = sink, .slot_base = slot_base, .bufs = bufs,
+	                 .n_bufs = n_bufs, .err = err, .errlen = errlen};
+	pthread_t th[QV_COLD_THREADS_MAX];
+	unsigned started = 0;
+	uint64_t frames_left = 0, done = done0;
+	size_t *left = calloc(n ? n : 1, sizeof(size_t));
+	double t0 = qv__stream_now();
+	int rc = 0;
+
+	c.free_list = malloc(n_bufs * sizeof(unsigned));
+	c.done = malloc(n_bufs * sizeof(*c.done));
+	if (!c.free_list || !c.done || !left) {
+		snprintf(err, errlen, "out of memory");
+		rc = -ENOMEM;
+		goto out;
+	}
+	for (unsigned i = 0; i < n_bufs; i++)
+		c.free_list[c.n_free++] = i;
+	for (size_t i = 0; i < n; i++) {
+		left[i] = t[i].hdr->frame_count;
+		frames_left += left[i];
+	}
+	pthread_mutex_init(&c.mu, NULL);
+	pthread_cond_init(&c.cv_free, NULL);
+	pthread_cond_init(&c.cv_done, NULL);
+	if (n_threads < 1)
+		n_threads = 1;
+	if (n_threads > QV_COLD_THREADS_MAX)
+		n_threads = QV_COLD_THREADS_MAX;
+	for (; started < n_threads; started++)
+		if (pthread_create(&th[started], NULL, worker, &c) != 0)
+			break;
+	if (started == 0) {
+		snprintf(err, errlen, "cannot start decode threads");
+		rc = -EAGAIN;
+	}
+	while (rc == 0 && frames_left > 0) {
+		pthread_mutex_lock(&c.mu);
+		while (c.dcount == 0)
+			pthread_cond_wait(&c.cv_done, &c.mu);
+		struct job_done j = c.done[c.dhead];
+		c.dhead = (c.dhead + 1) % n_bufs;
+		c.dcount--;
+		pthread_mutex_unlock(&c.mu);
+
+		struct qv__cold_target *ct = &t[j.target];
+		const struct qv_codec_frame *fr = &ct->hdr->frames[j.frame];
+		if (j.rc) {
+			snprintf(err, errlen, "cold shard %s, frame %u: %s", ct->name, j.frame,
+			         j.rc == QV_ECORRUPT ? "damaged (checksum mismatch)" : strerror(-j.rc));
+			rc = j.rc == QV_ECORRUPT ? QV_ECORRUPT : j.rc;
+		} else {
+			uint64_t off = ct->dest_off + (uint64_t)j.frame * ct->hdr->frame_bytes;
+			rc = qv_sink_put(sink, slot_base + j.buf, bufs + (size_t)j.buf * QV_CODEC_FRAME_MAX,
+			                 fr->raw_bytes, off);
+			if (rc == 0)
+				rc = qv_sink_slot_wait(sink, slot_base + j.buf);
+			if (rc)
+				snprintf(err, errlen, "cold shard %s: copy to destination: %s", ct->name,
+				         rc == -ERANGE ? "out of range" : qv_sink_errmsg(sink));
+		}
+		pthread_mutex_lock(&c.mu);
+		c.free_list[c.n_free++] = j.buf;
+		pthread_cond_signal(&c.cv_free);
+		pthread_mutex_unlock(&c.mu);
+		if (rc)
+			break;
+		frames_left--;
+		done += fr->raw_bytes;
+		st->bytes += fr->raw_bytes;
+		st->frames++;
+		if (--left[j.target] == 0 && j.target == 0)
+			st->first_done_s = qv__stream_now() - t0;
+		if (progress)
+			progress(progress_arg, done, total);
+	}
+	pthread_mutex_lock(&c.mu);
+	c.stop = 1;
+	pthread_cond_broadcast(&c.cv_free);
+	pthread_mutex_unlock(&c.mu);
+	for (unsigned i = 0; i < started; i++)
+		pthread_join(th[i], NULL);
+	pthread_cond_destroy(&c.cv_free);
+	pthread_cond_destroy(&c.cv_done);
+	pthread_mutex_destroy(&c.mu);
+out:
+	free(left);
+	free(c.free_list);
+	free(c.done);
+	return rc;
+}

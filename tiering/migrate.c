@@ -1,0 +1,474 @@
+/* Migrations between the hot and cold tiers, and the cold reader.
+ *
+ * The one idea: the index names exactly one location per shard, and it moves
+ * only after the new copy is durable (write temp on the target tier's file
+ * system, fsync, rename, fsync the folder, commit), and the old copy goes
+ * only after the commit. So at every instant the index points at a complete
+ * copy; a crash leaves at most one extra copy, which gc removes. Migrations
+ * hold the store's writer lock, so gc never runs between a rename and its
+ * commit. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#include "quiver/codec.h"
+#include "quiver/tier.h"
+#include "tier_int.h"
+
+double qv__tier_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- per-version shard lists ------------------------------------------------------ */
+
+static int cmp_digest(const void *a, const void *b)
+{
+	return memcmp(a, b, QV_DIGEST_LEN);
+}
+
+void qv__dlist_free(struct qv__dlist *l)
+{
+	free(l->d);
+	free(l->dtype);
+	memset(l, 0, sizeof(*l));
+}
+
+/* The distinct shards of v (manifest needed), sorted, each with the codec
+ * dtype class of what it holds (plain if its tensors disagree). */
+int qv__version_shards(const qv_version *v, struct qv__dlist *out)
+{
+	size_t total = 0;
+	memset(out, 0, sizeof(*out));
+	for (size_t i = 0; i < v->n_files; i++)
+		total += v->files[i].safetensors ? v->files[i].n_tensors : 1;
+	struct ent {
+		uint8_t d[QV_DIGEST_LEN];
+		int dtype;
+	} *e = malloc((total ? total : 1) * sizeof(*e));
+	if (!e)
+		return -ENOMEM;
+	size_t k = 0;
+	for (size_t i = 0; i < v->n_files; i++) {
+		const qv_file *f = &v->files[i];
+		if (!f->safetensors) {
+			memcpy(e[k].d, f->blob, QV_DIGEST_LEN);
+			e[k++].dtype = QV_CODEC_PLAIN;
+			continue;
+		}
+		for (size_t t = 0; t < f->n_tensors; t++) {
+			memcpy(e[k].d, f->tensors[t].shard, QV_DIGEST_LEN);
+			e[k++].dtype = qv_codec_dtype_from_name(f->tensors[t].dtype);
+		}
+	}
+	qsort(e, k, sizeof(*e), cmp_digest);
+	out->d = malloc((k ? k : 1) * QV_DIGEST_LEN);
+	out->dtype = malloc((k ? k : 1) * sizeof(int));
+	if (!out->d || !out->dtype) {
+		free(e);
+		qv__dlist_free(out);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < k; i++) {
+		if (out->n && memcmp(out->d[out->n - 1], e[i].d, QV_DIGEST_LEN) == 0) {
+			if (out->dtype[out->n - 1] != e[i].dtype)
+				out->dtype[out->n - 1] = QV_CODEC_PLAIN; /* a pack of mixed dtypes */
+			continue;
+		}
+		memcpy(out->d[out->n], e[i].d, QV_DIGEST_LEN);
+		out->dtype[out->n++] = e[i].dtype;
+	}
+	free(e);
+	return 0;
+}
+
+int qv__dlist_has(const struct qv__dlist *l, const uint8_t d[QV_DIGEST_LEN])
+{
+	return l->n && bsearch(d, l->d, l->n, QV_DIGEST_LEN, cmp_digest) != NULL;
+}
+
+/* ---- moving one shard ----------------------------------------------------------------- */
+
+static int make_fanout(const char *shard_path)
+{
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s", shard_path);
+	char *slash = strrchr(dir, '/');
+	if (!slash)
+		return -EINVAL;
+	*slash = 0;
+	struct stat st;
+	if (stat(dir, &st) == 0)
+		return 0;
+	char parent[PATH_MAX];
+	snprintf(parent, sizeof(parent), "%s", dir);
+	*strrchr(parent, '/') = 0;
+	if (mkdir(parent, 0755) < 0 && errno != EEXIST)
+		return -errno;
+	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+static int fsync_path_dir(const char *path)
+{
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s", path);
+	char *slash = strrchr(dir, '/');
+	if (!slash)
+		return -EINVAL;
+	*slash = 0;
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int rc = fsync(fd) < 0 ? -errno : 0;
+	close(fd);
+	return rc;
+}
+
+/* Writes the decoded raw bytes of cold file in_fd (header hdr) to out_fd,
+ * checking every frame's XXH3 and the whole shard's SHA-256 against d. */
+static int decode_to_fd(int in_fd, const struct qv_codec_header *hdr, int out_fd,
+                        const uint8_t d[QV_DIGEST_LEN])
+{
+	struct qv_codec_ctx *ctx = NULL;
+	size_t cap = QV_CODEC_FRAME_MAX, scratch_len = qv_codec_scratch_bytes(cap);
+	char *in = malloc(cap), *raw = malloc(cap), *scratch = malloc(scratch_len);
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	int rc = (in && raw && scratch && md && EVP_DigestInit_ex(md, EVP_sha256(), NULL))
+	                 ? qv_codec_ctx_create(&ctx)
+	                 : -ENOMEM;
+	uint64_t at = 0;
+	for (uint32_t i = 0; rc == 0 && i < hdr->frame_count; i++) {
+		const struct qv_codec_frame *f = &hdr->frames[i];
+		ssize_t n = pread(in_fd, in, f->stored_bytes, (off_t)f->offset);
+		if (n != (ssize_t)f->stored_bytes) {
+			rc = n < 0 ? -errno : QV_ECORRUPT;
+			break;
+		}
+		rc = qv_codec_frame_decode(ctx, f, in, f->stored_bytes, raw, cap, scratch, scratch_len);
+		if (rc)
+			break;
+		EVP_DigestUpdate(md, raw, f->raw_bytes);
+		for (size_t w = 0; w < f->raw_bytes && rc == 0;) {
+			ssize_t m = pwrite(out_fd, raw + w, f->raw_bytes - w, (off_t)(at + w));
+			if (m < 0)
+				rc = errno == EINTR ? 0 : -errno;
+			else
+				w += (size_t)m;
+		}
+		at += f->raw_bytes;
+	}
+	if (rc == 0) {
+		uint8_t got[QV_DIGEST_LEN];
+		unsigned int dl;
+		EVP_DigestFinal_ex(md, got, &dl);
+		if (memcmp(got, d, QV_DIGEST_LEN) != 0)
+			rc = QV_ECORRUPT;
+	}
+	qv_codec_ctx_destroy(ctx);
+	EVP_MD_CTX_free(md);
+	free(in);
+	free(raw);
+	free(scratch);
+	return rc;
+}
+
+/* Moves shard d from tier `from` to tier `to`; dtype guides the codec. */
+static int move_shard(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int dtype, int from, int to,
+                      qv_migrate_result *r)
+{
+	char src[PATH_MAX], dst[PATH_MAX], tmp[PATH_MAX + 64], hex[QV_HEX_LEN + 1];
+	qv_shard_info info;
+	struct qv_codec_header *hdr = NULL;
+	int in = -1, out = -1, rc;
+	uint64_t stored = 0;
+
+	qv_digest_hex(d, hex);
+	rc = qv_shard_info_get(s, d, &info);
+	if (rc)
+		return rc;
+	if (info.tier == to)
+		return 0;
+	if (info.tier != from)
+		return qv_store_fail(s, QV_ECHANGED, "shard %.16s is on tier %d", hex, info.tier);
+	qv_shard_path_tier(s, d, from, src, sizeof(src));
+	qv_shard_path_tier(s, d, to, dst, sizeof(dst));
+	snprintf(tmp, sizeof(tmp), "%s/mig-%ld-%.16s.tmp", qv_store_tmp_dir(s, to), (long)getpid(), hex);
+	in = open(src, O_RDONLY | O_CLOEXEC);
+	if (in < 0) {
+		rc = qv_store_fail(s, errno == ENOENT ? QV_ECORRUPT : -errno, "shard %.16s: %s: %s", hex,
+		                   src, strerror(errno));
+		goto out;
+	}
+	out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (out < 0) {
+		rc = qv_store_fail(s, -errno, "%s: %s", tmp, strerror(errno));
+		goto out;
+	}
+	if (to == QV_TIER_COLD) {
+		posix_fadvise(in, 0, 0, POSIX_FADV_SEQUENTIAL);
+		rc = qv_codec_encode_fd(in, info.size, (enum qv_codec_dtype)dtype, 0, 0, out, &stored);
+		if (rc)
+			rc = qv_store_fail(s, rc, "shard %.16s: compressing: %s", hex, qv_strerror(rc));
+	} else {
+		struct stat st;
+		rc = fstat(in, &st) < 0 ? -errno : qv_codec_header_read(in, (uint64_t)st.st_size, &hdr);
+		if (rc == 0 && hdr->raw_size != info.size)
+			rc = QV_ECORRUPT;
+		if (rc == 0)
+			rc = decode_to_fd(in, hdr, out, d);
+		if (rc)
+			rc = qv_store_fail(s, rc, "shard %.16s: decoding the cold copy: %s", hex,
+			                   rc == QV_ECORRUPT ? "damaged (checksum mismatch)" : qv_strerror(rc));
+		stored = info.size;
+	}
+	if (rc == 0 && fsync(out) < 0)
+		rc = qv_store_fail(s, -errno, "%s: fsync: %s", tmp, strerror(errno));
+	if (rc == 0 && close(out) < 0)
+		rc = qv_store_fail(s, -errno, "%s: %s", tmp, strerror(errno));
+	out = -1;
+	if (rc)
+		goto out;
+	rc = make_fanout(dst);
+	if (rc == 0 && rename(tmp, dst) < 0)
+		rc = -errno;
+	if (rc == 0)
+		rc = fsync_path_dir(dst);
+	if (rc) {
+		rc = qv_store_fail(s, rc, "%s: %s", dst, strerror(-rc));
+		goto out;
+	}
+	/* the new copy is durable: move the index, then drop the old copy */
+	rc = qv_shard_relocate(s, d, from, to, stored, to == QV_TIER_COLD ? QV_CODEC_FRAMES : QV_CODEC_RAW);
+	if (rc) {
+		unlink(dst); /* still unreferenced on this tier */
+		goto out;
+	}
+	unlink(src);
+	r->shards++;
+	r->raw_bytes += info.size;
+	r->stored_bytes += stored;
+out:
+	if (out >= 0)
+		close(out);
+	if (in >= 0)
+		close(in);
+	unlink(tmp);
+	qv_codec_header_destroy(hdr);
+	return rc;
+}
+
+/* ---- versions ------------------------------------------------------------------------ */
+
+/* Shards that versions other than (model, label) keep hot: current, aliased
+ * or pinned versions, and versions entirely hot that are not in `leaving`
+ * (a NULL-terminated list of "model@label" being demoted together). */
+int qv__hot_keep_set(qv_store *s, const char *const *leaving, struct qv__dlist *keep)
+{
+	qv_model_list *ml = NULL;
+	int rc = qv_model_list_get(s, &ml);
+	memset(keep, 0, sizeof(*keep));
+	struct qv__dlist acc = {0};
+	for (size_t m = 0; rc == 0 && m < ml->n; m++) {
+		qv_version_list *vl = NULL;
+		rc = qv_version_list_get(s, ml->m[m].name, &vl);
+		for (size_t i = 0; rc == 0 && i < vl->n; i++) {
+			const qv_version *lv = &vl->v[i];
+			char name[2 * QV_NAME_MAX + 2];
+			snprintf(name, sizeof(name), "%s@%s", lv->model, lv->label);
+			int is_leaving = 0;
+			for (const char *const *p = leaving; p && *p; p++)
+				is_leaving |= strcmp(*p, name) == 0;
+			if (is_leaving)
+				continue;
+			qv_version *v;
+			rc = qv_version_get(s, lv->model, lv->label, QV_WITH_MANIFEST, &v);
+			if (rc)
+				break;
+			int tier = QV_TIER_HOT;
+			int protected_ = v->n_aliases > 0 || v->pinned;
+			if (!protected_)
+				rc = qv_tier_of_version(s, v, &tier);
+			struct qv__dlist l;
+			if (rc == 0 && (protected_ || tier == QV_TIER_HOT)) {
+				rc = qv__version_shards(v, &l);
+				if (rc == 0) {
+					void *nd = realloc(acc.d, (acc.n + l.n + 1) * QV_DIGEST_LEN);
+					if (nd) {
+						acc.d = nd;
+						memcpy(acc.d[acc.n], l.d, l.n * QV_DIGEST_LEN);
+						acc.n += l.n;
+					} else {
+						rc = -ENOMEM;
+					}
+					qv__dlist_free(&l);
+				}
+			}
+			qv_version_free(v);
+		}
+		qv_version_list_free(vl);
+	}
+	qv_model_list_free(ml);
+	if (rc) {
+		free(acc.d);
+		return rc;
+	}
+	if (acc.n)
+		qsort(acc.d, acc.n, QV_DIGEST_LEN, cmp_digest);
+	*keep = acc;
+	return 0;
+}
+
+static int migrate_version(qv_store *s, const char *model, const char *ref, int to,
+                           qv_migrate_result *res)
+{
+	qv_migrate_result r = {0};
+	qv_version *v = NULL;
+	struct qv__dlist mine = {0}, keep = {0};
+	double t0 = qv__tier_now();
+	int rc, locked = 0;
+
+	if (!qv_store_tmp_dir(s, QV_TIER_COLD)) {
+		rc = qv_store_fail(s, -ENOTSUP, "this store has no cold tier (see 'quiver init --cold')");
+		goto out;
+	}
+	rc = qv_version_get(s, model, ref, QV_WITH_MANIFEST, &v);
+	if (rc)
+		goto out;
+	rc = qv__version_shards(v, &mine);
+	if (rc == 0 && to == QV_TIER_COLD) {
+		char name[2 * QV_NAME_MAX + 2];
+		snprintf(name, sizeof(name), "%s@%s", v->model, v->label);
+		const char *leaving[] = {name, NULL};
+		rc = qv__hot_keep_set(s, leaving, &keep);
+	}
+	if (rc) {
+		rc = rc == -ENOMEM ? qv_store_fail(s, rc, "out of memory") : rc;
+		goto out;
+	}
+	rc = qv_store_writer_lock(s);
+	if (rc)
+		goto out;
+	locked = 1;
+	for (size_t i = 0; i < mine.n && rc == 0; i++) {
+		if (to == QV_TIER_COLD && qv__dlist_has(&keep, mine.d[i])) {
+			r.kept++;
+			continue;
+		}
+		rc = move_shard(s, mine.d[i], mine.dtype[i], 1 - to, to, &r);
+	}
+out:
+	if (locked)
+		qv_store_writer_unlock(s);
+	r.seconds = qv__tier_now() - t0;
+	if (res)
+		*res = r;
+	qv__dlist_free(&mine);
+	qv__dlist_free(&keep);
+	qv_version_free(v);
+	return rc;
+}
+
+int qv_tier_demote(qv_store *s, const char *model, const char *ref, qv_migrate_result *res)
+{
+	return migrate_version(s, model, ref, QV_TIER_COLD, res);
+}
+
+int qv_tier_promote(qv_store *s, const char *model, const char *ref, qv_migrate_result *res)
+{
+	return migrate_version(s, model, ref, QV_TIER_HOT, res);
+}
+
+int qv_tier_of_version(qv_store *s, const qv_version *v, int *tier)
+{
+	struct qv__dlist l;
+	int rc = qv__version_shards(v, &l);
+	if (rc)
+		return qv_store_fail(s, rc, "out of memory");
+	int hot = 0, cold = 0;
+	for (size_t i = 0; i < l.n && rc == 0; i++) {
+		qv_shard_info info;
+		rc = qv_shard_info_get(s, l.d[i], &info);
+		if (rc == 0) {
+			hot += info.tier == QV_TIER_HOT;
+			cold += info.tier == QV_TIER_COLD;
+		}
+	}
+	qv__dlist_free(&l);
+	*tier = cold == 0 ? QV_TIER_HOT : hot == 0 ? QV_TIER_COLD : -1;
+	return rc;
+}
+
+/* ---- the cold reader (export, verify) -------------------------------------------------- */
+
+static int cold_read(void *arg, qv_store *s, const uint8_t d[QV_DIGEST_LEN], int tier, uint64_t off,
+                     void *buf, size_t len)
+{
+	(void)arg;
+	char path[PATH_MAX];
+	struct qv_codec_header *hdr = NULL;
+	struct qv_codec_ctx *ctx = NULL;
+	char *in = NULL, *raw = NULL, *scratch = NULL;
+	size_t scratch_len = qv_codec_scratch_bytes(QV_CODEC_FRAME_MAX);
+	struct stat st;
+	int rc;
+	if (tier != QV_TIER_COLD)
+		return -ENOTSUP;
+	qv_shard_path_tier(s, d, tier, path, sizeof(path));
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	rc = fstat(fd, &st) < 0 ? -errno : qv_codec_header_read(fd, (uint64_t)st.st_size, &hdr);
+	if (rc == QV_EFORMAT)
+		rc = QV_ECORRUPT;
+	if (rc == 0 && (off > hdr->raw_size || len > hdr->raw_size - off))
+		rc = -ERANGE;
+	if (rc == 0) {
+		in = malloc(QV_CODEC_FRAME_MAX);
+		raw = malloc(QV_CODEC_FRAME_MAX);
+		scratch = malloc(scratch_len);
+		rc = in && raw && scratch ? qv_codec_ctx_create(&ctx) : -ENOMEM;
+	}
+	/* decode the frames that cover [off, off + len) */
+	uint64_t fb = rc == 0 ? hdr->frame_bytes : 1;
+	for (uint64_t at = off; rc == 0 && at < off + len;) {
+		const struct qv_codec_frame *f = &hdr->frames[at / fb];
+		uint64_t f0 = at / fb * fb;
+		ssize_t n = pread(fd, in, f->stored_bytes, (off_t)f->offset);
+		if (n != (ssize_t)f->stored_bytes) {
+			rc = n < 0 ? -errno : QV_ECORRUPT;
+			break;
+		}
+		rc = qv_codec_frame_decode(ctx, f, in, f->stored_bytes, raw, QV_CODEC_FRAME_MAX, scratch,
+		                           scratch_len);
+		if (rc)
+			break;
+		uint64_t take = f0 + f->raw_bytes - at;
+		if (take > off + len - at)
+			take = off + len - at;
+		memcpy((char *)buf + (at - off), raw + (at - f0), take);
+		at += take;
+	}
+	qv_codec_ctx_destroy(ctx);
+	qv_codec_header_destroy(hdr);
+	free(in);
+	free(raw);
+	free(scratch);
+	close(fd);
+	return rc;
+}
+
+void qv_tier_attach(qv_store *s)
+{
+	qv_store_set_tier_reader(s, cold_read, NULL);
+}

@@ -1,0 +1,194 @@
+/* The placement policy and the tier status.
+ *
+ * The policy is deliberately simple and explainable: protected versions
+ * (current, aliased, pinned) never leave the hot tier; when hot usage is over
+ * the high watermark, other versions are demoted least recently loaded first
+ * (never loaded counts as oldest, ties by age) until usage is under the low
+ * watermark. Shards shared with a version that stays hot stay hot. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quiver/tier.h"
+#include "tier_int.h"
+
+struct usage_acc {
+	qv_tier_status *st;
+};
+
+static int add_usage(void *arg, const uint8_t d[QV_DIGEST_LEN], const qv_shard_info *info)
+{
+	(void)d;
+	qv_tier_status *st = arg;
+	if (info->tier < 0 || info->tier >= QV_TIERS)
+		return 0;
+	qv_tier_usage *u = &st->tier[info->tier];
+	u->used_bytes += info->stored_size;
+	u->raw_bytes += info->size;
+	u->shards++;
+	if (info->tier == QV_TIER_COLD && info->size > info->stored_size)
+		st->saved_by_compression += info->size - info->stored_size;
+	return 0;
+}
+
+static int hot_bytes(qv_store *s, uint64_t *out)
+{
+	qv_tier_status st;
+	memset(&st, 0, sizeof(st));
+	int rc = qv_shard_foreach(s, add_usage, &st);
+	*out = st.tier[QV_TIER_HOT].used_bytes;
+	return rc;
+}
+
+struct cand {
+	char model[QV_NAME_MAX + 1];
+	char label[QV_NAME_MAX + 1];
+	int64_t last_load_ns, created_ns;
+};
+
+static int cmp_cand(const void *a, const void *b)
+{
+	const struct cand *x = a, *y = b;
+	if (x->last_load_ns != y->last_load_ns)
+		return x->last_load_ns < y->last_load_ns ? -1 : 1;
+	if (x->created_ns != y->created_ns)
+		return x->created_ns < y->created_ns ? -1 : 1;
+	return strcmp(x->label, y->label);
+}
+
+/* Versions the policy may demote: unprotected, with at least one hot shard. */
+static int candidates(qv_store *s, struct cand **out, size_t *n_out)
+{
+	qv_model_list *ml = NULL;
+	struct cand *c = NULL;
+	size_t n = 0, cap = 0;
+	int rc = qv_model_list_get(s, &ml);
+	for (size_t m = 0; rc == 0 && m < ml->n; m++) {
+		qv_version_list *vl = NULL;
+		rc = qv_version_list_get(s, ml->m[m].name, &vl);
+		for (size_t i = 0; rc == 0 && i < vl->n; i++) {
+			const qv_version *lv = &vl->v[i];
+			if (lv->n_aliases || lv->pinned)
+				continue;
+			qv_version *v;
+			int tier = QV_TIER_HOT;
+			rc = qv_version_get(s, lv->model, lv->label, QV_WITH_MANIFEST, &v);
+			if (rc == 0)
+				rc = qv_tier_of_version(s, v, &tier);
+			qv_version_free(v);
+			if (rc || tier == QV_TIER_COLD)
+				continue;
+			if (n == cap) {
+				cap = cap ? 2 * cap : 16;
+				struct cand *nc = realloc(c, cap * sizeof(*c));
+				if (!nc) {
+					rc = qv_store_fail(s, -ENOMEM, "out of memory");
+					break;
+				}
+				c = nc;
+			}
+			snprintf(c[n].model, sizeof(c[n].model), "%s", lv->model);
+			snprintf(c[n].label, sizeof(c[n].label), "%s", lv->label);
+			c[n].last_load_ns = lv->last_load_ns;
+			c[n].created_ns = lv->created_ns;
+			n++;
+		}
+		qv_version_list_free(vl);
+	}
+	qv_model_list_free(ml);
+	if (rc) {
+		free(c);
+		return rc;
+	}
+	if (n)
+		qsort(c, n, sizeof(*c), cmp_cand);
+	*out = c;
+	*n_out = n;
+	return 0;
+}
+
+int qv_tier_apply(qv_store *s, qv_policy_result *res)
+{
+	qv_policy_result r;
+	qv_store_config cfg;
+	struct cand *c = NULL;
+	size_t n = 0;
+	memset(&r, 0, sizeof(r));
+	qv_store_config_get(s, &cfg);
+	int rc = hot_bytes(s, &r.hot_before);
+	r.hot_after = r.hot_before;
+	if (rc || !cfg.cold_dir || cfg.hot_capacity == 0 ||
+	    (double)r.hot_before <= cfg.high * (double)cfg.hot_capacity)
+		goto out;
+	rc = candidates(s, &c, &n);
+	double low = cfg.low * (double)cfg.hot_capacity;
+	for (size_t i = 0; rc == 0 && i < n && (double)r.hot_after > low; i++) {
+		qv_migrate_result m;
+		rc = qv_tier_demote(s, c[i].model, c[i].label, &m);
+		if (rc)
+			break;
+		r.versions++;
+		r.moved.shards += m.shards;
+		r.moved.raw_bytes += m.raw_bytes;
+		r.moved.stored_bytes += m.stored_bytes;
+		r.moved.kept += m.kept;
+		r.moved.seconds += m.seconds;
+		rc = hot_bytes(s, &r.hot_after);
+	}
+out:
+	free(c);
+	if (res)
+		*res = r;
+	return rc;
+}
+
+int qv_tier_status_get(qv_store *s, qv_tier_status *out)
+{
+	qv_store_config cfg;
+	qv_model_list *ml = NULL;
+	uint64_t referenced = 0;
+	memset(out, 0, sizeof(*out));
+	qv_store_config_get(s, &cfg);
+	out->tier[QV_TIER_HOT].dir = cfg.hot_dir;
+	out->tier[QV_TIER_HOT].capacity = cfg.hot_capacity;
+	out->tier[QV_TIER_COLD].dir = cfg.cold_dir;
+	out->high = cfg.high;
+	out->low = cfg.low;
+	int rc = qv_shard_foreach(s, add_usage, out);
+	if (rc == 0)
+		rc = qv_model_list_get(s, &ml);
+	for (size_t m = 0; rc == 0 && m < ml->n; m++) {
+		qv_version_list *vl = NULL;
+		rc = qv_version_list_get(s, ml->m[m].name, &vl);
+		for (size_t i = 0; rc == 0 && i < vl->n; i++) {
+			qv_version *v;
+			rc = qv_version_get(s, vl->v[i].model, vl->v[i].label, QV_WITH_MANIFEST, &v);
+			if (rc)
+				break;
+			int tier;
+			struct qv__dlist l;
+			rc = qv_tier_of_version(s, v, &tier);
+			if (rc == 0) {
+				if (tier < 0)
+					out->mixed_versions++;
+				else
+					out->tier[tier].versions++;
+				rc = qv__version_shards(v, &l);
+			}
+			for (size_t k = 0; rc == 0 && k < l.n; k++) {
+				qv_shard_info info;
+				if (qv_shard_info_get(s, l.d[k], &info) == 0)
+					referenced += info.size;
+			}
+			if (rc == 0)
+				qv__dlist_free(&l);
+			qv_version_free(v);
+		}
+		qv_version_list_free(vl);
+	}
+	qv_model_list_free(ml);
+	uint64_t stored_raw = out->tier[QV_TIER_HOT].raw_bytes + out->tier[QV_TIER_COLD].raw_bytes;
+	out->saved_by_dedup = referenced > stored_raw ? referenced - stored_raw : 0;
+	return rc;
+}

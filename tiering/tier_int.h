@@ -1,0 +1,27 @@
+/* Internals of the tiering module. */
+#ifndef QV_TIER_INT_H
+#define QV_TIER_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "quiver/store.h"
+
+/* A sorted list of distinct shard digests (and, for a version's own list,
+ * the codec dtype class of each). */
+struct qv__dlist {
+	uint8_t (*d)[QV_DIGEST_LEN];
+	int *dtype;
+	size_t n;
+};
+
+int qv__version_shards(const qv_version *v_with_manifest, struct qv__dlist *out);
+int qv__dlist_has(const struct qv__dlist *l, const uint8_t d[QV_DIGEST_LEN]);
+void qv__dlist_free(struct qv__dlist *l);
+/* Shards that must stay hot if the versions named in leaving ("model@label",
+ * NULL-terminated) go cold. */
+int qv__hot_keep_set(qv_store *s, const char *const *leaving, struct qv__dlist *keep);
+double qv__tier_now(void);
+
+#endif
