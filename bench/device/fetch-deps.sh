@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Unpacks the Debian packages quiver builds against into .deps/root, for the
+# lent GPU machine, which reaches no package registry. Run here, then name
+# .deps/root in the device call's carry list (bench/device/build.sh uses it).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PKGS="liblmdb-dev liblmdb0 libjansson-dev libjansson4 liburing-dev liburing2 libxxhash-dev
+  libxxhash0 libssl-dev libssl3 libcmocka-dev libcmocka0 libzstd-dev libzstd1 libinih-dev
+  libinih1 libinireader0 pkgconf pkgconf-bin libpkgconf3"
+grep -qx '/.deps/' .git/info/exclude 2>/dev/null || echo '/.deps/' >> .git/info/exclude
+rm -rf .deps && mkdir -p .deps/debs
+(cd .deps/debs && apt-get download $PKGS >/dev/null)
+for f in .deps/debs/*.deb; do dpkg -x "$f" .deps/root; done
+rm -rf .deps/debs
+du -sh .deps/root
