@@ -51,9 +51,37 @@ def tensor_list(hidden, layers, vocab, dtype):
     return out
 
 
+VALUES = "random"
+DTYPE = "BF16"
+
+
+def _top_byte_table(rng, top_bytes_of):
+    """256 samples of the most significant byte of N(0, 0.02) values, sorted,
+    so a uniform random byte indexes a realistic sign+exponent byte."""
+    samples = sorted(top_bytes_of(rng.gauss(0.0, 0.02)) for _ in range(256))
+    return bytes(samples)
+
+
 def tensor_bytes(seed, name, n):
     h = hashlib.sha256(f"{seed}/{name}".encode()).digest()
-    return random.Random(int.from_bytes(h[:8], "little")).randbytes(n)
+    rng = random.Random(int.from_bytes(h[:8], "little"))
+    if VALUES == "random":
+        return rng.randbytes(n)
+    # "normal": values shaped like trained weights (a narrow range of
+    # exponents, random mantissas), built bytewise so it stays fast: the most
+    # significant byte of each value (sign + high exponent bits) comes from a
+    # table sampled from N(0, 0.02), every other byte is random.
+    es = DTYPE_SIZE[DTYPE]
+    if DTYPE == "F32":
+        table = _top_byte_table(rng, lambda x: struct.pack("<f", x)[3])
+    else:  # BF16 / F16 share the layout's idea: the high byte holds the exponent
+        fmt = "<e" if DTYPE == "F16" else "<f"
+        idx = 1 if DTYPE == "F16" else 3
+        table = _top_byte_table(rng, lambda x: struct.pack(fmt, x)[idx])
+    out = bytearray(rng.randbytes(n))
+    count = n // es
+    out[es - 1:count * es:es] = rng.randbytes(count).translate(table)
+    return bytes(out)
 
 
 def write_safetensors(path, tensors, dtype, seed, changed, mutate_seed):
@@ -84,7 +112,11 @@ def main():
     ap.add_argument("--shards", type=int, default=0, help="write a folder with this many safetensors files")
     ap.add_argument("--mutate", type=float, default=0.0, help="fraction of large tensors to change")
     ap.add_argument("--mutate-seed", type=int, default=1000)
+    ap.add_argument("--values", choices=["random", "normal"], default="random",
+                    help="random bytes (incompressible), or values shaped like trained weights")
     a = ap.parse_args()
+    global VALUES, DTYPE
+    VALUES, DTYPE = a.values, a.dtype
 
     ts = tensor_list(a.hidden, a.layers, a.vocab, a.dtype)
     big = [t for t in ts if t[2] >= BIG]

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Cold-tier load throughput against the cold disk's raw read rate, in one run.
+#
+# Publishes a generated bf16 model whose values are shaped like trained
+# weights (gen_model.py --values normal), demotes it to the cold tier (same
+# disk, another folder), then REPS times, caches dropped before each:
+#   (a) fio: raw O_DIRECT read rate of the cold tier's files (stored bytes/s);
+#   (b) quiver load --device cpu of the cold version, in raw (decoded) bytes/s.
+# Target: (b) >= 0.9 x (a) / (stored/raw): decoding never the bottleneck with
+# the default workers. Prints the ratio (b) / ((a) / (stored/raw)).
+#
+#   bench/cold_load.sh [WORKDIR]   (QUIVER=path, REPS=3, HIDDEN/LAYERS/VOCAB, DTYPE=BF16)
+set -euo pipefail
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+Q=${QUIVER:-$SRC/build/cli/quiver}
+W=${1:-$SRC/build/bench-cold}
+REPS=${REPS:-3}
+HIDDEN=${HIDDEN:-2048} LAYERS=${LAYERS:-6} VOCAB=${VOCAB:-32000} DTYPE=${DTYPE:-BF16}
+command -v fio >/dev/null || { echo "fio is not installed (./dev.sh deps)" >&2; exit 1; }
+mkdir -p "$W"
+if [ ! -f "$W/model/model.safetensors.index.json" ]; then
+  python3 "$SRC/python/tools/gen_model.py" "$W/model" --shards 2 --values normal --dtype "$DTYPE" \
+    --hidden "$HIDDEN" --layers "$LAYERS" --vocab "$VOCAB" >/dev/null
+fi
+R="$W/store"
+if [ ! -f "$R/config.ini" ]; then
+  "$Q" --root "$R" init --hot "$R/hot" --cold "$R/cold" >/dev/null
+  "$Q" --root "$R" publish bench/cold "$W/model" --no-activate >/dev/null
+  "$Q" --root "$R" demote bench/cold@v1 >/dev/null
+fi
+FILES=$(find "$R/cold/shards" -type f | sort | tr '\n' ':' | sed 's/:$//')
+eval "$("$Q" --root "$R" status --json | python3 -c '
+import json,sys; d=json.load(sys.stdin); c=[t for t in d["tiers"] if t["tier"]=="cold"][0]
+print(f"STORED={c[\"used_bytes\"]} RAW={c[\"raw_bytes\"]}")')"
+DROPPED=no
+drop() { sync; if echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then DROPPED=yes; fi; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+fio_r=(); q_r=()
+for r in $(seq "$REPS"); do
+  drop
+  fio_r+=("$(fio --name=cold --filename="$FILES" --ioengine=io_uring --direct=1 --rw=read --bs=1M \
+    --iodepth=16 --file_service_type=sequential --output-format=json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"]/1e9)')")
+  drop
+  q_r+=("$("$Q" --root "$R" load bench/cold@v1 --device cpu --io direct --json |
+    python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["cold_bytes"]/d["seconds"]/1e9, d["decode_threads"])')")
+done
+mf=$(median "${fio_r[@]}"); mq=$(median "$(printf '%s\n' "${q_r[@]}" | cut -d' ' -f1)")
+threads=$(echo "${q_r[0]}" | cut -d' ' -f2)
+echo "machine: $(nproc) cores, $(df -T "$W" | awk 'NR==2 {print $2}') on $(df "$W" | awk 'NR==2 {print $1}'), kernel $(uname -r); caches dropped: $DROPPED"
+awk -v s="$STORED" -v r="$RAW" -v f="$mf" -v q="$mq" -v t="$threads" 'BEGIN {
+  ratio = s / r; limit = f / ratio
+  printf "cold tier: %d raw bytes stored in %d (stored/raw %.3f)\n", r, s, ratio
+  printf "(a) raw O_DIRECT read of the cold files: %.3f GB/s stored -> %.3f GB/s raw equivalent\n", f, limit
+  printf "(b) quiver load of the cold version: %.3f GB/s raw (%d decode threads)\n", q, t
+  printf "ratio (b) / ((a) / (stored/raw)): %.3f (target >= 0.90)\n", q / limit }'
+echo "runs: fio ${fio_r[*]} / quiver ${q_r[*]}"
