@@ -254,22 +254,41 @@ static int open_targets(qv_store *s, struct plan *p, int direct)
 			close(t->fd);
 			t->fd = -1;
 		}
-		if (t->tier == QV_TIER_COLD) {
-			int rc = open_cold(s, p, i, &p->cold[p->n_cold]);
-			p->n_cold++;
-			if (rc)
+		for (int attempt = 0;; attempt++) {
+			int rc = 0;
+			if (t->tier == QV_TIER_COLD) {
+				rc = open_cold(s, p, i, &p->cold[p->n_cold]);
+				if (rc == 0) {
+					p->n_cold++;
+					p->cold_raw += t->size;
+					break;
+				}
+				if (p->cold[p->n_cold].direct_fd >= 0)
+					close(p->cold[p->n_cold].direct_fd);
+				qv_codec_header_destroy(p->cold[p->n_cold].hdr);
+				if (t->fd >= 0)
+					close(t->fd);
+				t->fd = -1;
+			} else {
+				qv_shard_path(s, p->digest[i], path, sizeof(path));
+				t->fd = open(path, O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
+				if (t->fd >= 0 || errno != ENOENT)
+					break;
+				rc = qv_store_fail(s, QV_ECORRUPT, "shard %s is missing (%s)", t->name, path);
+			}
+			/* Gone from where the plan saw it: a migration may have moved it
+			 * meanwhile. Re-resolve once. */
+			qv_shard_info info;
+			if (attempt > 0 || qv_shard_info_get(s, p->digest[i], &info) || info.tier == t->tier)
 				return rc;
-			p->cold_raw += t->size;
-			continue;
+			t->tier = info.tier;
 		}
-		qv_shard_path(s, p->digest[i], path, sizeof(path));
-		t->fd = open(path, O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0));
+		if (t->tier == QV_TIER_COLD)
+			continue;
 		if (t->fd < 0) {
 			int e = errno;
 			if (e == EINVAL && direct)
 				return QV__EDIRECT;
-			if (e == ENOENT)
-				return qv_store_fail(s, QV_ECORRUPT, "shard %s is missing (%s)", t->name, path);
 			if (e == EMFILE || e == ENFILE)
 				return qv_store_fail(s, -e, "%zu shard files exceed the open-file limit", p->n);
 			return qv_store_fail(s, -e, "%s: %s", path, strerror(e));
