@@ -12,7 +12,7 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 
 PACKAGES="build-essential cmake pkg-config git python3 ca-certificates
   liblmdb-dev lmdb-utils libssl-dev libzstd-dev liburing-dev libxxhash-dev libjansson-dev libinih-dev
-  libcmocka-dev fio bc"
+  libcmocka-dev libmicrohttpd-dev fio bc"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 

@@ -12,6 +12,13 @@
 /* Exit codes (documented in --help and docs/CLI.md). */
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2, EXIT_DAMAGE = 3 };
 
+/* Where results and errors go: stdout/stderr, or, in the daemon, the
+ * calling thread's buffers (cli_set_streams). */
+FILE *cli_outf(void);
+FILE *cli_errf(void);
+void cli_set_streams(FILE *out, FILE *err);
+int cli_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* Prints "quiver: <msg>" on stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Prints the store's message for rc (or qv_strerror) and returns the exit code. */

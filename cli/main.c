@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "daemon.h"
 #include "quiver/tier.h"
 
 #define REF_BUF (2 * QV_NAME_MAX + 16)
@@ -30,14 +31,14 @@ static int usage_error(const struct cmd *c, const char *fmt, const char *arg)
 	char msg[1024];
 	snprintf(msg, sizeof(msg), fmt, arg);
 	cli_error("%s", msg);
-	fprintf(stderr, "usage: %s (see 'quiver %s --help')\n", c->usage, c->name);
+	fprintf(cli_errf(), "usage: %s (see 'quiver %s --help')\n", c->usage, c->name);
 	return EXIT_USAGE;
 }
 
 static void print_help(const struct cmd *c)
 {
-	printf("usage: %s\n\n%s\n", c->usage, c->help);
-	printf("\nCommon options:\n"
+	cli_printf("usage: %s\n\n%s\n", c->usage, c->help);
+	cli_printf("\nCommon options:\n"
 	       "  --root DIR   store folder (default: $QUIVER_ROOT, else ~/.local/share/quiver)\n"
 	       "  -h, --help   show this help\n"
 	       "\nExit codes: 0 success, 1 failure, 2 usage error, 3 integrity damage found.\n");
@@ -86,7 +87,7 @@ static int parse_opts(const struct cmd *c, int argc, char **argv, const struct o
 	lo[n] = (struct option){0, 0, 0, 0};
 	memset(o, 0, sizeof(*o));
 	o->root = g_root;
-	optind = 1;
+	optind = 0; /* GNU: full re-initialization, commands may run many times (daemon) */
 	opterr = 0;
 	for (;;) {
 		int ch = getopt_long(argc, argv, ":h", lo, NULL);
@@ -134,9 +135,32 @@ static int parse_opts(const struct cmd *c, int argc, char **argv, const struct o
 	return 0;
 }
 
+/* In the daemon, commands run on its one store handle (cli_daemon_store). */
+static qv_store *g_shared_store;
+
+void cli_set_shared_store(qv_store *s)
+{
+	g_shared_store = s;
+}
+
+int cli_in_daemon(void)
+{
+	return g_shared_store != NULL;
+}
+
+static void close_store(qv_store *s)
+{
+	if (s != g_shared_store)
+		qv_store_close(s);
+}
+
 static int open_store(const struct opts *o, qv_store **s)
 {
 	char err[1024] = "";
+	if (g_shared_store) {
+		*s = g_shared_store;
+		return 0;
+	}
 	int rc = qv_store_open(o->root, s, err, sizeof(err));
 	if (rc) {
 		cli_error("%s", *err ? err : qv_strerror(rc));
@@ -170,6 +194,12 @@ static int promote_if_cold(qv_store *s, const char *model, const char *label, in
 	*secs = 0;
 	if (strcmp(version_tier(s, model, label), "hot") == 0)
 		return 0;
+	if (cli_in_daemon()) {
+		if (!json)
+			cli_printf("%s@%s has cold shards: quiverd promotes them in the background\n", model,
+			           label);
+		return 0;
+	}
 	qv_migrate_result m;
 	int rc = qv_tier_promote(s, model, label, &m);
 	if (rc)
@@ -177,7 +207,7 @@ static int promote_if_cold(qv_store *s, const char *model, const char *label, in
 	*secs = m.seconds;
 	if (!json) {
 		char a[32];
-		printf("%s@%s was cold: promoted %llu shards (%s) to the hot tier in %.2f s\n", model,
+		cli_printf("%s@%s was cold: promoted %llu shards (%s) to the hot tier in %.2f s\n", model,
 		       label, (unsigned long long)m.shards, cli_bytes(m.raw_bytes, a, sizeof(a)),
 		       m.seconds);
 	}
@@ -197,7 +227,7 @@ static int run_policy(qv_store *s, int json)
 		return cli_fail(s, rc);
 	if (r.versions && !json) {
 		char a[32], b[32];
-		printf("tier policy: demoted %llu version%s (%llu shards, %s -> %s on the cold tier)\n",
+		cli_printf("tier policy: demoted %llu version%s (%llu shards, %s -> %s on the cold tier)\n",
 		       (unsigned long long)r.versions, r.versions == 1 ? "" : "s",
 		       (unsigned long long)r.moved.shards, cli_bytes(r.moved.raw_bytes, a, sizeof(a)),
 		       cli_bytes(r.moved.stored_bytes, b, sizeof(b)));
@@ -260,7 +290,7 @@ static int cmd_publish(int argc, char **argv)
 	cli_progress_end(&pg);
 	if (rc) {
 		rc = cli_fail(s, rc);
-		qv_store_close(s);
+		close_store(s);
 		return rc;
 	}
 	double gbps = r.seconds > 0 ? (double)r.bytes / r.seconds / 1e9 : 0;
@@ -276,18 +306,18 @@ static int cmd_publish(int argc, char **argv)
 	} else {
 		char hex[QV_HEX_LEN + 1], a[32], b[32];
 		qv_digest_hex(r.digest, hex);
-		printf("published %s@%s%s\n", argv[first], r.label,
+		cli_printf("published %s@%s%s\n", argv[first], r.label,
 		       o.no_activate ? "" : " (now current)");
-		printf("  digest    sha256:%s\n", hex);
-		printf("  tensors   %llu in %llu file%s\n", (unsigned long long)r.tensors,
+		cli_printf("  digest    sha256:%s\n", hex);
+		cli_printf("  tensors   %llu in %llu file%s\n", (unsigned long long)r.tensors,
 		       (unsigned long long)r.files, r.files == 1 ? "" : "s");
-		printf("  bytes     %s, newly stored %s (%llu of %llu shards new)\n",
+		cli_printf("  bytes     %s, newly stored %s (%llu of %llu shards new)\n",
 		       cli_bytes(r.bytes, a, sizeof(a)), cli_bytes(r.new_bytes, b, sizeof(b)),
 		       (unsigned long long)r.new_shards, (unsigned long long)r.shards);
-		printf("  elapsed   %.2f s, %.2f GB/s\n", r.seconds, gbps);
+		cli_printf("  elapsed   %.2f s, %.2f GB/s\n", r.seconds, gbps);
 	}
-	rc = run_policy(s, o.json);
-	qv_store_close(s);
+	rc = cli_in_daemon() ? EXIT_OK : run_policy(s, o.json); /* the daemon runs it in the background */
+	close_store(s);
 	return rc;
 }
 
@@ -315,11 +345,11 @@ static int cmd_list(int argc, char **argv)
 				                       (json_int_t)ml->m[i].bytes));
 			cli_json_print(json_pack("{s:o}", "models", arr));
 		} else if (ml->n == 0) {
-			printf("no models in %s\n", qv_store_root(s));
+			cli_printf("no models in %s\n", qv_store_root(s));
 		} else {
-			printf("%-40s %8s  %-12s %12s\n", "MODEL", "VERSIONS", "CURRENT", "BYTES");
+			cli_printf("%-40s %8s  %-12s %12s\n", "MODEL", "VERSIONS", "CURRENT", "BYTES");
 			for (size_t i = 0; i < ml->n; i++)
-				printf("%-40s %8zu  %-12s %12s\n", ml->m[i].name, ml->m[i].n_versions,
+				cli_printf("%-40s %8zu  %-12s %12s\n", ml->m[i].name, ml->m[i].n_versions,
 				       *ml->m[i].current ? ml->m[i].current : "-",
 				       cli_bytes(ml->m[i].bytes, a, sizeof(a)));
 		}
@@ -344,7 +374,7 @@ static int cmd_list(int argc, char **argv)
 			}
 			cli_json_print(json_pack("{s:s, s:o}", "model", argv[first], "versions", arr));
 		} else {
-			printf("%-14s %-14s %-21s %12s  %-5s %s\n", "VERSION", "DIGEST", "CREATED", "BYTES",
+			cli_printf("%-14s %-14s %-21s %12s  %-5s %s\n", "VERSION", "DIGEST", "CREATED", "BYTES",
 			       "TIER", "ALIASES");
 			for (size_t i = 0; i < vl->n; i++) {
 				const qv_version *v = &vl->v[i];
@@ -355,18 +385,18 @@ static int cmd_list(int argc, char **argv)
 						strncat(al, ",", sizeof(al) - strlen(al) - 1);
 					strncat(al, v->aliases[k], sizeof(al) - strlen(al) - 1);
 				}
-				printf("%-14s %.12s   %-21s %12s  %-5s %s\n", v->label, hex,
+				cli_printf("%-14s %.12s   %-21s %12s  %-5s %s\n", v->label, hex,
 				       cli_time(v->created_ns, t, sizeof(t)), cli_bytes(v->bytes, a, sizeof(a)),
 				       version_tier(s, v->model, v->label), al);
 			}
 		}
 		qv_version_list_free(vl);
 	}
-	qv_store_close(s);
+	close_store(s);
 	return EXIT_OK;
 fail:
 	rc = cli_fail(s, rc);
-	qv_store_close(s);
+	close_store(s);
 	return rc;
 }
 
@@ -385,7 +415,7 @@ static int cmd_show(int argc, char **argv)
 	int rc = qv_version_get(s, model, ref, QV_WITH_MANIFEST, &v);
 	if (rc) {
 		rc = cli_fail(s, rc);
-		qv_store_close(s);
+		close_store(s);
 		return rc;
 	}
 	char t[32], a[32], hex[QV_HEX_LEN + 1];
@@ -424,25 +454,25 @@ static int cmd_show(int argc, char **argv)
 			"tensors", tensors, "pinned", v->pinned));
 	} else {
 		qv_digest_hex(v->digest, hex);
-		printf("model     %s\nversion   %s%s\ndigest    sha256:%s\ncreated   %s\n", v->model,
+		cli_printf("model     %s\nversion   %s%s\ndigest    sha256:%s\ncreated   %s\n", v->model,
 		       v->label, v->is_current ? " (current)" : "", hex,
 		       cli_time(v->created_ns, t, sizeof(t)));
-		printf("bytes     %s in %zu file%s, %llu tensors, tier %s%s\n",
+		cli_printf("bytes     %s in %zu file%s, %llu tensors, tier %s%s\n",
 		       cli_bytes(v->bytes, a, sizeof(a)), v->n_files, v->n_files == 1 ? "" : "s",
 		       (unsigned long long)v->n_tensors, version_tier(s, v->model, v->label),
 		       v->pinned ? ", pinned" : "");
 		if (*v->parent)
-			printf("parent    %s\n", v->parent);
+			cli_printf("parent    %s\n", v->parent);
 		if (*v->message)
-			printf("message   %s\n", v->message);
-		printf("aliases   ");
+			cli_printf("message   %s\n", v->message);
+		cli_printf("aliases   ");
 		for (size_t i = 0; i < v->n_aliases; i++)
-			printf("%s%s", i ? ", " : "", v->aliases[i]);
-		printf("%s\nfiles\n", v->n_aliases ? "" : "-");
+			cli_printf("%s%s", i ? ", " : "", v->aliases[i]);
+		cli_printf("%s\nfiles\n", v->n_aliases ? "" : "-");
 		for (size_t i = 0; i < v->n_files; i++)
-			printf("  %-50s %12s  %s\n", v->files[i].name, cli_bytes(v->files[i].size, a, sizeof(a)),
+			cli_printf("  %-50s %12s  %s\n", v->files[i].name, cli_bytes(v->files[i].size, a, sizeof(a)),
 			       v->files[i].safetensors ? "safetensors" : "blob");
-		printf("tensors\n");
+		cli_printf("tensors\n");
 		for (size_t i = 0; i < v->n_files; i++)
 			for (size_t k = 0; k < v->files[i].n_tensors; k++) {
 				const qv_tensor *x = &v->files[i].tensors[k];
@@ -456,12 +486,12 @@ static int cmd_show(int argc, char **argv)
 				qv_digest_hex(x->shard, hex);
 				qv_shard_info si = {0};
 				int has = qv_shard_info_get(s, x->shard, &si) == 0;
-				printf("  %-50s %-8s %-24s %12s  shard %.12s  %s\n", x->name, x->dtype, shape,
+				cli_printf("  %-50s %-8s %-24s %12s  shard %.12s  %s\n", x->name, x->dtype, shape,
 				       cli_bytes(x->bytes, a, sizeof(a)), hex, has ? tier_name(si.tier) : "missing");
 			}
 	}
 	qv_version_free(v);
-	qv_store_close(s);
+	close_store(s);
 	return EXIT_OK;
 }
 
@@ -473,7 +503,7 @@ static int print_switch(const struct opts *o, const char *model, const qv_switch
 		cli_json_print(json_pack("{s:s, s:s, s:s, s:f, s:f}", "model", model, "from", r->from,
 		                         "to", r->to, "seconds", secs, "promote_seconds", promote_secs));
 	else
-		printf("%s: current is now %s (was %s)\n", model, r->to, *r->from ? r->from : "none");
+		cli_printf("%s: current is now %s (was %s)\n", model, r->to, *r->from ? r->from : "none");
 	return EXIT_OK;
 }
 
@@ -496,7 +526,7 @@ static int cmd_activate(int argc, char **argv)
 		rc = cli_fail(s, rc);
 	if (rc == 0)
 		print_switch(&o, model, &r, cli_now() - t0, promo);
-	qv_store_close(s);
+	close_store(s);
 	return rc;
 }
 
@@ -518,7 +548,7 @@ static int cmd_rollback(int argc, char **argv)
 		rc = cli_fail(s, rc);
 	if (rc == 0)
 		print_switch(&o, argv[first], &r, cli_now() - t0, promo);
-	qv_store_close(s);
+	close_store(s);
 	return rc;
 }
 
@@ -537,10 +567,10 @@ static int cmd_alias(int argc, char **argv)
 	if (rc)
 		rc = cli_fail(s, rc);
 	else if (o.rm)
-		printf("%s: removed alias %s\n", argv[first], argv[first + 1]);
+		cli_printf("%s: removed alias %s\n", argv[first], argv[first + 1]);
 	else
-		printf("%s: %s -> %s\n", argv[first], argv[first + 1], argv[first + 2]);
-	qv_store_close(s);
+		cli_printf("%s: %s -> %s\n", argv[first], argv[first + 1], argv[first + 2]);
+	close_store(s);
 	return rc;
 }
 
@@ -555,7 +585,7 @@ static int cmd_history(int argc, char **argv)
 	int rc = qv_history_get(s, argv[first], &h);
 	if (rc) {
 		rc = cli_fail(s, rc);
-		qv_store_close(s);
+		close_store(s);
 		return rc;
 	}
 	char t[32];
@@ -569,14 +599,14 @@ static int cmd_history(int argc, char **argv)
 			                                     h->e[i].from, "to", h->e[i].to));
 		cli_json_print(json_pack("{s:s, s:o}", "model", argv[first], "history", arr));
 	} else {
-		printf("%-21s %-9s %-14s %s\n", "TIME", "ACTION", "FROM", "TO");
+		cli_printf("%-21s %-9s %-14s %s\n", "TIME", "ACTION", "FROM", "TO");
 		for (size_t i = 0; i < h->n; i++)
-			printf("%-21s %-9s %-14s %s\n", cli_time(h->e[i].time_ns, t, sizeof(t)),
+			cli_printf("%-21s %-9s %-14s %s\n", cli_time(h->e[i].time_ns, t, sizeof(t)),
 			       h->e[i].action, *h->e[i].from ? h->e[i].from : "-",
 			       *h->e[i].to ? h->e[i].to : "-");
 	}
 	qv_history_free(h);
-	qv_store_close(s);
+	close_store(s);
 	return EXIT_OK;
 }
 
@@ -602,10 +632,10 @@ static int cmd_export(int argc, char **argv)
 		cli_json_print(json_pack("{s:s, s:s, s:f}", "model", model, "outdir", argv[first + 1],
 		                         "seconds", cli_now() - t0));
 	} else {
-		printf("exported %s@%s to %s in %.2f s\n", model, ref ? ref : "current", argv[first + 1],
+		cli_printf("exported %s@%s to %s in %.2f s\n", model, ref ? ref : "current", argv[first + 1],
 		       cli_now() - t0);
 	}
-	qv_store_close(s);
+	close_store(s);
 	return rc;
 }
 
@@ -627,7 +657,7 @@ static int cmd_verify(int argc, char **argv)
 	cli_progress_end(&pg);
 	if (rc) {
 		rc = cli_fail(s, rc);
-		qv_store_close(s);
+		close_store(s);
 		return rc;
 	}
 	if (o.json) {
@@ -648,12 +678,12 @@ static int cmd_verify(int argc, char **argv)
 		char a[32], hex[QV_HEX_LEN + 1];
 		for (size_t i = 0; i < r->n_damaged; i++) {
 			qv_digest_hex(r->damaged[i].shard, hex);
-			printf("DAMAGED shard sha256:%s (%s), breaks:", hex, r->damaged[i].reason);
+			cli_printf("DAMAGED shard sha256:%s (%s), breaks:", hex, r->damaged[i].reason);
 			for (size_t k = 0; k < r->damaged[i].n_versions; k++)
-				printf(" %s", r->damaged[i].versions[k]);
-			printf("\n");
+				cli_printf(" %s", r->damaged[i].versions[k]);
+			cli_printf("\n");
 		}
-		printf("%s: %llu version%s, %llu shards, %s checked; %zu damaged\n",
+		cli_printf("%s: %llu version%s, %llu shards, %s checked; %zu damaged\n",
 		       r->n_damaged ? "DAMAGE" : "ok", (unsigned long long)r->versions,
 		       r->versions == 1 ? "" : "s", (unsigned long long)r->shards,
 		       cli_bytes(r->bytes, a, sizeof(a)), r->n_damaged);
@@ -663,7 +693,7 @@ static int cmd_verify(int argc, char **argv)
 		          r->n_damaged == 1 ? "" : "s");
 	rc = r->n_damaged ? EXIT_DAMAGE : EXIT_OK;
 	qv_verify_report_free(r);
-	qv_store_close(s);
+	close_store(s);
 	return rc;
 }
 
@@ -678,7 +708,7 @@ static int print_freed(const struct opts *o, const char *what, const qv_free_res
 		                         "temp_files", (json_int_t)r->temp_files, "index_fixes",
 		                         (json_int_t)r->index_fixes));
 	else
-		printf("%s%s %llu shard%s (%s)%s%llu temp file%s, %llu index fix%s\n", what,
+		cli_printf("%s%s %llu shard%s (%s)%s%llu temp file%s, %llu index fix%s\n", what,
 		       o->dry_run ? " would free" : " freed", (unsigned long long)r->shards,
 		       r->shards == 1 ? "" : "s", cli_bytes(r->bytes, a, sizeof(a)), ", ",
 		       (unsigned long long)r->temp_files, r->temp_files == 1 ? "" : "s",
@@ -708,7 +738,7 @@ static int cmd_rm(int argc, char **argv)
 		snprintf(what, sizeof(what), "removed %s@%s;", model, ref);
 		print_freed(&o, what, &r);
 	}
-	qv_store_close(s);
+	close_store(s);
 	return rc;
 }
 
@@ -724,7 +754,7 @@ static int cmd_gc(int argc, char **argv)
 	qv_free_result r;
 	int rc = qv_gc(s, o.dry_run, &r);
 	rc = rc ? cli_fail(s, rc) : print_freed(&o, "gc:", &r);
-	qv_store_close(s);
+	close_store(s);
 	return rc;
 }
 
@@ -804,7 +834,7 @@ static int cmd_load(int argc, char **argv)
 	cli_progress_end(&pg);
 	if (rc) {
 		rc = cli_fail(s, rc);
-		qv_store_close(s);
+		close_store(s);
 		return rc;
 	}
 	const qv_load_stats *st = qv_load_get_stats(l);
@@ -826,14 +856,14 @@ static int cmd_load(int argc, char **argv)
 		                         "verified", lo.verify, "cold_bytes", (json_int_t)st->cold_bytes,
 		                         "decode_threads", (int)st->decode_threads));
 	else
-		printf("loaded %s@%s to %s: %s, %llu tensors in %.3f s (%.2f GB/s), first tensor after %.3f s\n"
+		cli_printf("loaded %s@%s to %s: %s, %llu tensors in %.3f s (%.2f GB/s), first tensor after %.3f s\n"
 		       "  io %s (%s), qd %u, chunk %zu KiB, %llu reads%s\n",
 		       model, ref ? ref : "current", dev, cli_bytes(st->bytes, a, sizeof(a)),
 		       (unsigned long long)st->tensors, st->seconds, gbps, st->first_tensor_seconds, io,
 		       st->engine, st->qd, st->chunk_bytes >> 10, (unsigned long long)st->reads,
 		       lo.verify ? ", every shard's checksum verified" : "");
 	if (!o.json && st->cold_bytes)
-		printf("  %s decoded from the cold tier on %u threads (every frame's checksum checked)\n",
+		cli_printf("  %s decoded from the cold tier on %u threads (every frame's checksum checked)\n",
 		       cli_bytes(st->cold_bytes, a, sizeof(a)), st->decode_threads);
 	rc = EXIT_OK;
 	if (o.promote && st->cold_bytes) {
@@ -842,11 +872,11 @@ static int cmd_load(int argc, char **argv)
 		if (prc)
 			rc = cli_fail(s, prc);
 		else if (!o.json)
-			printf("  promoted %llu shards to the hot tier in %.2f s\n",
+			cli_printf("  promoted %llu shards to the hot tier in %.2f s\n",
 			       (unsigned long long)m.shards, m.seconds);
 	}
 	qv_load_destroy(l);
-	qv_store_close(s);
+	close_store(s);
 	return rc;
 }
 
@@ -891,7 +921,7 @@ static int cmd_init(int argc, char **argv)
 		return EXIT_FAIL;
 	}
 	char a[32];
-	printf("initialized %s: hot tier %s, cold tier %s, hot capacity %s, watermarks %.2f/%.2f\n",
+	cli_printf("initialized %s: hot tier %s, cold tier %s, hot capacity %s, watermarks %.2f/%.2f\n",
 	       root, cfg.hot_dir ? cfg.hot_dir : root, cfg.cold_dir ? cfg.cold_dir : "none",
 	       cfg.hot_capacity ? cli_bytes(cfg.hot_capacity, a, sizeof(a)) : "unlimited", cfg.high,
 	       cfg.low);
@@ -912,8 +942,8 @@ static int cmd_pin_common(int argc, char **argv, int pin)
 	if (rc)
 		rc = cli_fail(s, rc);
 	else
-		printf("%s@%s %s\n", model, ref, pin ? "pinned: it stays on the hot tier" : "unpinned");
-	qv_store_close(s);
+		cli_printf("%s@%s %s\n", model, ref, pin ? "pinned: it stays on the hot tier" : "unpinned");
+	close_store(s);
 	return rc;
 }
 
@@ -931,7 +961,7 @@ static int print_migrate(const struct opts *o, const char *what, const char *mod
 		                         (json_int_t)m->stored_bytes, "kept_hot", (json_int_t)m->kept,
 		                         "seconds", m->seconds));
 	else
-		printf("%s %s@%s: %llu shards, %s raw -> %s stored in %.2f s%s%llu shared shard%s kept hot\n",
+		cli_printf("%s %s@%s: %llu shards, %s raw -> %s stored in %.2f s%s%llu shared shard%s kept hot\n",
 		       what, model, ref, (unsigned long long)m->shards, cli_bytes(m->raw_bytes, a, sizeof(a)),
 		       cli_bytes(m->stored_bytes, b, sizeof(b)), m->seconds, "; ", (unsigned long long)m->kept,
 		       m->kept == 1 ? "" : "s");
@@ -951,7 +981,7 @@ static int cmd_migrate(int argc, char **argv, int demote)
 	qv_migrate_result m;
 	int rc = demote ? qv_tier_demote(s, model, ref, &m) : qv_tier_promote(s, model, ref, &m);
 	rc = rc ? cli_fail(s, rc) : print_migrate(&o, demote ? "demoted" : "promoted", model, ref, &m);
-	qv_store_close(s);
+	close_store(s);
 	return rc;
 }
 
@@ -974,8 +1004,13 @@ static int cmd_tier(int argc, char **argv)
 	if (!o.apply) {
 		qv_tier_status st;
 		rc = qv_tier_status_get(s, &st);
-		if (rc == 0)
-			printf("hot tier: %s used of %s (high %.0f%%, low %.0f%%); run with --apply to enforce\n",
+		if (rc == 0 && o.json)
+			cli_json_print(json_pack("{s:I, s:I, s:f, s:f, s:b}", "hot_used",
+			                         (json_int_t)st.tier[QV_TIER_HOT].used_bytes, "hot_capacity",
+			                         (json_int_t)cfg.hot_capacity, "high", cfg.high, "low",
+			                         cfg.low, "applied", 0));
+		else if (rc == 0)
+			cli_printf("hot tier: %s used of %s (high %.0f%%, low %.0f%%); run with --apply to enforce\n",
 			       cli_bytes(st.tier[QV_TIER_HOT].used_bytes, a, sizeof(a)),
 			       cfg.hot_capacity ? cli_bytes(cfg.hot_capacity, b, sizeof(b)) : "unlimited",
 			       cfg.high * 100, cfg.low * 100);
@@ -990,7 +1025,7 @@ static int cmd_tier(int argc, char **argv)
 			                         "raw_bytes", (json_int_t)r.moved.raw_bytes, "stored_bytes",
 			                         (json_int_t)r.moved.stored_bytes));
 		else if (rc == 0)
-			printf("tier policy: hot tier %s -> %s of %s; demoted %llu version%s (%llu shards)\n",
+			cli_printf("tier policy: hot tier %s -> %s of %s; demoted %llu version%s (%llu shards)\n",
 			       cli_bytes(r.hot_before, a, sizeof(a)), cli_bytes(r.hot_after, b, sizeof(b)),
 			       cfg.hot_capacity ? cli_bytes(cfg.hot_capacity, d, sizeof(d)) : "unlimited",
 			       (unsigned long long)r.versions, r.versions == 1 ? "" : "s",
@@ -998,7 +1033,7 @@ static int cmd_tier(int argc, char **argv)
 	}
 	if (rc)
 		rc = cli_fail(s, rc);
-	qv_store_close(s);
+	close_store(s);
 	return rc;
 }
 
@@ -1012,7 +1047,7 @@ static int cmd_status(int argc, char **argv)
 	int rc = qv_tier_status_get(s, &st);
 	if (rc) {
 		rc = cli_fail(s, rc);
-		qv_store_close(s);
+		close_store(s);
 		return rc;
 	}
 	char a[32], b[32], d[32];
@@ -1035,25 +1070,41 @@ static int cmd_status(int argc, char **argv)
 		                         "saved_by_dedup", (json_int_t)st.saved_by_dedup, "high", st.high,
 		                         "low", st.low));
 	} else {
-		printf("store %s\n", qv_store_root(s));
-		printf("%-5s %-40s %12s %12s %8s %9s\n", "TIER", "FOLDER", "CAPACITY", "USED", "SHARDS",
+		cli_printf("store %s\n", qv_store_root(s));
+		cli_printf("%-5s %-40s %12s %12s %8s %9s\n", "TIER", "FOLDER", "CAPACITY", "USED", "SHARDS",
 		       "VERSIONS");
 		for (int t = 0; t < QV_TIERS; t++) {
 			const qv_tier_usage *u = &st.tier[t];
 			if (!u->dir)
 				continue;
-			printf("%-5s %-40s %12s %12s %8llu %9llu\n", tier_name(t), u->dir,
+			cli_printf("%-5s %-40s %12s %12s %8llu %9llu\n", tier_name(t), u->dir,
 			       u->capacity ? cli_bytes(u->capacity, a, sizeof(a)) : "-",
 			       cli_bytes(u->used_bytes, b, sizeof(b)), (unsigned long long)u->shards,
 			       (unsigned long long)u->versions);
 		}
-		printf("mixed versions: %llu; saved by compression %s, by dedup %s\n",
+		cli_printf("mixed versions: %llu; saved by compression %s, by dedup %s\n",
 		       (unsigned long long)st.mixed_versions,
 		       cli_bytes(st.saved_by_compression, a, sizeof(a)),
 		       cli_bytes(st.saved_by_dedup, d, sizeof(d)));
 	}
-	qv_store_close(s);
+	close_store(s);
 	return EXIT_OK;
+}
+
+/* ---- serve ------------------------------------------------------------------------------------- */
+static int cmd_serve(int argc, char **argv)
+{
+	char *args[80];
+	int n = 0;
+	args[n++] = "quiverd";
+	if (g_root) {
+		args[n++] = "--root";
+		args[n++] = (char *)g_root;
+	}
+	for (int i = 1; i < argc && n < 79; i++)
+		args[n++] = argv[i];
+	args[n] = NULL;
+	return daemon_main(n, args);
 }
 
 /* ---- dispatch --------------------------------------------------------------------------------- */
@@ -1127,6 +1178,10 @@ static const struct cmd cmds[] = {
 	{"status", cmd_status, "quiver status [--json]",
 	 "Per tier: folder, capacity, bytes used, shards and versions held; versions\n"
 	 "split across tiers; bytes saved by compression and by dedup."},
+	{"serve", cmd_serve, "quiver serve [--root DIR] [--dram SIZE] [--metrics-port N] [--no-warm]",
+	 "Run quiverd, the node daemon, in the foreground (see 'quiverd --help' and\n"
+	 "docs/DAEMON.md). While it runs, publish, activate, rollback, alias, rm, gc,\n"
+	 "demote, promote, pin, unpin and tier go through it."},
 	{"rm", cmd_rm, "quiver rm MODEL@REF [--force] [--json]",
 	 "Remove a version and free the shards no other version uses. A current or\n"
 	 "aliased version is refused unless --force (which drops those aliases)."},
@@ -1156,7 +1211,17 @@ static void main_help(FILE *f)
 	           "Exit codes: 0 success, 1 failure, 2 usage error, 3 integrity damage found.\n");
 }
 
-int main(int argc, char **argv)
+int cli_dispatch(int argc, char **argv)
+{
+	const struct cmd *c = find_cmd(argv[0]);
+	if (!c) {
+		cli_error("unknown command '%s' (see 'quiver --help')", argv[0]);
+		return EXIT_USAGE;
+	}
+	return c->fn(argc, argv);
+}
+
+int cli_main(int argc, char **argv)
 {
 	int i = 1;
 	while (i < argc && argv[i][0] == '-') {
@@ -1170,7 +1235,7 @@ int main(int argc, char **argv)
 			main_help(stdout);
 			return EXIT_OK;
 		} else if (strcmp(argv[i], "--version") == 0) {
-			printf("quiver %s\n", QUIVER_VERSION);
+			cli_printf("quiver %s\n", QUIVER_VERSION);
 			return EXIT_OK;
 		} else {
 			cli_error("unknown option '%s'", argv[i]);

@@ -22,6 +22,33 @@ static void put_escaped(const char *s, FILE *f)
 	}
 }
 
+static _Thread_local FILE *tl_out, *tl_err;
+
+FILE *cli_outf(void)
+{
+	return tl_out ? tl_out : stdout;
+}
+
+FILE *cli_errf(void)
+{
+	return tl_err ? tl_err : stderr;
+}
+
+void cli_set_streams(FILE *out, FILE *err)
+{
+	tl_out = out;
+	tl_err = err;
+}
+
+int cli_printf(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vfprintf(cli_outf(), fmt, ap);
+	va_end(ap);
+	return n;
+}
+
 void cli_error(const char *fmt, ...)
 {
 	char buf[2048];
@@ -29,9 +56,9 @@ void cli_error(const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
-	fputs("quiver: ", stderr);
-	put_escaped(buf, stderr);
-	fputc('\n', stderr);
+	fputs("quiver: ", cli_errf());
+	put_escaped(buf, cli_errf());
+	fputc('\n', cli_errf());
 }
 
 int cli_fail(qv_store *s, int rc)
@@ -136,7 +163,8 @@ void cli_json_print(json_t *j)
 	}
 	char *s = json_dumps(j, JSON_INDENT(2));
 	if (s) {
-		puts(s);
+		fputs(s, cli_outf());
+		fputc('\n', cli_outf());
 		free(s);
 	}
 	json_decref(j);

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <cuda_runtime_api.h>
 
@@ -102,6 +103,62 @@ int qv_gpu_mem_info(int device, size_t *free_bytes, size_t *total_bytes)
 	if (cudaSetDevice(device) != cudaSuccess)
 		return -ENODEV;
 	return cudaMemGetInfo(free_bytes, total_bytes) == cudaSuccess ? 0 : -EIO;
+}
+
+int qv_gpu_ipc_open(int device, const void *handle, void **dptr)
+{
+	cudaIpcMemHandle_t h;
+	*dptr = NULL;
+	if (cudaSetDevice(device) != cudaSuccess)
+		return -ENODEV;
+	memcpy(&h, handle, sizeof(h));
+	cudaError_t e = cudaIpcOpenMemHandle(dptr, h, cudaIpcMemLazyEnablePeerAccess);
+	if (e != cudaSuccess) {
+		cudaGetLastError();
+		*dptr = NULL;
+		return -EINVAL;
+	}
+	return 0;
+}
+
+void qv_gpu_ipc_close(int device, void *dptr)
+{
+	if (!dptr)
+		return;
+	cudaSetDevice(device);
+	cudaIpcCloseMemHandle(dptr);
+}
+
+int qv_gpu_copy_to_device(int device, void *dst, const void *src, size_t bytes,
+                          unsigned n_streams)
+{
+	enum { CHUNK = 64 << 20, MAXS = 16 };
+	cudaStream_t st[MAXS] = {0};
+	int rc = 0;
+	if (n_streams < 1)
+		n_streams = 1;
+	if (n_streams > MAXS)
+		n_streams = MAXS;
+	if (cudaSetDevice(device) != cudaSuccess)
+		return -ENODEV;
+	for (unsigned i = 0; i < n_streams && rc == 0; i++)
+		if (cudaStreamCreateWithFlags(&st[i], cudaStreamNonBlocking) != cudaSuccess)
+			rc = -EIO;
+	for (size_t off = 0, k = 0; rc == 0 && off < bytes; off += CHUNK, k++) {
+		size_t n = bytes - off < CHUNK ? bytes - off : CHUNK;
+		if (cudaMemcpyAsync((char *)dst + off, (const char *)src + off, n,
+		                    cudaMemcpyHostToDevice, st[k % n_streams]) != cudaSuccess)
+			rc = -EIO;
+	}
+	for (unsigned i = 0; i < n_streams; i++)
+		if (st[i]) {
+			if (cudaStreamSynchronize(st[i]) != cudaSuccess)
+				rc = -EIO;
+			cudaStreamDestroy(st[i]);
+		}
+	if (rc)
+		cudaGetLastError();
+	return rc;
 }
 
 /* ---- the CUDA sink -------------------------------------------------------------------- */

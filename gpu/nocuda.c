@@ -77,3 +77,28 @@ int qv_sink_cuda_create(int device, void *dest, uint64_t dest_bytes, unsigned n_
 	*out = NULL;
 	return -ENOTSUP;
 }
+
+int qv_gpu_ipc_open(int device, const void *handle, void **dptr)
+{
+	(void)device;
+	(void)handle;
+	*dptr = NULL;
+	return -ENOTSUP;
+}
+
+void qv_gpu_ipc_close(int device, void *dptr)
+{
+	(void)device;
+	(void)dptr;
+}
+
+int qv_gpu_copy_to_device(int device, void *dst, const void *src, size_t bytes,
+                          unsigned n_streams)
+{
+	(void)device;
+	(void)dst;
+	(void)src;
+	(void)bytes;
+	(void)n_streams;
+	return -ENOTSUP;
+}

@@ -54,20 +54,27 @@ int qv__mdb_fail(qv_store *s, int rc, const char *what)
 	return qv__err(s, qv__mdb_err(rc), "index: %s: %s", what, mdb_strerror(rc));
 }
 
+static _Thread_local char tl_errmsg[1024];
+
+void qv__errmsg_clear(void)
+{
+	tl_errmsg[0] = 0;
+}
+
 int qv_store_fail(qv_store *s, int err, const char *fmt, ...)
 {
 	va_list ap;
-	if (!s)
-		return err;
+	(void)s;
 	va_start(ap, fmt);
-	vsnprintf(s->errmsg, sizeof(s->errmsg), fmt, ap);
+	vsnprintf(tl_errmsg, sizeof(tl_errmsg), fmt, ap);
 	va_end(ap);
 	return err;
 }
 
 const char *qv_store_errmsg(const qv_store *s)
 {
-	return s ? s->errmsg : "";
+	(void)s;
+	return tl_errmsg;
 }
 
 /* ---- arena ---------------------------------------------------------------- */

@@ -356,7 +356,7 @@ int qv_verify(qv_store *s, const char *model, const char *ref, qv_verify_report 
 	int rc = 0;
 
 	*out = NULL;
-	s->errmsg[0] = 0;
+	qv__errmsg_clear();
 	if (!b || !buf) {
 		rc = qv__err(s, -ENOMEM, "out of memory");
 		goto out;

@@ -312,7 +312,7 @@ int qv_gc(qv_store *s, int dry_run, qv_free_result *res)
 	MDB_txn *txn = NULL;
 	int rc;
 
-	s->errmsg[0] = 0;
+	qv__errmsg_clear();
 	rc = qv__lock_exclusive(s);
 	if (rc)
 		return rc;

@@ -866,7 +866,7 @@ int qv_publish(qv_store *s, const char *model, const char *path, const qv_publis
 	uint64_t done = 0;
 	int rc;
 
-	s->errmsg[0] = 0;
+	qv__errmsg_clear();
 	pthread_mutex_init(&p.mu, NULL);
 	pthread_cond_init(&p.cv, NULL);
 	rc = check_opts(s, model, o);

@@ -56,8 +56,11 @@ struct qv_store {
 	MDB_dbi db_meta, db_models, db_versions, db_manifests, db_aliases, db_history,
 		db_shards;
 	int lock_fd;          /* flock: publishers shared, deleters exclusive */
-	char errmsg[1024];
 };
+
+/* The message of the calling thread's last failed call (thread-local, so one
+ * handle may serve several threads, as in the daemon). */
+void qv__errmsg_clear(void);
 
 /* Records the message for qv_store_errmsg() and returns err. */
 #define qv__err qv_store_fail

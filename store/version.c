@@ -184,7 +184,7 @@ int qv_version_get(qv_store *s, const char *model, const char *ref, unsigned fla
 	int rc;
 
 	*out = NULL;
-	s->errmsg[0] = 0;
+	qv__errmsg_clear();
 	if (!b)
 		return qv__err(s, -ENOMEM, "out of memory");
 	rc = qv__txn_begin(s, MDB_RDONLY, &txn);
@@ -255,7 +255,7 @@ int qv_version_list_get(qv_store *s, const char *model, qv_version_list **out)
 	struct vlist_box *b = calloc(1, sizeof(*b));
 	int rc;
 	*out = NULL;
-	s->errmsg[0] = 0;
+	qv__errmsg_clear();
 	if (!b)
 		return qv__err(s, -ENOMEM, "out of memory");
 	if (qv_name_check_model(model)) {
@@ -295,7 +295,7 @@ int qv_model_list_get(qv_store *s, qv_model_list **out)
 	size_t cap = 0;
 	int rc;
 	*out = NULL;
-	s->errmsg[0] = 0;
+	qv__errmsg_clear();
 	if (!b)
 		return qv__err(s, -ENOMEM, "out of memory");
 	rc = qv__txn_begin(s, MDB_RDONLY, &txn);
@@ -432,7 +432,7 @@ int qv_history_get(qv_store *s, const char *model, qv_history **out)
 	struct hist_box *b = calloc(1, sizeof(*b));
 	int rc;
 	*out = NULL;
-	s->errmsg[0] = 0;
+	qv__errmsg_clear();
 	if (!b)
 		return qv__err(s, -ENOMEM, "out of memory");
 	if (qv_name_check_model(model)) {
@@ -478,7 +478,7 @@ static int switch_to(qv_store *s, const char *model, const char *ref, int rollba
 	qv__arena a = {0};
 	int rc;
 
-	s->errmsg[0] = 0;
+	qv__errmsg_clear();
 	if (qv_name_check_model(model))
 		return qv__err(s, QV_ENAME, "invalid model name '%.200s'", model);
 	rc = qv__txn_begin(s, 0, &txn);
@@ -557,7 +557,7 @@ int qv_alias_set(qv_store *s, const char *model, const char *name, const char *r
 	MDB_txn *txn = NULL;
 	char label[QV_NAME_MAX + 1];
 	int rc;
-	s->errmsg[0] = 0;
+	qv__errmsg_clear();
 	if (qv_name_check_label(name))
 		return qv__err(s, QV_ENAME, "invalid alias name '%.200s'", name);
 	if (strcmp(name, "current") == 0)
@@ -584,7 +584,7 @@ int qv_alias_rm(qv_store *s, const char *model, const char *name)
 	MDB_txn *txn = NULL;
 	char label[QV_NAME_MAX + 1];
 	int rc;
-	s->errmsg[0] = 0;
+	qv__errmsg_clear();
 	if (qv_name_check_model(model))
 		return qv__err(s, QV_ENAME, "invalid model name '%.200s'", model);
 	if (qv_name_check_label(name))
@@ -703,7 +703,7 @@ int qv_version_rm(qv_store *s, const char *model, const char *ref, int force,
 	uint64_t bytes = 0;
 	int rc, locked = 0;
 
-	s->errmsg[0] = 0;
+	qv__errmsg_clear();
 	if (res)
 		memset(res, 0, sizeof(*res));
 	rc = qv__lock_exclusive(s);
@@ -781,7 +781,7 @@ static int version_update(qv_store *s, const char *model, const char *ref, int p
 	MDB_txn *txn = NULL;
 	char label[QV_NAME_MAX + 1];
 	qv__version_rec rec;
-	s->errmsg[0] = 0;
+	qv__errmsg_clear();
 	int rc = qv__txn_begin(s, 0, &txn);
 	if (rc)
 		return rc;

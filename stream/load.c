@@ -406,8 +406,10 @@ static int run_engine(qv_store *s, const qv_load_opts *o, struct plan *p, qv_sin
 	struct qv__backend *be = NULL;
 	char err[512] = "";
 	int rc = 0;
-	if (p->n_hot == 0)
+	if (p->n_hot == 0) {
+		stats->engine = "none"; /* every shard is cold: the decode workers read them */
 		return 0;
+	}
 	if (use_uring) {
 		rc = qv__uring_create(qd, ring, chunk, p->hot, p->n_hot, &be, err, sizeof(err));
 		if (rc)

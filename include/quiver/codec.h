@@ -36,10 +36,14 @@
  * 7, mantissa in bits 0-6); F16 values an exponent plane (one byte per value)
  * then their 11-bit sign+mantissa values (sign in bit 10, mantissa in bits
  * 0-9) as a plane of low bytes and a plane of high bytes (as interleaved u16
- * they compress worse than plain zstd: see tiering/codec.c); F32 values four byte planes (byte 0 of every value, then byte
- * 1, 2, 3). Bytes past the last whole value (a raw length that is not a
- * multiple of the element size) follow the planes unchanged. The planes are
- * then compressed as one zstd frame.
+ * they compress worse than plain zstd: see tiering/codec.c); F32 values
+ * four byte planes (byte 0 of every value, then byte 1, 2, 3). Bytes past
+ * the last whole value (a raw length that is not a multiple of the element
+ * size) follow the planes unchanged. A planes
+ * frame's stored bytes are one u32 LE stored length per plane, then each
+ * plane: raw when its stored length equals the value count, else one zstd
+ * frame (a plane is compressed only if that saves 1/64 of it), then the
+ * tail bytes. Method ZSTD frames are one zstd frame of the raw bytes.
  *
  * Thread safety: no function keeps global state. A struct qv_codec_ctx is
  * used by one thread at a time; make one per thread. */
@@ -60,7 +64,7 @@ extern "C" {
 #define QV_CODEC_FRAME_MIN (1u << 20)        /* bounds on frame_bytes for a shard */
 #define QV_CODEC_FRAME_MAX (4u << 20)        /* also the bound on any frame's raw length */
 #define QV_CODEC_FRAME_DEFAULT (2u << 20)
-#define QV_CODEC_LEVEL_DEFAULT 1             /* chosen by bench/codec_bench.c, see docs/BENCHMARKS.md */
+#define QV_CODEC_LEVEL_DEFAULT 1             /* best ratio and speed: docs/BENCHMARKS.md */
 #define QV_CODEC_LEVEL_MIN 1                 /* zstd's negative levels skip entropy coding */
 #define QV_CODEC_LEVEL_MAX 19
 

@@ -46,6 +46,17 @@ int qv_gpu_fill(int device, void *dptr, int byte, size_t bytes);
 /* Free and total memory of device, in bytes. */
 int qv_gpu_mem_info(int device, size_t *free_bytes, size_t *total_bytes);
 
+/* CUDA IPC: opens another process's allocation (a cudaIpcMemHandle_t of
+ * QV_GPU_IPC_HANDLE_BYTES bytes) on device; close with qv_gpu_ipc_close(). */
+#define QV_GPU_IPC_HANDLE_BYTES 64
+int qv_gpu_ipc_open(int device, const void *handle, void **dptr);
+void qv_gpu_ipc_close(int device, void *dptr);
+
+/* Copies bytes from pinned host memory to device memory on n_streams
+ * streams in chunks, and waits for the copies. */
+int qv_gpu_copy_to_device(int device, void *dst, const void *src, size_t bytes,
+                          unsigned n_streams);
+
 typedef struct qv_sink qv_sink;
 
 /* A sink writing into host memory dest[0, dest_bytes). */

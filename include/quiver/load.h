@@ -69,7 +69,7 @@ typedef struct qv_load_stats {
 	double device_init_seconds;/* of which: creating the CUDA context (0 for cpu) */
 	double first_tensor_seconds; /* until the first tensor was complete at its destination */
 	enum qv_io_mode io;        /* what was used: QV_IO_DIRECT or QV_IO_BUFFERED */
-	const char *engine;        /* "io_uring" or "pread" */
+	const char *engine;        /* "io_uring", "pread", or "none" (every shard was cold) */
 	unsigned qd;
 	size_t chunk_bytes;
 	int device;

@@ -5,4 +5,6 @@
 #include "quiver/store.h"
 #include "quiver/load.h"
 #include "quiver/gpu.h"
+#include "quiver/tier.h"
+#include "quiver/client.h"
 #endif

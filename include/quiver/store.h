@@ -7,9 +7,11 @@
  * write transaction; shard bytes are durable on disk before any index entry
  * points at them (docs/DESIGN: invariants).
  *
- * Threads: a qv_store handle is used by one thread at a time. Any number of
- * processes may open the same root at once: readers never block, writers
- * serialize.
+ * Threads: reads and loads may share one handle across threads; calls that
+ * change the store on one handle should be serialized by the caller (the
+ * writers' lock is per process, not per thread). A process opens a root once
+ * (an LMDB rule). Any number of processes may open the same root at once:
+ * readers never block, writers serialize.
  *
  * Errors: every int-returning function returns 0 or a negative code (see
  * quiver/error.h). After a failure, qv_store_errmsg() gives a one-line
@@ -48,8 +50,8 @@ void qv_store_close(qv_store *s);
 /* The root folder of s. Valid until qv_store_close(s). */
 const char *qv_store_root(const qv_store *s);
 
-/* The message of the last failed call on s ("" if none). Valid until the
- * next call on s. */
+/* The message of the calling thread's last failed call ("" if none). Valid
+ * until that thread's next call. */
 const char *qv_store_errmsg(const qv_store *s);
 
 /* Records msg (printf format) as the message of the failing call on s and

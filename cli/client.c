@@ -1,0 +1,87 @@
+/* The client side of the daemon protocol (used by the CLI and, through the
+ * shared library, by the Python client). */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "proto.h"
+#include "quiver/client.h"
+
+struct qv_client {
+	int fd;
+};
+
+int qv_client_socket_path(const char *root, char *buf, size_t len)
+{
+	char def[PATH_MAX];
+	if (!root) {
+		const char *env = getenv("QUIVER_ROOT"), *home = getenv("HOME");
+		if (env && *env)
+			root = env;
+		else if (home && *home) {
+			snprintf(def, sizeof(def), "%s/.local/share/quiver", home);
+			root = def;
+		} else {
+			return -ENOENT;
+		}
+	}
+	int n = snprintf(buf, len, "%s/quiverd.sock", root);
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+int qv_client_connect(const char *root, qv_client **out)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	*out = NULL;
+	int rc = qv_client_socket_path(root, sa.sun_path, sizeof(sa.sun_path));
+	if (rc)
+		return rc;
+	if (access(sa.sun_path, F_OK) != 0)
+		return -ENOENT;
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		rc = -errno;
+		close(fd);
+		return rc;
+	}
+	qv_client *c = malloc(sizeof(*c));
+	if (!c) {
+		close(fd);
+		return -ENOMEM;
+	}
+	c->fd = fd;
+	*out = c;
+	return 0;
+}
+
+int qv_client_call(qv_client *c, const char *request, char **response, int *fd_out)
+{
+	size_t len;
+	*response = NULL;
+	if (fd_out)
+		*fd_out = -1;
+	int rc = qv_proto_send(c->fd, request, strlen(request), -1);
+	if (rc == 0)
+		rc = qv_proto_recv(c->fd, QV_PROTO_RESPONSE_MAX, response, &len, fd_out);
+	return rc;
+}
+
+void qv_client_free(void *p)
+{
+	free(p);
+}
+
+void qv_client_close(qv_client *c)
+{
+	if (!c)
+		return;
+	close(c->fd);
+	free(c);
+}

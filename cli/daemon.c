@@ -1,0 +1,753 @@
+/* quiverd: the node daemon (also `quiver serve`).
+ *
+ * One daemon per store root owns the store for its node: it runs the
+ * changing commands (publish, rollback, demote, ...) that the CLI forwards to
+ * it, so the tier policy and the DRAM tier stay coherent; keeps chosen
+ * versions in pinned host memory (the DRAM tier); and loads versions into a
+ * co-located engine's memory: a memfd passed over the socket for host loads,
+ * the engine's own CUDA allocation (opened from its IPC handle) for GPU
+ * loads. It runs in the foreground and logs to stderr, systemd style.
+ *
+ * Threads: the accept loop; one thread per client (bounded); one background
+ * thread for the tier policy, promotions and warming. Changing commands are
+ * serialized by one mutex; loads run concurrently on the shared store handle
+ * (reads need no lock). */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "daemon.h"
+#include "proto.h"
+
+#define MAX_CLIENTS 64
+#define MAX_ARGS 64
+#define MAX_TASKS 256
+
+enum task_kind { TASK_POLICY, TASK_PROMOTE, TASK_WARM };
+
+struct task {
+	enum task_kind kind;
+	char model[QV_NAME_MAX + 1];
+	char label[QV_NAME_MAX + 1];
+};
+
+static struct {
+	qv_store *s;
+	char root[PATH_MAX];
+	int listen_fd, wake[2];
+	pthread_mutex_t cmd_mu;
+	/* background tasks */
+	pthread_t bg;
+	pthread_mutex_t bg_mu;
+	pthread_cond_t bg_cv;
+	struct task tasks[MAX_TASKS];
+	unsigned thead, tcount;
+	int bg_stop;
+	/* clients */
+	pthread_mutex_t cl_mu;
+	pthread_cond_t cl_cv;
+	int client_fd[MAX_CLIENTS];
+	int n_clients;
+} G = {.cmd_mu = PTHREAD_MUTEX_INITIALIZER, .bg_mu = PTHREAD_MUTEX_INITIALIZER,
+       .bg_cv = PTHREAD_COND_INITIALIZER, .cl_mu = PTHREAD_MUTEX_INITIALIZER,
+       .cl_cv = PTHREAD_COND_INITIALIZER, .listen_fd = -1, .wake = {-1, -1}};
+
+void log_info(const char *fmt, ...)
+{
+	char buf[1024], ts[32];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	time_t t = time(NULL);
+	struct tm tm;
+	gmtime_r(&t, &tm);
+	strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	fprintf(stderr, "%s quiverd: %s\n", ts, buf);
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- background tasks ----------------------------------------------------------------- */
+static void task_push(enum task_kind kind, const char *model, const char *label)
+{
+	pthread_mutex_lock(&G.bg_mu);
+	if (G.tcount < MAX_TASKS) {
+		struct task *t = &G.tasks[(G.thead + G.tcount++) % MAX_TASKS];
+		t->kind = kind;
+		snprintf(t->model, sizeof(t->model), "%s", model ? model : "");
+		snprintf(t->label, sizeof(t->label), "%s", label ? label : "");
+		pthread_cond_signal(&G.bg_cv);
+	} else {
+		log_info("background queue full; dropped a task");
+	}
+	pthread_mutex_unlock(&G.bg_mu);
+}
+
+static void run_task(const struct task *t)
+{
+	char err[512] = "";
+	double t0 = now_s();
+	if (t->kind == TASK_POLICY) {
+		qv_policy_result r;
+		pthread_mutex_lock(&G.cmd_mu);
+		int rc = qv_tier_apply(G.s, &r);
+		pthread_mutex_unlock(&G.cmd_mu);
+		if (rc) {
+			metrics_error("tier");
+			log_info("tier policy failed: %s", qv_store_errmsg(G.s));
+		} else if (r.versions) {
+			metrics_migration(r.moved.shards);
+			log_info("tier policy: demoted %llu versions (%llu shards) in %.2f s",
+			         (unsigned long long)r.versions, (unsigned long long)r.moved.shards,
+			         now_s() - t0);
+		}
+	} else if (t->kind == TASK_PROMOTE) {
+		qv_migrate_result m;
+		pthread_mutex_lock(&G.cmd_mu);
+		int rc = qv_tier_promote(G.s, t->model, t->label, &m);
+		pthread_mutex_unlock(&G.cmd_mu);
+		if (rc) {
+			metrics_error("promote");
+			log_info("promoting %s@%s failed: %s", t->model, t->label, qv_store_errmsg(G.s));
+		} else if (m.shards) {
+			metrics_migration(m.shards);
+			log_info("promoted %s@%s: %llu shards in %.2f s", t->model, t->label,
+			         (unsigned long long)m.shards, m.seconds);
+		}
+	} else {
+		int rc = dram_warm(G.s, t->model, t->label, err, sizeof(err));
+		if (rc)
+			log_info("warming %s@%s: %s", t->model, t->label, err);
+		else
+			log_info("warm: %s@%s in DRAM (%.2f s)", t->model, t->label, now_s() - t0);
+	}
+}
+
+static void *bg_main(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&G.bg_mu);
+	for (;;) {
+		while (!G.bg_stop && G.tcount == 0)
+			pthread_cond_wait(&G.bg_cv, &G.bg_mu);
+		if (G.bg_stop)
+			break;
+		struct task t = G.tasks[G.thead];
+		G.thead = (G.thead + 1) % MAX_TASKS;
+		G.tcount--;
+		pthread_mutex_unlock(&G.bg_mu);
+		run_task(&t);
+		pthread_mutex_lock(&G.bg_mu);
+	}
+	pthread_mutex_unlock(&G.bg_mu);
+	return NULL;
+}
+
+/* Queues warming of every model's current version (at start). */
+static void warm_currents(void)
+{
+	qv_model_list *ml;
+	if (qv_model_list_get(G.s, &ml))
+		return;
+	for (size_t i = 0; i < ml->n; i++)
+		if (*ml->m[i].current)
+			task_push(TASK_WARM, ml->m[i].name, ml->m[i].current);
+	qv_model_list_free(ml);
+}
+
+/* ---- replies --------------------------------------------------------------------------- */
+static int reply(int fd, json_t *j, int pass_fd)
+{
+	char *txt = j ? json_dumps(j, JSON_COMPACT) : NULL;
+	json_decref(j);
+	if (!txt)
+		return -ENOMEM;
+	int rc = qv_proto_send(fd, txt, strlen(txt), pass_fd);
+	free(txt);
+	return rc;
+}
+
+static int reply_err(int fd, const char *op, int code, const char *msg)
+{
+	metrics_error(op);
+	return reply(fd, json_pack("{s:b, s:s, s:i}", "ok", 0, "error", msg, "code", code), -1);
+}
+
+static json_t *table_json(const qv_load *l)
+{
+	size_t n;
+	const qv_load_tensor *t = qv_load_tensors(l, &n);
+	json_t *arr = json_array();
+	for (size_t i = 0; i < n; i++) {
+		json_t *shape = json_array();
+		for (uint32_t d = 0; d < t[i].ndim; d++)
+			json_array_append_new(shape, json_integer(t[i].shape[d]));
+		json_array_append_new(arr, json_pack("{s:s, s:s, s:o, s:I, s:I}", "name", t[i].name,
+		                                     "dtype", t[i].dtype, "shape", shape, "offset",
+		                                     (json_int_t)t[i].offset, "bytes",
+		                                     (json_int_t)t[i].bytes));
+	}
+	return arr;
+}
+
+/* ---- ops ------------------------------------------------------------------------------ */
+static const char *const forwardable[] = {"publish", "activate", "rollback", "alias",
+                                          "rm",      "gc",       "demote",   "promote",
+                                          "pin",     "unpin",    "tier",     NULL};
+
+static int op_cli(int fd, json_t *req)
+{
+	json_t *jargv = json_object_get(req, "argv");
+	char *argv[MAX_ARGS + 1];
+	size_t argc = json_array_size(jargv);
+	if (!json_is_array(jargv) || argc < 1 || argc > MAX_ARGS)
+		return reply_err(fd, "protocol", -EINVAL, "cli: argv must be an array of 1 to 64 strings");
+	for (size_t i = 0; i < argc; i++) {
+		json_t *a = json_array_get(jargv, i);
+		if (!json_is_string(a) || json_string_length(a) > 4096)
+			return reply_err(fd, "protocol", -EINVAL, "cli: argv must hold strings of <= 4096 bytes");
+		argv[i] = (char *)json_string_value(a);
+	}
+	argv[argc] = NULL;
+	int ok = 0;
+	for (const char *const *p = forwardable; *p; p++)
+		ok |= strcmp(*p, argv[0]) == 0;
+	if (!ok)
+		return reply_err(fd, "protocol", -EINVAL, "cli: this command runs in the client");
+	char *out = NULL, *err = NULL;
+	size_t olen = 0, elen = 0;
+	FILE *fo = open_memstream(&out, &olen), *fe = open_memstream(&err, &elen);
+	if (!fo || !fe) {
+		if (fo)
+			fclose(fo);
+		if (fe)
+			fclose(fe);
+		free(out);
+		free(err);
+		return reply_err(fd, argv[0], -ENOMEM, "out of memory");
+	}
+	pthread_mutex_lock(&G.cmd_mu);
+	cli_set_streams(fo, fe);
+	int rc = cli_dispatch((int)argc, argv);
+	cli_set_streams(NULL, NULL);
+	pthread_mutex_unlock(&G.cmd_mu);
+	fclose(fo);
+	fclose(fe);
+	if (rc)
+		metrics_error(argv[0]);
+	log_info("%s: exit %d", argv[0], rc);
+	/* keep the tiers and DRAM coherent, in the background */
+	if (rc == 0 && strcmp(argv[0], "publish") == 0)
+		task_push(TASK_POLICY, NULL, NULL);
+	if (rc == 0 && (strcmp(argv[0], "activate") == 0 || strcmp(argv[0], "rollback") == 0)) {
+		const char *model = NULL;
+		for (size_t i = 1; i < argc && !model; i++)
+			if (argv[i][0] != '-')
+				model = argv[i];
+		if (model) {
+			char m[2 * QV_NAME_MAX + 2];
+			snprintf(m, sizeof(m), "%s", model);
+			char *at = strchr(m, '@');
+			if (at)
+				*at = 0;
+			qv_version *v;
+			qv_store_config cfg;
+			qv_store_config_get(G.s, &cfg);
+			if (qv_version_get(G.s, m, NULL, 0, &v) == 0) {
+				if (cfg.cold_dir)
+					task_push(TASK_PROMOTE, m, v->label);
+				task_push(TASK_WARM, m, v->label);
+				qv_version_free(v);
+			}
+		}
+	}
+	if (rc == 0 && (strcmp(argv[0], "demote") == 0 || strcmp(argv[0], "promote") == 0))
+		metrics_migration(1);
+	rc = reply(fd, json_pack("{s:b, s:i, s:s, s:s}", "ok", 1, "exit", rc, "stdout", out ? out : "",
+	                         "stderr", err ? err : ""), -1);
+	free(out);
+	free(err);
+	return rc;
+}
+
+static int get_ref(json_t *req, const char **model, const char **ref)
+{
+	*model = json_string_value(json_object_get(req, "model"));
+	*ref = json_string_value(json_object_get(req, "ref"));
+	return *model ? 0 : -EINVAL;
+}
+
+static int op_warm_cool(int fd, json_t *req, int warm)
+{
+	const char *model, *ref;
+	char err[512] = "";
+	const char *op = warm ? "warm" : "cool";
+	if (get_ref(req, &model, &ref))
+		return reply_err(fd, op, -EINVAL, "needs \"model\" (and optionally \"ref\")");
+	double t0 = now_s();
+	int rc = warm ? dram_warm(G.s, model, ref, err, sizeof(err))
+	              : dram_cool(G.s, model, ref, err, sizeof(err));
+	if (rc)
+		return reply_err(fd, op, rc, err);
+	return reply(fd, json_pack("{s:b, s:f}", "ok", 1, "seconds", now_s() - t0), -1);
+}
+
+struct conn {
+	int fd;
+	uint8_t last_handle[QV_GPU_IPC_HANDLE_BYTES];
+	uint8_t last_digest[QV_DIGEST_LEN];
+	int has_last;
+};
+
+static int op_load_host(struct conn *c, json_t *req)
+{
+	const char *model, *ref;
+	qv_version *v = NULL;
+	qv_load *l = NULL;
+	const qv_load *table = NULL;
+	int mfd = -1, rc;
+	void *map = MAP_FAILED;
+	size_t bytes = 0;
+	const void *warm = NULL;
+	double t0 = now_s();
+	if (get_ref(req, &model, &ref))
+		return reply_err(c->fd, "load_host", -EINVAL, "needs \"model\" (and optionally \"ref\")");
+	rc = qv_version_get(G.s, model, ref, 0, &v);
+	if (rc)
+		return reply_err(c->fd, "load_host", rc, qv_store_errmsg(G.s));
+	warm = dram_acquire(v->digest, &bytes, &table);
+	uint64_t need = bytes;
+	if (!warm && (rc = qv_load_size(G.s, model, v->label, &need)) != 0) {
+		rc = reply_err(c->fd, "load_host", rc, qv_store_errmsg(G.s));
+		goto out;
+	}
+	mfd = memfd_create("quiver-load", MFD_CLOEXEC);
+	if (mfd < 0 || ftruncate(mfd, (off_t)(need ? need : 1)) < 0 ||
+	    (map = mmap(NULL, need ? need : 1, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0)) ==
+	            MAP_FAILED) {
+		rc = reply_err(c->fd, "load_host", -errno, "cannot make the shared memory for the load");
+		goto out;
+	}
+	if (warm) {
+		memcpy(map, warm, need);
+	} else {
+		qv_load_opts lo = {.device = QV_DEVICE_CPU};
+		rc = qv_load_run(G.s, model, v->label, map, need, &lo, &l);
+		if (rc) {
+			rc = reply_err(c->fd, "load_host", rc, qv_store_errmsg(G.s));
+			goto out;
+		}
+		table = l;
+	}
+	double secs = now_s() - t0;
+	metrics_load(warm ? SRC_DRAM : SRC_HOT, need, secs);
+	rc = reply(c->fd,
+	           json_pack("{s:b, s:s, s:s, s:I, s:s, s:f, s:o}", "ok", 1, "model", model, "version",
+	                     v->label, "bytes", (json_int_t)need, "source", warm ? "dram" : "store",
+	                     "seconds", secs, "tensors", table_json(table)),
+	           mfd);
+out:
+	if (map != MAP_FAILED)
+		munmap(map, need ? need : 1);
+	if (mfd >= 0)
+		close(mfd);
+	if (warm)
+		dram_release(v->digest);
+	qv_load_destroy(l);
+	qv_version_free(v);
+	return rc;
+}
+
+static int hexval(char ch)
+{
+	return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+}
+
+static int op_load_cuda(struct conn *c, json_t *req)
+{
+	const char *model, *ref, *hex = json_string_value(json_object_get(req, "ipc_handle"));
+	json_t *jdev = json_object_get(req, "device"), *jbytes = json_object_get(req, "bytes");
+	uint8_t handle[QV_GPU_IPC_HANDLE_BYTES];
+	qv_version *v = NULL;
+	qv_load *l = NULL;
+	const qv_load *table = NULL;
+	void *dptr = NULL;
+	const void *warm = NULL;
+	size_t wbytes = 0;
+	uint64_t need = 0;
+	double t0 = now_s();
+	int rc;
+	if (get_ref(req, &model, &ref) || !hex || strlen(hex) != 2 * QV_GPU_IPC_HANDLE_BYTES ||
+	    !json_is_integer(jdev) || !json_is_integer(jbytes) || json_integer_value(jbytes) < 0)
+		return reply_err(c->fd, "load_cuda", -EINVAL,
+		                 "needs model, device, bytes and ipc_handle (128 hex digits)");
+	for (int i = 0; i < QV_GPU_IPC_HANDLE_BYTES; i++) {
+		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return reply_err(c->fd, "load_cuda", -EINVAL, "ipc_handle is not lowercase hex");
+		handle[i] = (uint8_t)(hi << 4 | lo);
+	}
+	int device = (int)json_integer_value(jdev);
+	uint64_t have = (uint64_t)json_integer_value(jbytes);
+	rc = qv_version_get(G.s, model, ref, 0, &v);
+	if (rc)
+		return reply_err(c->fd, "load_cuda", rc, qv_store_errmsg(G.s));
+	warm = dram_acquire(v->digest, &wbytes, &table);
+	need = wbytes;
+	if (!warm && (rc = qv_load_size(G.s, model, v->label, &need)) != 0) {
+		rc = reply_err(c->fd, "load_cuda", rc, qv_store_errmsg(G.s));
+		goto out;
+	}
+	if (have < need) {
+		char msg[256];
+		snprintf(msg, sizeof(msg), "the allocation holds %llu bytes, %s@%s needs %llu",
+		         (unsigned long long)have, model, v->label, (unsigned long long)need);
+		rc = reply_err(c->fd, "load_cuda", QV_ELIMIT, msg);
+		goto out;
+	}
+	rc = qv_gpu_ipc_open(device, handle, &dptr);
+	if (rc) {
+		rc = reply_err(c->fd, "load_cuda", rc, "cannot open the CUDA IPC handle on that device");
+		goto out;
+	}
+	if (warm) {
+		rc = qv_gpu_copy_to_device(device, dptr, warm, need, 4);
+		if (rc) {
+			rc = reply_err(c->fd, "load_cuda", rc, "copy from the DRAM tier to the GPU failed");
+			goto out;
+		}
+	} else {
+		qv_load_opts lo = {.device = device};
+		rc = qv_load_run(G.s, model, v->label, dptr, have, &lo, &l);
+		if (rc) {
+			rc = reply_err(c->fd, "load_cuda", rc, qv_store_errmsg(G.s));
+			goto out;
+		}
+		table = l;
+	}
+	double secs = now_s() - t0;
+	metrics_load(warm ? SRC_DRAM : SRC_HOT, need, secs);
+	if (c->has_last && memcmp(c->last_handle, handle, sizeof(handle)) == 0 &&
+	    memcmp(c->last_digest, v->digest, QV_DIGEST_LEN) != 0)
+		metrics_swap();
+	memcpy(c->last_handle, handle, sizeof(handle));
+	memcpy(c->last_digest, v->digest, QV_DIGEST_LEN);
+	c->has_last = 1;
+	rc = reply(c->fd,
+	           json_pack("{s:b, s:s, s:s, s:I, s:s, s:f, s:o}", "ok", 1, "model", model, "version",
+	                     v->label, "bytes", (json_int_t)need, "source", warm ? "dram" : "store",
+	                     "seconds", secs, "tensors", table_json(table)),
+	           -1);
+out:
+	if (dptr)
+		qv_gpu_ipc_close(device, dptr);
+	if (warm)
+		dram_release(v->digest);
+	qv_load_destroy(l);
+	qv_version_free(v);
+	return rc;
+}
+
+static int dispatch(struct conn *c, json_t *req)
+{
+	const char *op = json_string_value(json_object_get(req, "op"));
+	if (strcmp(op, "ping") == 0)
+		return reply(c->fd, json_pack("{s:b, s:s, s:i, s:s, s:i}", "ok", 1, "version",
+		                              QUIVER_VERSION, "pid", (int)getpid(), "root", G.root,
+		                              "protocol", QV_PROTO_VERSION),
+		             -1);
+	if (strcmp(op, "cli") == 0)
+		return op_cli(c->fd, req);
+	if (strcmp(op, "warm") == 0)
+		return op_warm_cool(c->fd, req, 1);
+	if (strcmp(op, "cool") == 0)
+		return op_warm_cool(c->fd, req, 0);
+	if (strcmp(op, "dram") == 0) {
+		json_t *j = dram_json();
+		json_object_set_new(j, "ok", json_true());
+		return reply(c->fd, j, -1);
+	}
+	if (strcmp(op, "load_host") == 0)
+		return op_load_host(c, req);
+	if (strcmp(op, "load_cuda") == 0)
+		return op_load_cuda(c, req);
+	return reply_err(c->fd, "protocol", -EINVAL, "unknown op");
+}
+
+/* ---- clients ----------------------------------------------------------------------------- */
+static void *client_main(void *arg)
+{
+	struct conn c = {.fd = (int)(intptr_t)arg};
+	for (;;) {
+		char *buf = NULL, err[256];
+		size_t len;
+		int pfd = -1;
+		int rc = qv_proto_recv(c.fd, QV_PROTO_REQUEST_MAX, &buf, &len, &pfd);
+		if (pfd >= 0)
+			close(pfd); /* clients send no descriptors */
+		if (rc == QV_EFORMAT || rc == QV_ELIMIT || rc == QV_ESCHEMA) {
+			/* the stream is out of step: say why, then drop this client */
+			reply_err(c.fd, "protocol", rc,
+			          rc == QV_ELIMIT    ? "message over the size limit"
+			          : rc == QV_ESCHEMA ? "unsupported protocol version"
+			                             : "malformed frame");
+			break;
+		}
+		if (rc)
+			break; /* gone */
+		json_t *req = qv_proto_request_parse(buf, len, err, sizeof(err));
+		free(buf);
+		if (!req)
+			rc = reply_err(c.fd, "protocol", QV_EFORMAT, err);
+		else
+			rc = dispatch(&c, req);
+		json_decref(req);
+		if (rc)
+			break;
+	}
+	pthread_mutex_lock(&G.cl_mu);
+	for (int i = 0; i < G.n_clients; i++)
+		if (G.client_fd[i] == c.fd) {
+			G.client_fd[i] = G.client_fd[--G.n_clients];
+			break;
+		}
+	close(c.fd);
+	pthread_cond_broadcast(&G.cl_cv);
+	pthread_mutex_unlock(&G.cl_mu);
+	return NULL;
+}
+
+static void on_signal(int sig)
+{
+	char b = (char)sig;
+	if (write(G.wake[1], &b, 1) < 0) {
+		/* nothing to do: the pipe is full, a wake-up is already pending */
+	}
+}
+
+/* ---- main -------------------------------------------------------------------------------- */
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: quiverd [--root DIR] [--dram SIZE] [--metrics-port N] [--no-warm]\n"
+	           "       quiver serve [same options]\n\n"
+	           "The node daemon: serves ROOT on the Unix socket ROOT/quiverd.sock (mode 0660),\n"
+	           "runs the changing quiver commands the CLI forwards to it, keeps versions in a\n"
+	           "pinned DRAM tier of SIZE bytes (default 0: none) and loads them into engines'\n"
+	           "memory. Current versions are warmed at start if they fit (--no-warm: not).\n"
+	           "Metrics in Prometheus format on http://127.0.0.1:N/metrics (default: off).\n"
+	           "Runs in the foreground, logs to stderr; SIGTERM stops it cleanly.\n");
+}
+
+static long long parse_bytes(const char *a)
+{
+	char *end;
+	long long v = strtoll(a, &end, 10);
+	if (end == a || v < 0)
+		return -1;
+	switch (*end) {
+	case 'k': case 'K': v <<= 10; end++; break;
+	case 'm': case 'M': v <<= 20; end++; break;
+	case 'g': case 'G': v <<= 30; end++; break;
+	case 't': case 'T': v <<= 40; end++; break;
+	default: break;
+	}
+	return *end ? -1 : v;
+}
+
+int daemon_main(int argc, char **argv)
+{
+	static const struct option lo[] = {{"root", required_argument, NULL, 'r'},
+	                                   {"dram", required_argument, NULL, 'd'},
+	                                   {"metrics-port", required_argument, NULL, 'm'},
+	                                   {"no-warm", no_argument, NULL, 'n'},
+	                                   {"help", no_argument, NULL, 'h'},
+	                                   {0, 0, 0, 0}};
+	const char *root = NULL;
+	long long dram = 0, port = 0;
+	int warm = 1, lock_fd = -1, rc = 1;
+	char err[1024] = "", path[PATH_MAX + 32];
+	optind = 0;
+	opterr = 0;
+	for (int ch; (ch = getopt_long(argc, argv, ":h", lo, NULL)) != -1;) {
+		switch (ch) {
+		case 'r': root = optarg; break;
+		case 'd':
+			if ((dram = parse_bytes(optarg)) < 0) {
+				fprintf(stderr, "quiverd: --dram needs a size like 64G\n");
+				return 2;
+			}
+			break;
+		case 'm':
+			if ((port = parse_bytes(optarg)) < 0 || port > 65535) {
+				fprintf(stderr, "quiverd: --metrics-port needs a port number\n");
+				return 2;
+			}
+			break;
+		case 'n': warm = 0; break;
+		case 'h': usage(stdout); return 0;
+		default:
+			fprintf(stderr, "quiverd: bad option '%s'\n", argv[optind - 1]);
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+	if (qv_store_open(root, &G.s, err, sizeof(err))) {
+		fprintf(stderr, "quiverd: %s\n", err);
+		return 1;
+	}
+	qv_tier_attach(G.s);
+	snprintf(G.root, sizeof(G.root), "%s", qv_store_root(G.s));
+
+	/* one daemon per root */
+	snprintf(path, sizeof(path), "%s/quiverd.lock", G.root);
+	lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		char pid[32] = "?";
+		if (lock_fd >= 0) {
+			ssize_t n = pread(lock_fd, pid, sizeof(pid) - 1, 0);
+			pid[n > 0 ? n : 0] = 0;
+			pid[strcspn(pid, "\n")] = 0;
+		}
+		fprintf(stderr, "quiverd: another quiverd (pid %s) already serves %s\n", pid, G.root);
+		goto out;
+	}
+	if (ftruncate(lock_fd, 0) == 0)
+		dprintf(lock_fd, "%d\n", (int)getpid());
+
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	if ((size_t)snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/quiverd.sock", G.root) >=
+	    sizeof(sa.sun_path)) {
+		fprintf(stderr, "quiverd: socket path %s/quiverd.sock is too long for a Unix socket\n",
+		        G.root);
+		goto out;
+	}
+	unlink(sa.sun_path); /* a stale socket: we hold the lock */
+	G.listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	mode_t old = umask(0117); /* the socket is created 0660 */
+	int b = G.listen_fd < 0 ? -1 : bind(G.listen_fd, (struct sockaddr *)&sa, sizeof(sa));
+	umask(old);
+	if (b < 0 || chmod(sa.sun_path, 0660) < 0 || listen(G.listen_fd, 64) < 0) {
+		fprintf(stderr, "quiverd: %s: %s\n", sa.sun_path, strerror(errno));
+		goto out;
+	}
+	if (pipe2(G.wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+		fprintf(stderr, "quiverd: pipe: %s\n", strerror(errno));
+		goto out;
+	}
+	struct sigaction sg = {.sa_handler = on_signal};
+	sigemptyset(&sg.sa_mask);
+	sigaction(SIGTERM, &sg, NULL);
+	sigaction(SIGINT, &sg, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	dram_init((uint64_t)dram);
+	cli_set_shared_store(G.s);
+	if (metrics_start((unsigned)port, G.s, err, sizeof(err))) {
+		fprintf(stderr, "quiverd: %s\n", err);
+		goto out;
+	}
+	if (pthread_create(&G.bg, NULL, bg_main, NULL) != 0) {
+		fprintf(stderr, "quiverd: cannot start the background thread\n");
+		goto out;
+	}
+	log_info("serving %s on %s (DRAM tier %lld bytes, metrics %s)", G.root, sa.sun_path, dram,
+	         port ? "on" : "off");
+	if (warm && dram > 0)
+		warm_currents();
+
+	for (;;) {
+		struct pollfd pf[2] = {{G.listen_fd, POLLIN, 0}, {G.wake[0], POLLIN, 0}};
+		if (poll(pf, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		if (pf[1].revents)
+			break;
+		if (!(pf[0].revents & POLLIN))
+			continue;
+		int cfd = accept4(G.listen_fd, NULL, NULL, SOCK_CLOEXEC);
+		if (cfd < 0)
+			continue;
+		pthread_mutex_lock(&G.cl_mu);
+		int full = G.n_clients >= MAX_CLIENTS;
+		if (!full)
+			G.client_fd[G.n_clients++] = cfd;
+		pthread_mutex_unlock(&G.cl_mu);
+		pthread_t th;
+		pthread_attr_t at;
+		pthread_attr_init(&at);
+		pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+		if (full || pthread_create(&th, &at, client_main, (void *)(intptr_t)cfd) != 0) {
+			reply_err(cfd, "protocol", -EBUSY, "too many clients; try again");
+			pthread_mutex_lock(&G.cl_mu);
+			for (int i = 0; !full && i < G.n_clients; i++)
+				if (G.client_fd[i] == cfd) {
+					G.client_fd[i] = G.client_fd[--G.n_clients];
+					break;
+				}
+			pthread_mutex_unlock(&G.cl_mu);
+			close(cfd);
+		}
+		pthread_attr_destroy(&at);
+	}
+	log_info("stopping");
+	rc = 0;
+	/* wake the clients and wait for their threads */
+	pthread_mutex_lock(&G.cl_mu);
+	for (int i = 0; i < G.n_clients; i++)
+		shutdown(G.client_fd[i], SHUT_RDWR);
+	while (G.n_clients > 0)
+		pthread_cond_wait(&G.cl_cv, &G.cl_mu);
+	pthread_mutex_unlock(&G.cl_mu);
+	pthread_mutex_lock(&G.bg_mu);
+	G.bg_stop = 1;
+	pthread_cond_signal(&G.bg_cv);
+	pthread_mutex_unlock(&G.bg_mu);
+	pthread_join(G.bg, NULL);
+out:
+	metrics_stop();
+	if (G.listen_fd >= 0) {
+		close(G.listen_fd);
+		snprintf(path, sizeof(path), "%s/quiverd.sock", G.root);
+		if (rc == 0)
+			unlink(path);
+	}
+	for (int i = 0; i < 2; i++)
+		if (G.wake[i] >= 0)
+			close(G.wake[i]);
+	dram_shutdown();
+	cli_set_shared_store(NULL);
+	qv_store_close(G.s);
+	if (lock_fd >= 0)
+		close(lock_fd);
+	if (rc == 0)
+		log_info("stopped");
+	return rc;
+}

@@ -1,0 +1,233 @@
+/* The daemon's DRAM tier: whole versions kept in pinned host memory.
+ *
+ * An entry is one version's load arena, exactly as qv_load_run() lays it out
+ * in host memory, in memory pinned for DMA (so copies to the GPU run at the
+ * PCIe link's rate), with its tensor table. Entries are found by digest, so
+ * two labels of one content share one entry. When space is needed the least
+ * recently used entries no request is reading are dropped. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "daemon.h"
+
+struct dram_entry {
+	struct dram_entry *next;
+	uint8_t digest[QV_DIGEST_LEN];
+	char name[2 * QV_NAME_MAX + 2];  /* model@label it was warmed as */
+	void *buf;
+	size_t bytes;
+	int pinned;
+	qv_load *table;
+	uint64_t last_use;
+	int readers;
+};
+
+static struct {
+	pthread_mutex_t mu;
+	uint64_t capacity, used, clock;
+	struct dram_entry *head;
+} D = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+void dram_init(uint64_t capacity)
+{
+	D.capacity = capacity;
+}
+
+static void entry_free(struct dram_entry *e)
+{
+	qv_load_destroy(e->table);
+	qv_pinned_free(e->buf, e->bytes, e->pinned);
+	free(e);
+}
+
+static struct dram_entry *find(const uint8_t d[QV_DIGEST_LEN])
+{
+	for (struct dram_entry *e = D.head; e; e = e->next)
+		if (memcmp(e->digest, d, QV_DIGEST_LEN) == 0)
+			return e;
+	return NULL;
+}
+
+/* Drops LRU unread entries until `need` more bytes fit. Called with mu held. */
+static int make_room(uint64_t need)
+{
+	while (D.used + need > D.capacity) {
+		struct dram_entry **victim = NULL;
+		for (struct dram_entry **pp = &D.head; *pp; pp = &(*pp)->next)
+			if ((*pp)->readers == 0 && (!victim || (*pp)->last_use < (*victim)->last_use))
+				victim = pp;
+		if (!victim)
+			return -ENOSPC;
+		struct dram_entry *e = *victim;
+		*victim = e->next;
+		D.used -= e->bytes;
+		log_info("dram: dropped %s (%zu bytes) to make room", e->name, e->bytes);
+		metrics_dram_evict();
+		entry_free(e);
+	}
+	return 0;
+}
+
+int dram_warm(qv_store *s, const char *model, const char *ref, char *err, size_t errlen)
+{
+	qv_version *v = NULL;
+	uint64_t need = 0;
+	struct dram_entry *e = NULL;
+	int rc = qv_version_get(s, model, ref, 0, &v);
+	if (rc == 0)
+		rc = qv_load_size(s, model, v->label, &need);
+	if (rc) {
+		snprintf(err, errlen, "%s", qv_store_errmsg(s));
+		goto out;
+	}
+	pthread_mutex_lock(&D.mu);
+	if (find(v->digest)) {
+		find(v->digest)->last_use = ++D.clock;
+		pthread_mutex_unlock(&D.mu);
+		goto out;
+	}
+	if (need > D.capacity) {
+		pthread_mutex_unlock(&D.mu);
+		snprintf(err, errlen, "%s@%s needs %llu bytes; the DRAM tier holds %llu", model, v->label,
+		         (unsigned long long)need, (unsigned long long)D.capacity);
+		rc = QV_ELIMIT;
+		goto out;
+	}
+	rc = make_room(need);
+	if (rc == 0)
+		D.used += need; /* reserve while loading */
+	pthread_mutex_unlock(&D.mu);
+	if (rc) {
+		snprintf(err, errlen, "the DRAM tier is full of versions being read");
+		goto out;
+	}
+	e = calloc(1, sizeof(*e));
+	rc = e ? qv_pinned_alloc(need ? need : 4096, 1, &e->buf, &e->pinned) : -ENOMEM;
+	if (rc == 0) {
+		e->bytes = need ? need : 4096;
+		qv_load_opts lo = {.device = QV_DEVICE_CPU};
+		rc = qv_load_run(s, model, v->label, e->buf, e->bytes, &lo, &e->table);
+		if (rc)
+			snprintf(err, errlen, "%s", qv_store_errmsg(s));
+	} else {
+		snprintf(err, errlen, "cannot allocate %llu bytes of pinned memory",
+		         (unsigned long long)need);
+	}
+	pthread_mutex_lock(&D.mu);
+	if (rc) {
+		D.used -= need;
+	} else {
+		memcpy(e->digest, v->digest, QV_DIGEST_LEN);
+		snprintf(e->name, sizeof(e->name), "%s@%s", model, v->label);
+		e->last_use = ++D.clock;
+		e->next = D.head;
+		D.head = e;
+		e = NULL;
+	}
+	pthread_mutex_unlock(&D.mu);
+out:
+	if (e) {
+		if (e->buf)
+			qv_pinned_free(e->buf, e->bytes, e->pinned);
+		free(e);
+	}
+	qv_version_free(v);
+	return rc;
+}
+
+int dram_cool(qv_store *s, const char *model, const char *ref, char *err, size_t errlen)
+{
+	qv_version *v;
+	int rc = qv_version_get(s, model, ref, 0, &v);
+	if (rc) {
+		snprintf(err, errlen, "%s", qv_store_errmsg(s));
+		return rc;
+	}
+	pthread_mutex_lock(&D.mu);
+	rc = QV_ENOTFOUND;
+	for (struct dram_entry **pp = &D.head; *pp; pp = &(*pp)->next) {
+		struct dram_entry *e = *pp;
+		if (memcmp(e->digest, v->digest, QV_DIGEST_LEN) != 0)
+			continue;
+		if (e->readers) {
+			rc = -EBUSY;
+			snprintf(err, errlen, "%s@%s is being read; try again", model, v->label);
+			break;
+		}
+		*pp = e->next;
+		D.used -= e->bytes;
+		entry_free(e);
+		rc = 0;
+		break;
+	}
+	pthread_mutex_unlock(&D.mu);
+	if (rc == QV_ENOTFOUND)
+		snprintf(err, errlen, "%s@%s is not in the DRAM tier", model, v->label);
+	qv_version_free(v);
+	return rc;
+}
+
+const void *dram_acquire(const uint8_t d[QV_DIGEST_LEN], size_t *bytes, const qv_load **table)
+{
+	pthread_mutex_lock(&D.mu);
+	struct dram_entry *e = find(d);
+	if (e) {
+		e->readers++;
+		e->last_use = ++D.clock;
+		*bytes = e->bytes;
+		*table = e->table;
+	}
+	pthread_mutex_unlock(&D.mu);
+	metrics_dram_lookup(e != NULL);
+	return e ? e->buf : NULL;
+}
+
+void dram_release(const uint8_t d[QV_DIGEST_LEN])
+{
+	pthread_mutex_lock(&D.mu);
+	struct dram_entry *e = find(d);
+	if (e && e->readers > 0)
+		e->readers--;
+	pthread_mutex_unlock(&D.mu);
+}
+
+json_t *dram_json(void)
+{
+	json_t *arr = json_array();
+	pthread_mutex_lock(&D.mu);
+	for (struct dram_entry *e = D.head; e; e = e->next)
+		json_array_append_new(arr, json_pack("{s:s, s:I, s:b, s:i}", "version", e->name, "bytes",
+		                                     (json_int_t)e->bytes, "pinned", e->pinned,
+		                                     "readers", e->readers));
+	json_t *j = json_pack("{s:I, s:I, s:o}", "capacity", (json_int_t)D.capacity, "used",
+	                      (json_int_t)D.used, "entries", arr);
+	pthread_mutex_unlock(&D.mu);
+	return j;
+}
+
+void dram_usage(uint64_t *capacity, uint64_t *used, uint64_t *entries)
+{
+	pthread_mutex_lock(&D.mu);
+	*capacity = D.capacity;
+	*used = D.used;
+	*entries = 0;
+	for (struct dram_entry *e = D.head; e; e = e->next)
+		(*entries)++;
+	pthread_mutex_unlock(&D.mu);
+}
+
+void dram_shutdown(void)
+{
+	pthread_mutex_lock(&D.mu);
+	while (D.head) {
+		struct dram_entry *e = D.head;
+		D.head = e->next;
+		entry_free(e);
+	}
+	D.used = 0;
+	pthread_mutex_unlock(&D.mu);
+}

@@ -1,0 +1,107 @@
+/* The quiver executable's entry point: runs a command here, or, for the
+ * commands that change the store, in quiverd when one serves the root (so
+ * the daemon's tier policy and DRAM tier see every change). QUIVER_NO_DAEMON=1
+ * forces local execution. */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "cli.h"
+#include "quiver/client.h"
+
+int cli_main(int argc, char **argv);
+
+static const char *const forwarded[] = {"publish", "activate", "rollback", "alias",
+                                        "rm",      "gc",       "demote",   "promote",
+                                        "pin",     "unpin",    "tier",     NULL};
+
+/* Forwards argv[cmd..] to the daemon; returns the exit code, or -1 to run
+ * locally (no daemon). */
+static int forward(int argc, char **argv, int cmd, const char *root)
+{
+	qv_client *c;
+	if (qv_client_connect(root, &c) != 0)
+		return -1;
+	json_t *jargv = json_array();
+	int positional = 0;
+	for (int i = cmd; i < argc; i++) {
+		const char *a = argv[i];
+		char abs[PATH_MAX];
+		/* publish's PATH is read by the daemon: make it absolute */
+		if (i > cmd && a[0] != '-' && strcmp(argv[cmd], "publish") == 0) {
+			const char *prev = argv[i - 1];
+			int is_value = strcmp(prev, "--version") == 0 || strcmp(prev, "--alias") == 0 ||
+			               strcmp(prev, "--message") == 0 || strcmp(prev, "--root") == 0;
+			if (!is_value && ++positional == 2 && realpath(a, abs))
+				a = abs;
+		}
+		json_array_append_new(jargv, json_string(a));
+	}
+	json_t *req = json_pack("{s:s, s:o}", "op", "cli", "argv", jargv);
+	char *txt = req ? json_dumps(req, JSON_COMPACT) : NULL, *resp = NULL;
+	json_decref(req);
+	int rc = txt ? qv_client_call(c, txt, &resp, NULL) : -ENOMEM;
+	free(txt);
+	qv_client_close(c);
+	if (rc) {
+		cli_error("quiverd did not answer: %s", qv_strerror(rc));
+		return EXIT_FAIL;
+	}
+	json_error_t jerr;
+	json_t *j = json_loads(resp, 0, &jerr);
+	qv_client_free(resp);
+	int ok = 0, code = EXIT_FAIL;
+	const char *out = "", *err = "", *msg = "bad reply";
+	if (j && json_unpack(j, "{s:b}", "ok", &ok) == 0 && ok &&
+	    json_unpack(j, "{s:i, s:s, s:s}", "exit", &code, "stdout", &out, "stderr", &err) == 0) {
+		fputs(out, stdout);
+		fputs(err, stderr);
+	} else {
+		if (j && json_is_string(json_object_get(j, "error")))
+			msg = json_string_value(json_object_get(j, "error"));
+		cli_error("quiverd: %s", msg);
+		code = EXIT_FAIL;
+	}
+	json_decref(j);
+	return code;
+}
+
+int main(int argc, char **argv)
+{
+	const char *root = NULL;
+	int i = 1;
+	while (i < argc && argv[i][0] == '-') {
+		if (strcmp(argv[i], "--root") == 0 && i + 1 < argc) {
+			root = argv[i + 1];
+			i += 2;
+		} else if (strncmp(argv[i], "--root=", 7) == 0) {
+			root = argv[i] + 7;
+			i++;
+		} else {
+			break;
+		}
+	}
+	const char *no = getenv("QUIVER_NO_DAEMON");
+	if (i < argc && !(no && *no && strcmp(no, "0") != 0)) {
+		int fwd = 0, help = 0;
+		for (const char *const *p = forwarded; *p; p++)
+			fwd |= strcmp(*p, argv[i]) == 0;
+		for (int k = i + 1; k < argc; k++) {
+			help |= strcmp(argv[k], "-h") == 0 || strcmp(argv[k], "--help") == 0;
+			if (strcmp(argv[k], "--root") == 0 && k + 1 < argc)
+				root = argv[k + 1];
+			else if (strncmp(argv[k], "--root=", 7) == 0)
+				root = argv[k] + 7;
+		}
+		if (fwd && !help) {
+			int rc = forward(argc, argv, i, root);
+			if (rc >= 0)
+				return rc;
+		}
+	}
+	return cli_main(argc, argv);
+}

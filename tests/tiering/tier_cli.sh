@@ -1,0 +1,307 @@
+# The tier commands end to end: init with a hot and a cold tier, publish,
+# demote, promote, pin/unpin, tier --apply, status/list/show --json with their
+# tier fields, rollback and load --promote of a cold version, damage in a cold
+# frame (load --verify and verify exit 3), the policy run by publish, init
+# refusing to move a tier that holds shards, usage errors and --help.
+. "$QV_SRC/tests/cli/lib.sh"
+qv_setup
+
+HOT="$QV_SCRATCH/hot"
+COLD="$QV_SCRATCH/cold"
+M=org/tiers
+
+# A safetensors file of normally distributed BF16 values (compressible) plus
+# random bytes (not): mk_st OUT SEED
+mk_st() {
+	"$QV_PYTHON" - "$1" "$2" <<'PY' || fail "cannot write $1"
+import json, random, struct, sys
+out, seed = sys.argv[1], int(sys.argv[2])
+r = random.Random(seed)
+n = 1536 * 1024  # 3 MiB of BF16: two cold frames
+vals = bytearray()
+for _ in range(n):
+    f = struct.pack("<f", r.gauss(0.0, 0.02))
+    vals += f[2:4]
+rnd = bytes(r.getrandbits(8) for _ in range(1 << 20))
+small = bytes(vals[:8192])
+tensors = [("w.bf16", "BF16", [n], bytes(vals)), ("w.rand", "U8", [1 << 20], rnd),
+           ("norm", "BF16", [4096], small)]
+hdr, off, data = {}, 0, bytearray()
+for name, dt, shape, b in tensors:
+    hdr[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(b)]}
+    data += b
+    off += len(b)
+h = json.dumps(hdr).encode()
+h += b" " * (-len(h) % 8)
+open(out, "wb").write(struct.pack("<Q", len(h)) + h + data)
+PY
+}
+
+mk_st a.safetensors 1
+mk_st b.safetensors 2
+mk_st c.safetensors 3
+
+# ---- --help of every tier command exits 0 --------------------------------------------------
+t_help() {
+	local c
+	for c in init demote promote pin unpin tier status; do
+		expect_ok "$QUIVER" $c --help
+		out_has "usage: quiver $c"
+	done
+	expect_ok "$QUIVER" load --help
+	out_has -- "--promote"
+	expect_ok "$QUIVER" --help
+	out_has "demote"
+}
+soft t_help
+
+# ---- init ------------------------------------------------------------------------------------
+expect_ok q init --hot "$HOT" --cold "$COLD" --hot-capacity 1G
+out_has "cold tier $COLD"
+[ -f "$ROOT/config.ini" ] || fail "init wrote no config.ini"
+
+t_publish_demote() {
+	expect_ok q publish $M a.safetensors --version v1
+	expect_ok q publish $M b.safetensors --version v2
+	expect_ok q publish $M c.safetensors --version v3 --no-activate
+	expect_ok q list $M --json
+	jcheck "$OUT_FILE" 'all(v["tier"] == "hot" for v in d["versions"])' "fresh versions not all hot"
+	expect_ok q demote $M@v1
+	out_has "demoted $M@v1"
+	expect_ok q demote $M@v3 --json
+	jcheck "$OUT_FILE" 'd["action"] == "demoted" and d["shards"] == 3 and d["stored_bytes"] < d["raw_bytes"] + 3 * 4096' "demote --json of v3"
+	jcheck "$OUT_FILE" 'd["kept_hot"] == 0' "demote v3 kept shards hot"
+	expect_ok q list $M --json
+	jcheck "$OUT_FILE" '{v["version"]: v["tier"] for v in d["versions"]} == {"v1": "cold", "v2": "hot", "v3": "cold"}' "list --json tiers after demote"
+	expect_ok q show $M@v3 --json
+	jcheck "$OUT_FILE" 'd["tier"] == "cold"' "show --json tier of v3"
+	jcheck "$OUT_FILE" 'all(t["tier"] == "cold" for t in d["tensors"])' "show --json: a tensor of v3 not cold"
+	expect_ok q show $M@v2 --json
+	jcheck "$OUT_FILE" 'all(t["tier"] == "hot" for t in d["tensors"])' "show --json: a tensor of v2 not hot"
+	[ -n "$(find "$COLD/shards" -type f)" ] || fail "no files under $COLD/shards"
+	expect_ok q status --json
+	jcheck "$OUT_FILE" 'd["tiers"][1]["tier"] == "cold" and d["tiers"][1]["shards"] == 6 and d["tiers"][1]["versions"] == 2' "status --json cold tier"
+	jcheck "$OUT_FILE" 'd["tiers"][0]["versions"] == 1 and d["mixed_versions"] == 0' "status --json hot versions"
+	jcheck "$OUT_FILE" 'd["saved_by_compression"] > 1000000' "status: saved_by_compression after demoting BF16 data"
+	jcheck "$OUT_FILE" 'd["tiers"][1]["used_bytes"] < d["tiers"][1]["raw_bytes"]' "status: cold used >= raw"
+	jcheck "$OUT_FILE" 'd["tiers"][0]["dir"] == "'"$HOT"'" and d["tiers"][1]["dir"] == "'"$COLD"'"' "status dirs"
+	expect_ok q status
+	out_has "cold"
+	out_has "saved by compression"
+	# the cold version loads and exports byte for byte
+	expect_ok q load $M@v3
+	out_has "decoded from the cold tier"
+	expect_ok q export $M@v3 exp3
+	cmp -s c.safetensors exp3/c.safetensors || fail "export of cold v3 differs from its source"
+	expect_ok q verify $M@v3
+	# promote
+	expect_ok q promote $M@v3
+	out_has "promoted $M@v3"
+	expect_ok q show $M@v3 --json
+	jcheck "$OUT_FILE" 'd["tier"] == "hot" and all(t["tier"] == "hot" for t in d["tensors"])' "v3 not hot after promote"
+	expect_ok q load $M@v3 --json --verify
+	jcheck "$OUT_FILE" 'd["cold_bytes"] == 0' "load of promoted v3 still reads cold bytes"
+	expect_ok q demote $M@v3
+}
+t_publish_demote
+
+# load --json of an entirely cold version prints its numbers
+t_cold_load_json() {
+	expect_ok q demote $M@v3
+	expect_ok q load $M@v3 --json
+	jcheck "$OUT_FILE" 'd["cold_bytes"] > 0 and d["tensors"] == 3 and d["engine"] in ("io_uring", "pread", "none")' "load --json of cold v3"
+	expect_ok q load $M@v3
+	if grep -q "(null)" "$OUT_FILE"; then fail "load of cold v3 prints '(null)': $(grep '(null)' "$OUT_FILE")"; fi
+}
+soft t_cold_load_json
+
+# ---- rollback to a cold version: promoted, with the time taken -------------------------------
+t_rollback() {
+	expect_ok q rollback $M --to v1
+	out_has "v1 was cold: promoted [0-9]+ shards"
+	out_has "in [0-9.]+ s"
+	expect_ok q list $M --json
+	jcheck "$OUT_FILE" '[v["tier"] for v in d["versions"] if v["version"] == "v1"] == ["hot"]' "v1 not hot after rollback"
+	jcheck "$OUT_FILE" '[v["current"] for v in d["versions"] if v["version"] == "v1"] == [True]' "v1 not current after rollback"
+	expect_ok q rollback $M --to v2 --json
+	jcheck "$OUT_FILE" 'd["to"] == "v2" and "promote_seconds" in d' "rollback --json"
+}
+soft t_rollback
+
+# ---- load --promote --------------------------------------------------------------------------
+t_load_promote() {
+	expect_ok q load $M@v3
+	out_has "decoded from the cold tier"
+	expect_ok q show $M@v3 --json
+	jcheck "$OUT_FILE" 'd["tier"] == "cold"' "a plain load changed the tier of v3"
+	expect_ok q load $M@v3 --promote
+	out_has "promoted [0-9]+ shards"
+	expect_ok q show $M@v3 --json
+	jcheck "$OUT_FILE" 'd["tier"] == "hot"' "v3 not hot after load --promote"
+	expect_ok q load $M@v3 --json
+	jcheck "$OUT_FILE" 'd["cold_bytes"] == 0' "v3 still cold after load --promote"
+}
+soft t_load_promote
+
+# ---- pin / unpin; tier --apply ---------------------------------------------------------------
+t_pin() {
+	expect_ok q pin $M@v3
+	out_has "pinned"
+	expect_ok q unpin $M@v3
+	out_has "unpinned"
+	expect_rc 1 q pin $M@nope
+	expect_rc 1 q pin org/none@v1
+}
+soft t_pin
+
+t_tier() {
+	expect_ok q tier
+	out_has "hot tier"
+	expect_ok q tier --json
+	"$QV_PYTHON" -c 'import json,sys; json.load(open(sys.argv[1]))' "$OUT_FILE" 2>/dev/null ||
+		fail "quiver tier --json does not print JSON: $(head -c 200 "$OUT_FILE")"
+}
+soft t_tier
+
+t_apply() {
+	expect_ok q tier --apply --json
+	jcheck "$OUT_FILE" 'd["versions_demoted"] == 0' "apply under the watermark demoted something"
+	expect_ok q tier --apply
+	out_has "demoted 0 versions"
+}
+soft t_apply
+
+# ---- damage in a cold frame ------------------------------------------------------------------
+t_damage() {
+	expect_ok q demote $M@v3
+	expect_ok q show $M@v3 --json
+	local sh
+	sh=$(jget "$OUT_FILE" '[t["shard"] for t in d["tensors"] if t["name"] == "w.bf16"][0]')
+	sh=${sh#sha256:}
+	local f="$COLD/shards/${sh:0:2}/${sh:2:2}/$sh"
+	[ -f "$f" ] || fail "cold shard file $f not found"
+	"$QV_PYTHON" - "$f" <<'PY' || fail "cannot flip a frame byte"
+import struct, sys
+p = sys.argv[1]
+b = bytearray(open(p, "rb").read())
+assert b[:8] == b"QVCOLD\r\n", b[:8]
+count = struct.unpack_from("<I", b, 36)[0]
+assert count >= 2, count
+off, stored = struct.unpack_from("<QI", b, 64 + 32 * 1)
+b[off + stored // 2] ^= 0x5A
+open(p, "wb").write(b)
+PY
+	expect_rc 3 q load $M@v3 --verify
+	[ -s "$OUT_FILE" ] && fail "load --verify of a damaged cold version printed on stdout"
+	err_has "corrupt|damag|checksum"
+	expect_rc 3 q load $M@v3
+	[ -s "$OUT_FILE" ] && fail "load of a damaged cold version printed on stdout"
+	expect_rc 3 q verify $M@v3
+	cat "$OUT_FILE" "$ERR_FILE" >both.txt
+	grep -q "${sh:0:12}" both.txt || fail "verify does not name the damaged shard ${sh:0:12}"
+	expect_rc 3 q verify
+	expect_ok q verify $M@v2
+	expect_rc 3 q export $M@v3 exp3bad
+	local before after
+	before=$(sha256sum "$f" | cut -d' ' -f1)
+	run_cmd q promote $M@v3
+	[ "$RC" -ne 0 ] || fail "promote of a damaged cold version succeeded"
+	[ "$RC" -eq 3 ] || note "promote of a damaged shard exits $RC (not 3)"
+	after=$(sha256sum "$f" 2>/dev/null | cut -d' ' -f1)
+	[ "$before" = "$after" ] || fail "failed promote changed or removed the cold file"
+	[ ! -e "$HOT/shards/${sh:0:2}/${sh:2:2}/$sh" ] || fail "failed promote left a hot copy"
+	expect_ok q show $M@v3 --json
+	jcheck "$OUT_FILE" '[t["tier"] for t in d["tensors"] if t["name"] == "w.bf16"] == ["cold"]' "damaged shard not cold after a failed promote"
+	# gone: remove the damaged version
+	expect_ok q rm $M@v3
+	expect_ok q verify
+}
+soft t_damage
+
+# ---- init refuses to move a tier that holds shards --------------------------------------------
+t_init_refuses() {
+	local before
+	before=$(cat "$ROOT/config.ini")
+	expect_rc 1 q init --hot "$HOT" --cold "$QV_SCRATCH/cold2"
+	err_has "cold tier"
+	err_one_line
+	expect_rc 1 q init --hot "$QV_SCRATCH/hot2" --cold "$COLD"
+	err_has "hot tier"
+	expect_rc 1 q init --hot "$HOT"
+	[ "$(cat "$ROOT/config.ini")" = "$before" ] || fail "a refused init changed config.ini"
+	expect_ok q init --hot "$HOT" --cold "$COLD" --hot-capacity 2G --high 0.8 --low 0.5
+	expect_ok q status --json
+	jcheck "$OUT_FILE" 'd["tiers"][0]["capacity"] == 2 << 30 and abs(d["high"] - 0.8) < 1e-6 and abs(d["low"] - 0.5) < 1e-6' "re-init with the same tiers"
+}
+soft t_init_refuses
+
+# ---- usage errors exit 2 ---------------------------------------------------------------------
+t_usage() {
+	local a
+	expect_rc 2 q demote
+	expect_rc 2 q demote $M
+	expect_rc 2 q promote $M
+	expect_rc 2 q promote $M@v1 extra
+	expect_rc 2 q pin $M
+	expect_rc 2 q unpin
+	expect_rc 2 q demote $M@v1 --bogus
+	expect_rc 2 q tier extra
+	expect_rc 2 q tier --bogus
+	expect_rc 2 q status extra
+	expect_rc 2 q load $M@v1 --promote=yes
+	for a in "--hot-capacity abc" "--hot-capacity -5" "--hot-capacity 10X" "--high 2" "--high 0" "--low abc" "--high 0.5 --low 0.6" "--bogus"; do
+		# shellcheck disable=SC2086
+		expect_rc 2 q init $a
+		err_has "usage|must|unrecognized|invalid|unknown"
+	done
+}
+soft t_usage
+
+# ---- publish with a tiny hot capacity runs the policy -----------------------------------------
+t_policy_publish() {
+	ROOT="$QV_SCRATCH/root2"
+	local h="$QV_SCRATCH/hot-p" c="$QV_SCRATCH/cold-p"
+	# each version ~4.1 MB hot; capacity 6M: high 5.4M, low 4.5M
+	expect_ok q init --hot "$h" --cold "$c" --hot-capacity 6M --high 0.9 --low 0.75
+	expect_ok q publish org/p a.safetensors --version v1
+	if grep -qi "demoted" "$OUT_FILE"; then fail "first publish under capacity demoted something"; fi
+	expect_ok q publish org/p b.safetensors --version v2
+	out_has "tier policy: demoted 1 version"
+	expect_ok q list org/p --json
+	jcheck "$OUT_FILE" '{v["version"]: v["tier"] for v in d["versions"]} == {"v1": "cold", "v2": "hot"}' "policy after publish v2"
+	# a pinned and an aliased version stay hot; v2 goes (least recently loaded)
+	expect_ok q pin org/p@v1
+	expect_ok q promote org/p@v1
+	expect_ok q publish org/p c.safetensors --version v3 --alias keep
+	out_has "tier policy: demoted 1 version"
+	expect_ok q list org/p --json
+	jcheck "$OUT_FILE" '{v["version"]: v["tier"] for v in d["versions"]} == {"v1": "hot", "v2": "cold", "v3": "hot"}' "policy never demotes pinned/current"
+	expect_ok q tier --apply --json
+	jcheck "$OUT_FILE" 'd["versions_demoted"] == 0 and d["hot_after"] == d["hot_before"]' "apply with only protected versions hot"
+	expect_ok q unpin org/p@v1
+	expect_ok q tier --apply
+	out_has "demoted 1 version"
+	expect_ok q list org/p --json
+	jcheck "$OUT_FILE" '{v["version"]: v["tier"] for v in d["versions"]} == {"v1": "cold", "v2": "cold", "v3": "hot"}' "apply after unpin"
+	expect_ok q publish org/p a.safetensors --version v4 --json
+	"$QV_PYTHON" -c 'import json,sys; json.load(open(sys.argv[1]))' "$OUT_FILE" 2>/dev/null ||
+		fail "publish --json with the policy running is not one JSON document"
+	expect_ok q verify
+}
+soft t_policy_publish
+
+# ---- a store without a cold tier ---------------------------------------------------------------
+t_no_cold() {
+	ROOT="$QV_SCRATCH/root3"
+	expect_ok q publish org/n a.safetensors --version v1
+	expect_ok q publish org/n b.safetensors --version v2
+	expect_rc 1 q demote org/n@v1
+	err_has "cold tier"
+	err_one_line
+	expect_ok q status --json
+	jcheck "$OUT_FILE" 'd["tiers"][0]["used_bytes"] > 0' "status of a one-tier store"
+	expect_ok q tier --apply
+}
+soft t_no_cold
+
+qv_finish
