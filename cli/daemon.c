@@ -337,22 +337,29 @@ static int op_load_host(struct conn *c, json_t *req)
 	rc = qv_version_get(G.s, model, ref, 0, &v);
 	if (rc)
 		return reply_err(c->fd, "load_host", rc, qv_store_errmsg(G.s));
-	warm = dram_acquire(v->digest, &bytes, &table);
+	int dram_fd = -1;
+	warm = dram_acquire(v->digest, &bytes, &table, &dram_fd);
 	uint64_t need = bytes;
 	if (!warm && (rc = qv_load_size(G.s, model, v->label, &need)) != 0) {
 		rc = reply_err(c->fd, "load_host", rc, qv_store_errmsg(G.s));
 		goto out;
 	}
-	mfd = memfd_create("quiver-load", MFD_CLOEXEC);
-	if (mfd < 0 || ftruncate(mfd, (off_t)(need ? need : 1)) < 0 ||
-	    (map = mmap(NULL, need ? need : 1, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0)) ==
-	            MAP_FAILED) {
-		rc = reply_err(c->fd, "load_host", -errno, "cannot make the shared memory for the load");
-		goto out;
-	}
 	if (warm) {
-		memcpy(map, warm, need);
+		/* zero copy: the client maps the DRAM tier's memfd copy-on-write */
+		mfd = fcntl(dram_fd, F_DUPFD_CLOEXEC, 0);
+		if (mfd < 0) {
+			rc = reply_err(c->fd, "load_host", -errno, "cannot share the DRAM tier's memory");
+			goto out;
+		}
 	} else {
+		mfd = memfd_create("quiver-load", MFD_CLOEXEC);
+		if (mfd < 0 || ftruncate(mfd, (off_t)(need ? need : 1)) < 0 ||
+		    (map = mmap(NULL, need ? need : 1, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0)) ==
+		            MAP_FAILED) {
+			rc = reply_err(c->fd, "load_host", -errno,
+			               "cannot make the shared memory for the load");
+			goto out;
+		}
 		qv_load_opts lo = {.device = QV_DEVICE_CPU};
 		rc = qv_load_run(G.s, model, v->label, map, need, &lo, &l);
 		if (rc) {
@@ -414,7 +421,7 @@ static int op_load_cuda(struct conn *c, json_t *req)
 	rc = qv_version_get(G.s, model, ref, 0, &v);
 	if (rc)
 		return reply_err(c->fd, "load_cuda", rc, qv_store_errmsg(G.s));
-	warm = dram_acquire(v->digest, &wbytes, &table);
+	warm = dram_acquire(v->digest, &wbytes, &table, NULL);
 	need = wbytes;
 	if (!warm && (rc = qv_load_size(G.s, model, v->label, &need)) != 0) {
 		rc = reply_err(c->fd, "load_cuda", rc, qv_store_errmsg(G.s));

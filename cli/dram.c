@@ -1,8 +1,10 @@
 /* The daemon's DRAM tier: whole versions kept in pinned host memory.
  *
  * An entry is one version's load arena, exactly as qv_load_run() lays it out
- * in host memory, in memory pinned for DMA (so copies to the GPU run at the
- * PCIe link's rate), with its tensor table. Entries are found by digest, so
+ * in host memory, with its tensor table. The memory is a memfd mapped shared
+ * and pinned for DMA (so copies to the GPU run at the PCIe link's rate); a
+ * host load passes that memfd itself to the client, which maps it
+ * copy-on-write: a swap from DRAM copies nothing. Entries are found by digest, so
  * two labels of one content share one entry. When space is needed the least
  * recently used entries no request is reading are dropped. */
 #include <errno.h>
@@ -10,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "daemon.h"
 
@@ -20,6 +24,7 @@ struct dram_entry {
 	char name[2 * QV_NAME_MAX + 2];  /* model@label it was warmed as */
 	void *buf;
 	size_t bytes;
+	int fd;         /* the memfd behind buf */
 	int pinned;
 	qv_load *table;
 	uint64_t last_use;
@@ -40,8 +45,28 @@ void dram_init(uint64_t capacity)
 static void entry_free(struct dram_entry *e)
 {
 	qv_load_destroy(e->table);
-	qv_pinned_free(e->buf, e->bytes, e->pinned);
+	if (e->pinned)
+		qv_gpu_host_unregister(e->buf);
+	if (e->buf)
+		munmap(e->buf, e->bytes);
+	if (e->fd >= 0)
+		close(e->fd);
 	free(e);
+}
+
+/* A shared memfd of bytes, mapped and pinned where CUDA allows. */
+static int entry_alloc(struct dram_entry *e, size_t bytes)
+{
+	e->bytes = bytes;
+	e->fd = memfd_create("quiver-dram", MFD_CLOEXEC);
+	if (e->fd < 0 || ftruncate(e->fd, (off_t)bytes) < 0)
+		return -errno;
+	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, e->fd, 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	e->buf = p;
+	e->pinned = qv_gpu_host_register(p, bytes) == 0;
+	return 0;
 }
 
 static struct dram_entry *find(const uint8_t d[QV_DIGEST_LEN])
@@ -106,9 +131,10 @@ int dram_warm(qv_store *s, const char *model, const char *ref, char *err, size_t
 		goto out;
 	}
 	e = calloc(1, sizeof(*e));
-	rc = e ? qv_pinned_alloc(need ? need : 4096, 1, &e->buf, &e->pinned) : -ENOMEM;
+	if (e)
+		e->fd = -1;
+	rc = e ? entry_alloc(e, need ? need : 4096) : -ENOMEM;
 	if (rc == 0) {
-		e->bytes = need ? need : 4096;
 		qv_load_opts lo = {.device = QV_DEVICE_CPU};
 		rc = qv_load_run(s, model, v->label, e->buf, e->bytes, &lo, &e->table);
 		if (rc)
@@ -130,11 +156,8 @@ int dram_warm(qv_store *s, const char *model, const char *ref, char *err, size_t
 	}
 	pthread_mutex_unlock(&D.mu);
 out:
-	if (e) {
-		if (e->buf)
-			qv_pinned_free(e->buf, e->bytes, e->pinned);
-		free(e);
-	}
+	if (e)
+		entry_free(e);
 	qv_version_free(v);
 	return rc;
 }
@@ -171,7 +194,8 @@ int dram_cool(qv_store *s, const char *model, const char *ref, char *err, size_t
 	return rc;
 }
 
-const void *dram_acquire(const uint8_t d[QV_DIGEST_LEN], size_t *bytes, const qv_load **table)
+const void *dram_acquire(const uint8_t d[QV_DIGEST_LEN], size_t *bytes, const qv_load **table,
+                         int *fd)
 {
 	pthread_mutex_lock(&D.mu);
 	struct dram_entry *e = find(d);
@@ -180,6 +204,8 @@ const void *dram_acquire(const uint8_t d[QV_DIGEST_LEN], size_t *bytes, const qv
 		e->last_use = ++D.clock;
 		*bytes = e->bytes;
 		*table = e->table;
+		if (fd)
+			*fd = e->fd;
 	}
 	pthread_mutex_unlock(&D.mu);
 	metrics_dram_lookup(e != NULL);

@@ -34,3 +34,13 @@ void qv_pinned_free(void *p, size_t bytes, int pinned)
 		qv__cuda_host_unregister(p);
 	munmap(p, bytes);
 }
+
+int qv_gpu_host_register(void *p, size_t bytes)
+{
+	return qv__cuda_host_register(p, bytes);
+}
+
+void qv_gpu_host_unregister(void *p)
+{
+	qv__cuda_host_unregister(p);
+}

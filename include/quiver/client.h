@@ -12,6 +12,9 @@
  *   cool     model, ref                   -> {}
  *   dram                                  -> {capacity, used, entries: [...]}
  *   load_host  model, ref                 -> {version, bytes, tensors: [...], source} + memfd
+ *              (map it private or read-only: from the DRAM tier it is the daemon's own copy)
+ *                                         (map it private or read-only: from the DRAM tier it is
+ *                                         the daemon's own copy)
  *   load_cuda  model, ref, device, ipc_handle (128 hex digits), bytes
  *                                         -> {version, bytes, tensors: [...], source, seconds}
  * Every response has "ok" (bool); a failure has "error" (one line) and

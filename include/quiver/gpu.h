@@ -34,6 +34,11 @@ int qv_gpu_device_count(const char **why);
 int qv_pinned_alloc(size_t bytes, int for_cuda, void **out, int *pinned);
 void qv_pinned_free(void *p, size_t bytes, int pinned);
 
+/* Pins memory the caller mapped (e.g. a shared memfd) for DMA: 0, or
+ * -ENOTSUP without CUDA or a driver. Undo with qv_gpu_host_unregister(). */
+int qv_gpu_host_register(void *p, size_t bytes);
+void qv_gpu_host_unregister(void *p);
+
 /* Creates device's CUDA context now (cudaSetDevice + cudaFree(0)), so its
  * start-up cost is not charged to the first copy. */
 int qv_gpu_init(int device);
