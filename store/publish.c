@@ -531,19 +531,14 @@ static int place_plans(struct pub *p)
 	return rc ? qv__err(p->s, rc, "fsync %s: %s", p->s->shard_dir, qv_strerror(rc)) : 0;
 }
 
+/* Is shard d in the index? (A shard placed by a publisher that has not
+ * committed yet is not: we write our own copy, and the rename is harmless.) */
 static int shard_known(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int *known)
 {
-	MDB_txn *txn;
-	int rc = qv__txn_begin(s, MDB_RDONLY, &txn);
-	if (rc)
-		return rc;
-	MDB_val k = {QV_DIGEST_LEN, (void *)d}, v;
-	rc = mdb_get(txn, s->db_shards, &k, &v);
-	mdb_txn_abort(txn);
-	if (rc && rc != MDB_NOTFOUND)
-		return qv__mdb_fail(s, rc, "read shard");
+	qv_shard_info info;
+	int rc = qv_shard_info_get(s, d, &info);
 	*known = rc == 0;
-	return 0;
+	return rc == QV_ENOTFOUND ? 0 : rc;
 }
 
 static int write_all(struct pub *p, const qv_publish_opts *o, uint64_t *done)
@@ -925,6 +920,8 @@ out:
 	for (size_t i = 0; i < p.n_plans; i++)
 		if (p.plans[i].tmp)
 			unlink(p.plans[i].tmp);
+	char saved[1024];
+	snprintf(saved, sizeof(saved), "%s", qv_store_errmsg(s)); /* the cleanup's lookups may overwrite it */
 	if (rc && locked && flock(s->lock_fd, LOCK_EX | LOCK_NB) == 0) {
 		for (size_t i = 0; i < p.n_plans; i++) {
 			int known = 1;
@@ -937,6 +934,8 @@ out:
 	}
 	if (locked)
 		qv__unlock(s);
+	if (rc)
+		qv__err(s, rc, "%s", saved);
 	for (size_t i = 0; i < p.n_files; i++)
 		if (p.srcs[i].fd >= 0)
 			close(p.srcs[i].fd);
