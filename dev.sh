@@ -12,7 +12,7 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 
 PACKAGES="build-essential cmake pkg-config git python3 ca-certificates
   liblmdb-dev lmdb-utils libssl-dev libzstd-dev liburing-dev libxxhash-dev libjansson-dev libinih-dev
-  libcmocka-dev libmicrohttpd-dev fio bc"
+  libcmocka-dev libmicrohttpd-dev fio bc prometheus python3-torch python3-numpy curl"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 

@@ -43,8 +43,11 @@ void cli_progress_end(cli_progress *p);
 /* Splits "model@ref" into model and ref (ref NULL if absent). buf holds the copy. */
 int cli_split_ref(const char *arg, char *buf, size_t len, const char **model, const char **ref);
 
-/* Prints j (and frees it) as indented JSON on stdout. */
+/* Prints j (and frees it) as indented JSON on stdout. j == NULL (a failed
+ * json_pack) prints an error and makes the command fail (cli_output_failed). */
 void cli_json_print(json_t *j);
+/* 1 if the current command's output failed (and resets it). */
+int cli_output_failed(void);
 
 double cli_now(void);
 

@@ -1218,7 +1218,8 @@ int cli_dispatch(int argc, char **argv)
 		cli_error("unknown command '%s' (see 'quiver --help')", argv[0]);
 		return EXIT_USAGE;
 	}
-	return c->fn(argc, argv);
+	int rc = c->fn(argc, argv);
+	return cli_output_failed() && rc == EXIT_OK ? EXIT_FAIL : rc;
 }
 
 int cli_main(int argc, char **argv)
@@ -1255,10 +1256,5 @@ int cli_main(int argc, char **argv)
 			main_help(stdout);
 		return EXIT_OK;
 	}
-	const struct cmd *c = find_cmd(argv[i]);
-	if (!c) {
-		cli_error("unknown command '%s' (see 'quiver --help')", argv[i]);
-		return EXIT_USAGE;
-	}
-	return c->fn(argc - i, argv + i);
+	return cli_dispatch(argc - i, argv + i);
 }

@@ -155,10 +155,21 @@ int cli_split_ref(const char *arg, char *buf, size_t len, const char **model, co
 	return **model ? 0 : -1;
 }
 
+static _Thread_local int tl_output_failed;
+
+int cli_output_failed(void)
+{
+	int f = tl_output_failed;
+	tl_output_failed = 0;
+	return f;
+}
+
 void cli_json_print(json_t *j)
 {
 	if (!j) {
-		cli_error("out of memory");
+		/* a result that cannot be encoded must not look like success */
+		cli_error("cannot encode the result as JSON");
+		tl_output_failed = 1;
 		return;
 	}
 	char *s = json_dumps(j, JSON_INDENT(2));

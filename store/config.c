@@ -167,6 +167,24 @@ int qv_store_init(const char *root, const qv_store_config *cfg, char *errbuf, si
 	rc = qv_store_open(root, &s, errbuf, errlen);
 	if (rc)
 		return rc;
+	/* tier folders are kept as absolute paths: later commands run anywhere */
+	char hot_abs[PATH_MAX], cold_abs[PATH_MAX];
+	qv_store_config c2 = *cfg;
+	if (cfg->hot_dir && (qv__mkdir_p(cfg->hot_dir, 0755) || !realpath(cfg->hot_dir, hot_abs))) {
+		snprintf(errbuf, errlen, "%s: %s", cfg->hot_dir, strerror(errno));
+		qv_store_close(s);
+		return -errno;
+	}
+	if (cfg->cold_dir && (qv__mkdir_p(cfg->cold_dir, 0755) || !realpath(cfg->cold_dir, cold_abs))) {
+		snprintf(errbuf, errlen, "%s: %s", cfg->cold_dir, strerror(errno));
+		qv_store_close(s);
+		return -errno;
+	}
+	if (cfg->hot_dir)
+		c2.hot_dir = hot_abs;
+	if (cfg->cold_dir)
+		c2.cold_dir = cold_abs;
+	cfg = &c2;
 	const char *now_hot = s->tier[QV_TIER_HOT].dir, *now_cold = s->tier[QV_TIER_COLD].dir;
 	const char *hot = cfg->hot_dir ? cfg->hot_dir : now_hot;
 	if (strcmp(hot, now_hot) != 0 && dir_has_files(now_hot)) {

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PKGS="liblmdb-dev liblmdb0 libjansson-dev libjansson4 liburing-dev liburing2 libxxhash-dev
   libxxhash0 libssl-dev libssl3 libcmocka-dev libcmocka0 libzstd-dev libzstd1 libinih-dev
-  libinih1 libinireader0 pkgconf pkgconf-bin libpkgconf3"
+  libinih1 libinireader0 pkgconf pkgconf-bin libpkgconf3 libmicrohttpd-dev libmicrohttpd12
+  libgnutls30 libp11-kit0 libidn2-0 libunistring2 libtasn1-6 libnettle8 libhogweed6 libgmp10 libffi8"
 grep -qx '/.deps/' .git/info/exclude 2>/dev/null || echo '/.deps/' >> .git/info/exclude
 rm -rf .deps && mkdir -p .deps/debs
 (cd .deps/debs && apt-get download $PKGS >/dev/null)

@@ -1,0 +1,121 @@
+"""quiver.load(..., device="cuda:0"): in-process and through quiverd (CUDA
+IPC, from the store and from its DRAM tier), compared tensor by tensor with
+the exported safetensors files. Needs torch with CUDA, a GPU and a
+libquiver.so/quiverd built with CUDA; skips (exit 77) otherwise."""
+import gc
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (Daemon, check, compare, expect_error, finish, make_store,  # noqa: E402
+                    quiver, read_export, released, torch)
+
+SCRATCH = os.environ.get("QV_SCRATCH") or "/tmp/qv-scratch-python-client-cuda"
+DEV = "cuda:0"
+
+
+def skip(why):
+    print(f"SKIP: {why}")
+    sys.exit(77)
+
+
+def load_one(label, root, spec, ref, via, want_source, device=DEV):
+    got = quiver.load(spec, device=device, root=root, via=via)
+    info = quiver.load_info(got)
+    check(info["source"] == want_source, f"{label} {spec}: source {info['source']}, wanted {want_source}")
+    compare(f"{label} {spec}", got, ref, DEV)
+    check(info["bytes"] <= got.arena.numel(), f"{label} {spec}: info bytes > arena size")
+    return got
+
+
+def load_all(label, root, refs, via, want_source):
+    for spec, ref in refs.items():
+        load_one(label, root, spec, ref, via, want_source)
+
+
+def no_leak(label, root, spec, via):
+    """Ten loads dropped one after the other leave the device's free memory
+    where it was (give or take one arena)."""
+    torch.cuda.synchronize()
+    gc.collect()
+    free0, _ = torch.cuda.mem_get_info(0)
+    size = 0
+    for _ in range(10):
+        w = quiver.load(spec, device=DEV, root=root, via=via)
+        size = w.arena.numel()
+        del w
+        gc.collect()
+    torch.cuda.synchronize()
+    free1, _ = torch.cuda.mem_get_info(0)
+    check(free0 - free1 <= 2 * size + (64 << 20),
+          f"{label}: free device memory fell by {free0 - free1} bytes over 10 loads of {size}")
+
+
+def main():
+    if not torch.cuda.is_available():
+        skip(f"torch {torch.__version__} sees no CUDA device")
+    lib = quiver.library()
+    if not lib.qv_gpu_built_with_cuda():
+        skip(f"{quiver.library_path()} was built without CUDA (-DQUIVER_WITH_CUDA=ON)")
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, libquiver {quiver.library_path()}")
+    root, exports = make_store(SCRATCH)
+    refs = {spec: read_export(d) for spec, d in exports.items()}
+
+    # ---- in-process: the library's device arena ----
+    check(not quiver.daemon_running(root), "no daemon runs yet")
+    load_all("in-process", root, refs, "auto", "in-process")
+    # "cuda" means the current device; a torch.device works too
+    load_one("in-process", root, "mixed", refs["mixed"], "local", "in-process", device="cuda")
+    load_one("in-process", root, "mixed", refs["mixed"], "local", "in-process",
+             device=torch.device(DEV))
+    released("in-process", lambda: load_one("in-process", root, "llama@v1", refs["llama@v1"],
+                                            "local", "in-process"), version="v1")
+    no_leak("in-process", root, "llama", "local")
+    # the tensors work with torch: a matmul of two loaded weights
+    w = quiver.load("mixed", device=DEV, root=root)
+    x = w["f32.big"] @ torch.ones(1000, device=DEV)
+    check(torch.allclose(x.cpu(), refs["mixed"]["f32.big"] @ torch.ones(1000), rtol=1e-4, atol=1e-3),
+          "a matmul on loaded tensors")
+    del w, x
+    expect_error("cuda: unknown model", lambda: quiver.load("nosuch", device=DEV, root=root), "nosuch")
+    n = torch.cuda.device_count()
+    expect_error("cuda: no such device", lambda: quiver.load("mixed", device=f"cuda:{n}", root=root,
+                                                             via="local"))
+
+    # ---- through the daemon: CUDA IPC into our own allocation ----
+    d = Daemon(root, SCRATCH)
+    try:
+        load_all("daemon-store", root, refs, "daemon", "daemon-store")
+        released("daemon-store", lambda: load_one("daemon-store", root, "llama", refs["llama@current"],
+                                                  "daemon", "daemon-store"), version="v2")
+        no_leak("daemon-store", root, "llama@v1", "daemon")
+        for spec in ("llama@v1", "llama@current", "mixed"):
+            model, _, ref = spec.partition("@")
+            req = {"op": "warm", "model": model}
+            if ref:
+                req["ref"] = ref
+            quiver.daemon_call(req, root=root)
+        load_all("daemon-dram", root, refs, "daemon", "daemon-dram")
+        no_leak("daemon-dram", root, "mixed", "daemon")
+        # a host load and a device load of the same version agree
+        h = quiver.load("mixed", device="cpu", root=root)
+        g = quiver.load("mixed", device=DEV, root=root)
+        check(all(torch.equal(h[k].reshape(-1).view(torch.uint8), g[k].cpu().reshape(-1).view(torch.uint8))
+                  for k in h if h[k].numel()), "cpu and cuda loads through the daemon agree")
+        del h, g
+        expect_error("daemon cuda: unknown model",
+                     lambda: quiver.load("nosuch", device=DEV, root=root), "nosuch")
+        kept = load_one("daemon-dram", root, "mixed", refs["mixed"], "daemon", "daemon-dram")
+    finally:
+        rc = d.stop()
+    check(rc == 0, f"quiverd exit {rc} after SIGTERM")
+    # the allocation is ours: it outlives the daemon
+    compare("after the daemon stopped", kept, refs["mixed"], DEV)
+    box = [kept]
+    del kept
+    released("daemon-dram", box.pop)
+    finish("python_client_cuda")
+
+
+if __name__ == "__main__":
+    main()
