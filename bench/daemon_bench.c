@@ -184,6 +184,9 @@ int main(int argc, char **argv)
 		                                 "ipc_handle", hex, "bytes", (json_int_t)arena), NULL);
 		swap[r] = now_s() - t0;
 		bytes = (uint64_t)json_integer_value(json_object_get(j, "bytes"));
+		printf("  swap %d: %s in %.3f s (daemon: open %.4f s, copy %.4f s)\n", r, refs[r % 2],
+		       swap[r], json_real_value(json_object_get(j, "open_seconds")),
+		       json_real_value(json_object_get(j, "copy_seconds")));
 		if (strcmp(json_string_value(json_object_get(j, "source")), "dram") != 0)
 			fprintf(stderr, "daemon_bench: swap %d did not come from the DRAM tier\n", r);
 		json_decref(j);

@@ -316,10 +316,99 @@ static int op_warm_cool(int fd, json_t *req, int warm)
 
 struct conn {
 	int fd;
-	uint8_t last_handle[QV_GPU_IPC_HANDLE_BYTES];
-	uint8_t last_digest[QV_DIGEST_LEN];
-	int has_last;
 };
+
+/* Opened CUDA IPC allocations, kept open across requests: opening a handle
+ * costs milliseconds, and an engine swaps into the same allocation again and
+ * again. The least recently used idle entry is closed when the table is full
+ * (and all at shutdown). Also tells a swap (another version into an
+ * allocation that held one) from a first load. */
+#define IPC_CACHE 16
+static struct ipc_ent {
+	uint8_t handle[QV_GPU_IPC_HANDLE_BYTES];
+	int device;
+	void *dptr;
+	uint8_t digest[QV_DIGEST_LEN];
+	int has_digest, busy;
+	uint64_t used;
+} ipc[IPC_CACHE];
+static pthread_mutex_t ipc_mu = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t ipc_clock;
+
+/* The opened allocation of handle on device, marked busy; -1 if it cannot be
+ * opened (or every entry is busy). */
+static int ipc_get(int device, const uint8_t *handle, void **dptr)
+{
+	int slot = -1, rc = 0;
+	pthread_mutex_lock(&ipc_mu);
+	for (int i = 0; i < IPC_CACHE; i++)
+		if (ipc[i].dptr && ipc[i].device == device &&
+		    memcmp(ipc[i].handle, handle, QV_GPU_IPC_HANDLE_BYTES) == 0) {
+			slot = ipc[i].busy ? -2 : i;
+			break;
+		}
+	if (slot == -1) {
+		for (int i = 0; i < IPC_CACHE; i++) {
+			if (ipc[i].busy)
+				continue;
+			if (!ipc[i].dptr) { /* a free entry: take it */
+				slot = i;
+				break;
+			}
+			if (slot < 0 || ipc[i].used < ipc[slot].used) /* else the least recently used */
+				slot = i;
+		}
+		if (slot >= 0) {
+			if (ipc[slot].dptr)
+				qv_gpu_ipc_close(ipc[slot].device, ipc[slot].dptr);
+			memset(&ipc[slot], 0, sizeof(ipc[slot]));
+			rc = qv_gpu_ipc_open(device, handle, &ipc[slot].dptr);
+			if (rc == 0) {
+				memcpy(ipc[slot].handle, handle, QV_GPU_IPC_HANDLE_BYTES);
+				ipc[slot].device = device;
+			} else {
+				ipc[slot].dptr = NULL;
+				slot = -1;
+			}
+		}
+	} else if (slot == -2) {
+		slot = -1; /* the same allocation is being loaded by another request */
+	}
+	if (slot >= 0) {
+		ipc[slot].busy = 1;
+		ipc[slot].used = ++ipc_clock;
+		*dptr = ipc[slot].dptr;
+	}
+	pthread_mutex_unlock(&ipc_mu);
+	return slot;
+}
+
+/* Done with slot; ok: it now holds version digest. Returns 1 for a swap. */
+static int ipc_put(int slot, int ok, const uint8_t digest[QV_DIGEST_LEN])
+{
+	int swap = 0;
+	pthread_mutex_lock(&ipc_mu);
+	if (ok) {
+		swap = ipc[slot].has_digest && memcmp(ipc[slot].digest, digest, QV_DIGEST_LEN) != 0;
+		memcpy(ipc[slot].digest, digest, QV_DIGEST_LEN);
+		ipc[slot].has_digest = 1;
+	} else {
+		ipc[slot].has_digest = 0; /* its contents are unknown now */
+	}
+	ipc[slot].busy = 0;
+	pthread_mutex_unlock(&ipc_mu);
+	return swap;
+}
+
+static void ipc_close_all(void)
+{
+	pthread_mutex_lock(&ipc_mu);
+	for (int i = 0; i < IPC_CACHE; i++)
+		if (ipc[i].dptr)
+			qv_gpu_ipc_close(ipc[i].device, ipc[i].dptr);
+	memset(ipc, 0, sizeof(ipc));
+	pthread_mutex_unlock(&ipc_mu);
+}
 
 static int op_load_host(struct conn *c, json_t *req)
 {
@@ -401,6 +490,7 @@ static int op_load_cuda(struct conn *c, json_t *req)
 	qv_load *l = NULL;
 	const qv_load *table = NULL;
 	void *dptr = NULL;
+	int slot = -1;
 	const void *warm = NULL;
 	size_t wbytes = 0;
 	uint64_t need = 0;
@@ -434,11 +524,15 @@ static int op_load_cuda(struct conn *c, json_t *req)
 		rc = reply_err(c->fd, "load_cuda", QV_ELIMIT, msg);
 		goto out;
 	}
-	rc = qv_gpu_ipc_open(device, handle, &dptr);
-	if (rc) {
-		rc = reply_err(c->fd, "load_cuda", rc, "cannot open the CUDA IPC handle on that device");
+	double t_open = now_s();
+	slot = ipc_get(device, handle, &dptr);
+	if (slot < 0) {
+		rc = reply_err(c->fd, "load_cuda", -EBUSY,
+		               "cannot open the CUDA IPC handle on that device (or it is being loaded)");
 		goto out;
 	}
+	t_open = now_s() - t_open;
+	double t_copy = now_s();
 	if (warm) {
 		rc = qv_gpu_copy_to_device(device, dptr, warm, need, 4);
 		if (rc) {
@@ -454,22 +548,21 @@ static int op_load_cuda(struct conn *c, json_t *req)
 		}
 		table = l;
 	}
+	t_copy = now_s() - t_copy;
 	double secs = now_s() - t0;
 	metrics_load(warm ? SRC_DRAM : SRC_HOT, need, secs);
-	if (c->has_last && memcmp(c->last_handle, handle, sizeof(handle)) == 0 &&
-	    memcmp(c->last_digest, v->digest, QV_DIGEST_LEN) != 0)
+	if (ipc_put(slot, 1, v->digest))
 		metrics_swap();
-	memcpy(c->last_handle, handle, sizeof(handle));
-	memcpy(c->last_digest, v->digest, QV_DIGEST_LEN);
-	c->has_last = 1;
+	slot = -1;
 	rc = reply(c->fd,
-	           json_pack("{s:b, s:s, s:s, s:I, s:s, s:f, s:o}", "ok", 1, "model", model, "version",
-	                     v->label, "bytes", (json_int_t)need, "source", warm ? "dram" : "store",
-	                     "seconds", secs, "tensors", table_json(table)),
+	           json_pack("{s:b, s:s, s:s, s:I, s:s, s:f, s:f, s:f, s:o}", "ok", 1, "model", model,
+	                     "version", v->label, "bytes", (json_int_t)need, "source",
+	                     warm ? "dram" : "store", "seconds", secs, "open_seconds", t_open,
+	                     "copy_seconds", t_copy, "tensors", table_json(table)),
 	           -1);
 out:
-	if (dptr)
-		qv_gpu_ipc_close(device, dptr);
+	if (slot >= 0)
+		ipc_put(slot, 0, NULL);
 	if (warm)
 		dram_release(v->digest);
 	qv_load_destroy(l);
@@ -749,6 +842,7 @@ out:
 	for (int i = 0; i < 2; i++)
 		if (G.wake[i] >= 0)
 			close(G.wake[i]);
+	ipc_close_all();
 	dram_shutdown();
 	cli_set_shared_store(NULL);
 	qv_store_close(G.s);

@@ -42,6 +42,13 @@ void dram_init(uint64_t capacity)
 	D.capacity = capacity;
 }
 
+static double now_mono(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 static void entry_free(struct dram_entry *e)
 {
 	qv_load_destroy(e->table);
@@ -133,12 +140,18 @@ int dram_warm(qv_store *s, const char *model, const char *ref, char *err, size_t
 	e = calloc(1, sizeof(*e));
 	if (e)
 		e->fd = -1;
+	double t0 = now_mono();
 	rc = e ? entry_alloc(e, need ? need : 4096) : -ENOMEM;
+	double t_alloc = now_mono() - t0;
 	if (rc == 0) {
 		qv_load_opts lo = {.device = QV_DEVICE_CPU};
 		rc = qv_load_run(s, model, v->label, e->buf, e->bytes, &lo, &e->table);
 		if (rc)
 			snprintf(err, errlen, "%s", qv_store_errmsg(s));
+		else
+			log_info("dram: %s@%s: %zu bytes, memory %.2f s (pinned: %s), load %.2f s", model,
+			         v->label, e->bytes, t_alloc, e->pinned ? "yes" : "no",
+			         now_mono() - t0 - t_alloc);
 	} else {
 		snprintf(err, errlen, "cannot allocate %llu bytes of pinned memory",
 		         (unsigned long long)need);

@@ -132,7 +132,7 @@ void qv_gpu_ipc_close(int device, void *dptr)
 int qv_gpu_copy_to_device(int device, void *dst, const void *src, size_t bytes,
                           unsigned n_streams)
 {
-	enum { CHUNK = 64 << 20, MAXS = 16 };
+	enum { CHUNK = 256 << 20, MAXS = 16 };
 	cudaStream_t st[MAXS] = {0};
 	int rc = 0;
 	if (n_streams < 1)
