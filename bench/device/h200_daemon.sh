@@ -10,6 +10,9 @@ source "$(dirname "$0")/build.sh"
 Q=$QV_BUILD/cli/quiver
 W=${W:-/tmp/qvbench}
 R=$W/store
+mkdir -p "$W"
+t() { date +%s.%N; }
+source "$(dirname "$0")/model.sh"
 export PATH=$QV_BUILD/cli:$PATH
 if [ ! -f "$W/model2/model.safetensors.index.json" ]; then
   python3 "$QV_SRC/python/tools/gen_model.py" "$W/model2" --shards 4 --hidden "${HIDDEN:-4096}" \

@@ -16,16 +16,7 @@ QD=${QD:-16} CHUNK=${CHUNK:-4M}
 t() { date +%s.%N; }
 rate() { awk -v a="$1" -v b="$2" -v n="$BYTES" 'BEGIN {printf "%.3f", n / (b - a) / 1e9}'; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-if [ ! -f "$W/model/model.safetensors.index.json" ]; then
-  t0=$(t); python3 "$QV_SRC/python/tools/gen_model.py" "$W/model" --shards 4 --hidden "$HIDDEN" \
-    --layers "$LAYERS" --vocab "$VOCAB" >/dev/null
-  echo "generated $(du -sb "$W/model" | cut -f1) bytes in $(awk -v a="$t0" -v b="$(t)" 'BEGIN {printf "%.1f", b - a}') s"
-fi
-if ! "$Q" --root "$W/store" show bench/7b >/dev/null 2>&1; then
-  "$Q" --root "$W/store" publish bench/7b "$W/model"
-  "$Q" --root "$W/store" export bench/7b "$W/export"
-  cmp -s "$W/model/model-00001-of-00004.safetensors" "$W/export/model-00001-of-00004.safetensors"
-fi
+source "$(dirname "$0")/model.sh"
 BYTES=$(du -sb "$W/store/shards" | cut -f1)
 echo "== machine: $(nproc) cores; $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader); store $BYTES bytes in $(find "$W/store/shards" -type f | wc -l) shard files"
 
@@ -90,20 +81,6 @@ if [ -n "${SWEEP:-}" ]; then
 fi
 
 echo "== (e) safetensors load_file(device=cuda) on the exported files"
-cat > "$W/st.py" <<'PY'
-import glob, sys, time, torch
-from safetensors.torch import load_file
-torch.cuda.init(); torch.empty(1, device="cuda"); torch.cuda.synchronize()
-files = sorted(glob.glob(sys.argv[1] + "/*.safetensors"))
-t0 = time.perf_counter(); n = 0
-for f in files:
-    sd = load_file(f, device="cuda")
-    n += sum(v.numel() * v.element_size() for v in sd.values())
-    del sd
-torch.cuda.synchronize()
-dt = time.perf_counter() - t0
-print(f"{sys.argv[2]} {n / dt / 1e9:.3f} GB/s {dt:.3f} s ({n} bytes)")
-PY
 for r in 1 2; do drop; python3 "$W/st.py" "$W/export" safetensors_cold; done
 cat "$W"/export/*.safetensors > /dev/null
 for r in 1 2; do python3 "$W/st.py" "$W/export" safetensors_warm; done
