@@ -118,7 +118,7 @@ static void run_task(const struct task *t)
 			metrics_error("tier");
 			log_info("tier policy failed: %s", qv_store_errmsg(G.s));
 		} else if (r.versions) {
-			metrics_migration(r.moved.shards);
+			metrics_migration(r.versions);
 			log_info("tier policy: demoted %llu versions (%llu shards) in %.2f s",
 			         (unsigned long long)r.versions, (unsigned long long)r.moved.shards,
 			         now_s() - t0);
@@ -132,7 +132,7 @@ static void run_task(const struct task *t)
 			metrics_error("promote");
 			log_info("promoting %s@%s failed: %s", t->model, t->label, qv_store_errmsg(G.s));
 		} else if (m.shards) {
-			metrics_migration(m.shards);
+			metrics_migration(1);
 			log_info("promoted %s@%s: %llu shards in %.2f s", t->model, t->label,
 			         (unsigned long long)m.shards, m.seconds);
 		}
@@ -410,6 +410,22 @@ static void ipc_close_all(void)
 	pthread_mutex_unlock(&ipc_mu);
 }
 
+/* Counts a served load by where its bytes came from: the DRAM tier, or the
+ * hot and cold tiers (split by the load's own statistics). */
+static void record_load(const void *warm, const qv_load *l, uint64_t bytes, double secs)
+{
+	if (warm || !l) {
+		metrics_load(SRC_DRAM, bytes, secs);
+		return;
+	}
+	const qv_load_stats *st = qv_load_get_stats(l);
+	/* bytes: the arena's size, as the reply says; the cold part is exact */
+	uint64_t cold = st->cold_bytes < bytes ? st->cold_bytes : bytes, hot = bytes - cold;
+	metrics_load(hot >= cold ? SRC_HOT : SRC_COLD, hot >= cold ? hot : cold, secs);
+	if (hot && cold)
+		metrics_bytes(hot >= cold ? SRC_COLD : SRC_HOT, hot >= cold ? cold : hot);
+}
+
 static int op_load_host(struct conn *c, json_t *req)
 {
 	const char *model, *ref;
@@ -458,7 +474,7 @@ static int op_load_host(struct conn *c, json_t *req)
 		table = l;
 	}
 	double secs = now_s() - t0;
-	metrics_load(warm ? SRC_DRAM : SRC_HOT, need, secs);
+	record_load(warm, l, need, secs);
 	rc = reply(c->fd,
 	           json_pack("{s:b, s:s, s:s, s:I, s:s, s:f, s:o}", "ok", 1, "model", model, "version",
 	                     v->label, "bytes", (json_int_t)need, "source", warm ? "dram" : "store",
@@ -550,7 +566,7 @@ static int op_load_cuda(struct conn *c, json_t *req)
 	}
 	t_copy = now_s() - t_copy;
 	double secs = now_s() - t0;
-	metrics_load(warm ? SRC_DRAM : SRC_HOT, need, secs);
+	record_load(warm, l, need, secs);
 	if (ipc_put(slot, 1, v->digest))
 		metrics_swap();
 	slot = -1;

@@ -27,6 +27,7 @@ void dram_shutdown(void);
 /* Metrics (metrics.c): counters, and the Prometheus endpoint. */
 enum metrics_source { SRC_DRAM, SRC_HOT, SRC_COLD, SRC_N };
 void metrics_load(enum metrics_source src, uint64_t bytes, double seconds);
+void metrics_bytes(enum metrics_source src, uint64_t bytes); /* bytes only, no load counted */
 void metrics_swap(void);
 void metrics_dram_lookup(int hit);
 void metrics_dram_evict(void);

@@ -33,9 +33,10 @@ struct dram_entry {
 
 static struct {
 	pthread_mutex_t mu;
+	pthread_mutex_t warm_mu;  /* one warm at a time: no duplicate entries */
 	uint64_t capacity, used, clock;
 	struct dram_entry *head;
-} D = {.mu = PTHREAD_MUTEX_INITIALIZER};
+} D = {.mu = PTHREAD_MUTEX_INITIALIZER, .warm_mu = PTHREAD_MUTEX_INITIALIZER};
 
 void dram_init(uint64_t capacity)
 {
@@ -109,6 +110,7 @@ int dram_warm(qv_store *s, const char *model, const char *ref, char *err, size_t
 	qv_version *v = NULL;
 	uint64_t need = 0;
 	struct dram_entry *e = NULL;
+	pthread_mutex_lock(&D.warm_mu);
 	int rc = qv_version_get(s, model, ref, 0, &v);
 	if (rc == 0)
 		rc = qv_load_size(s, model, v->label, &need);
@@ -116,6 +118,8 @@ int dram_warm(qv_store *s, const char *model, const char *ref, char *err, size_t
 		snprintf(err, errlen, "%s", qv_store_errmsg(s));
 		goto out;
 	}
+	if (need == 0)
+		need = 4096; /* an empty version still takes a page: keep the accounting exact */
 	pthread_mutex_lock(&D.mu);
 	if (find(v->digest)) {
 		find(v->digest)->last_use = ++D.clock;
@@ -141,7 +145,7 @@ int dram_warm(qv_store *s, const char *model, const char *ref, char *err, size_t
 	if (e)
 		e->fd = -1;
 	double t0 = now_mono();
-	rc = e ? entry_alloc(e, need ? need : 4096) : -ENOMEM;
+	rc = e ? entry_alloc(e, need) : -ENOMEM;
 	double t_alloc = now_mono() - t0;
 	if (rc == 0) {
 		qv_load_opts lo = {.device = QV_DEVICE_CPU};
@@ -172,6 +176,7 @@ out:
 	if (e)
 		entry_free(e);
 	qv_version_free(v);
+	pthread_mutex_unlock(&D.warm_mu);
 	return rc;
 }
 

@@ -46,6 +46,11 @@ void metrics_load(enum metrics_source src, uint64_t bytes, double seconds)
 	atomic_fetch_add(&M.sum_us, (unsigned long long)(seconds * 1e6));
 }
 
+void metrics_bytes(enum metrics_source src, uint64_t bytes)
+{
+	atomic_fetch_add(&M.load_bytes[src], bytes);
+}
+
 void metrics_swap(void) { atomic_fetch_add(&M.swaps, 1); }
 void metrics_dram_evict(void) { atomic_fetch_add(&M.dram_evictions, 1); }
 void metrics_migration(uint64_t shards) { atomic_fetch_add(&M.migrations, shards); }
@@ -95,7 +100,7 @@ static char *render(size_t *len)
 	for (int i = 0; i < SRC_N; i++)
 		P("quiver_load_bytes_total{source=\"%s\"} %llu\n", sources[i],
 		  (unsigned long long)atomic_load(&M.load_bytes[i]));
-	P("# HELP quiver_loads_total Loads served, by the tier they came from.\n"
+	P("# HELP quiver_loads_total Loads served, by the tier most of their bytes came from.\n"
 	  "# TYPE quiver_loads_total counter\n");
 	for (int i = 0; i < SRC_N; i++)
 		P("quiver_loads_total{source=\"%s\"} %llu\n", sources[i],
@@ -123,7 +128,7 @@ static char *render(size_t *len)
 	P("# HELP quiver_dram_evictions_total Versions dropped from the DRAM tier to make room.\n"
 	  "# TYPE quiver_dram_evictions_total counter\nquiver_dram_evictions_total %llu\n",
 	  (unsigned long long)atomic_load(&M.dram_evictions));
-	P("# HELP quiver_migrations_total Shards moved between the hot and cold tiers.\n"
+	P("# HELP quiver_migrations_total Versions the daemon moved between the hot and cold tiers.\n"
 	  "# TYPE quiver_migrations_total counter\nquiver_migrations_total %llu\n",
 	  (unsigned long long)atomic_load(&M.migrations));
 	P("# HELP quiver_errors_total Failed requests, by operation.\n"

@@ -1,0 +1,331 @@
+#!/usr/bin/env bash
+# quiverd end to end: socket, single instance, CLI forwarding, protocol
+# abuse, disconnects, metrics, SIGTERM and SIGKILL mid-publish.
+. "$(dirname "$0")/../cli/lib.sh"
+. "$(dirname "$0")/dlib.sh"
+
+qv_setup
+[ -x "$QUIVERD" ] || fail "quiverd not found: $QUIVERD"
+command -v curl >/dev/null || skip "curl not installed"
+MPORT=$(free_port)
+gen m1.safetensors --hidden 128 --layers 2 --seed 1
+gen m2.safetensors --hidden 128 --layers 2 --seed 2
+gen m3.safetensors --hidden 128 --layers 2 --seed 3
+# ~110 MB: embed + lm_head 8 MB each, 3 layers of 32 MB
+gen big.safetensors --hidden 1024 --layers 3 --vocab 4096 --seed 9
+
+ROOT2="$QV_SCRATCH/root2"                 # the same commands without a daemon
+expect_ok q init --cold "$QV_SCRATCH/cold"
+expect_ok "$QUIVER" --root "$ROOT2" init --cold "$QV_SCRATCH/cold2"
+dstart --dram 64M --metrics-port "$MPORT"
+
+# ---- socket and single instance ---------------------------------------------------------
+t_socket() {
+	local mode
+	mode=$(stat -c %a "$ROOT/quiverd.sock") || fail "no socket"
+	[ "$mode" = 660 ] || fail "socket mode is $mode, want 660"
+}
+soft t_socket
+
+t_second() {
+	run_cmd timeout 20 "$QUIVERD" --root "$ROOT" --dram 64M
+	[ "$RC" -eq 1 ] || fail "a second quiverd on the same root exited $RC, want 1"
+	err_has "another quiverd.*already serves"
+	grep -q "pid $DPID" "$ERR_FILE" || fail "the refusal does not name the running pid $DPID: $(err)"
+	kill -0 "$DPID" || fail "the first quiverd died"
+	[ -S "$ROOT/quiverd.sock" ] || fail "the second quiverd removed the first one's socket"
+	ping_ok
+}
+soft t_second
+
+# ---- the CLI goes through the daemon, with the same output ---------------------------------
+# norm: the output with roots, times and rates masked
+norm() { sed -E -e "s#$QV_SCRATCH/cold2?#COLD#g; s#$ROOT2#ROOT#g; s#$ROOT#ROOT#g" \
+	-e 's/[0-9]+\.[0-9]+/N/g; s/"created_ns": [0-9]+/"created_ns": N/'; }
+CMDS=(
+	"publish m $QV_SCRATCH/m1.safetensors --version v1"
+	"publish m m2.safetensors --version v2"
+	"publish m m3.safetensors --version v3 --no-activate"
+	"alias m prod v2"
+	"pin m@v2"
+	"demote m@v1"
+	"promote m@v1"
+	"demote m@v3"
+	"tier"
+	"rollback m"
+	"rm m@v3"
+	"gc"
+)
+t_forward() {
+	local c i=0 n0 n1
+	for c in "${CMDS[@]}"; do
+		i=$((i + 1))
+		n0=$(grep -c "quiverd: ${c%% *}: exit" "$DLOG")
+		# shellcheck disable=SC2086
+		run_cmd q $c
+		local rc1=$RC
+		norm <"$OUT_FILE" >"d$i.out"
+		norm <"$ERR_FILE" >"d$i.err"
+		# shellcheck disable=SC2086
+		QUIVER_NO_DAEMON=1 run_cmd "$QUIVER" --root "$ROOT2" $c
+		norm <"$OUT_FILE" >"l$i.out"
+		norm <"$ERR_FILE" >"l$i.err"
+		[ "$rc1" -eq "$RC" ] || fail "'quiver $c': exit $rc1 through the daemon, $RC without"
+		[ "$rc1" -eq 0 ] || fail "'quiver $c' failed: $(cat "d$i.err")"
+		diff -u "l$i.out" "d$i.out" >&2 || fail "'quiver $c': stdout differs through the daemon"
+		diff -u "l$i.err" "d$i.err" >&2 || fail "'quiver $c': stderr differs through the daemon"
+		n1=$(grep -c "quiverd: ${c%% *}: exit" "$DLOG")
+		[ "$n1" -gt "$n0" ] || fail "'quiver $c' did not go through the daemon (log: no '${c%% *}: exit')"
+	done
+	# both stores agree
+	expect_ok q list m --json
+	norm <"$OUT_FILE" >d.list
+	QUIVER_NO_DAEMON=1 expect_ok "$QUIVER" --root "$ROOT2" list m --json
+	norm <"$OUT_FILE" >l.list
+	diff -u l.list d.list >&2 || fail "the stores differ after the same commands"
+}
+soft t_forward
+
+t_no_daemon() {
+	local n0 n1
+	n0=$(grep -c "quiverd: " "$DLOG")
+	QUIVER_NO_DAEMON=1 expect_ok q alias m canary v1
+	QUIVER_NO_DAEMON=1 expect_ok q unpin m@v2
+	QUIVER_NO_DAEMON=1 expect_ok q publish m m3.safetensors --version v4 --no-activate
+	n1=$(grep -c "quiverd: " "$DLOG")
+	[ "$n1" -eq "$n0" ] || fail "QUIVER_NO_DAEMON=1 still went through the daemon: $(tail -n +$((n0 + 1)) "$DLOG")"
+	expect_ok q show m@canary --json
+	jcheck "$OUT_FILE" 'd["version"] == "v1"' "alias made without the daemon not visible"
+	ping_ok
+}
+soft t_no_daemon
+
+# ---- protocol abuse --------------------------------------------------------------------------
+# hexframe MAGIC VERSION FLAGS LEN(- = real) PAYLOAD
+hexframe() {
+	"$QV_PYTHON" -c 'import struct,sys
+p = sys.argv[5].encode()
+n = len(p) if sys.argv[4] == "-" else int(sys.argv[4])
+print((struct.pack("<IHHII", int(sys.argv[1], 0), int(sys.argv[2]), int(sys.argv[3]), n, 0) + p).hex())' "$@"
+}
+# expect_err_reply HEX WHAT: an ok:false reply, then the daemon still serves
+expect_err_reply() {
+	local r
+	r=$(qvd raw "$1" --shut 2>&1) || fail "$2: client error: $r"
+	case "$r" in
+	*'"ok": false'*'"error": '*) ;;
+	*) fail "$2: expected an ok:false reply with an error, got: $r" ;;
+	esac
+	kill -0 "$DPID" 2>/dev/null || fail "$2: quiverd died"
+	ping_ok
+}
+expect_closed() {
+	local r
+	r=$(qvd raw "$1" --shut 2>&1) || fail "$2: client error: $r"
+	case "$r" in
+	CLOSED | *'"ok": false'*) ;;
+	*) fail "$2: expected the connection closed (or an error), got: $r" ;;
+	esac
+	kill -0 "$DPID" 2>/dev/null || fail "$2: quiverd died"
+	ping_ok
+}
+t_abuse() {
+	local M=0x31445651 e0 e1
+	e0=$(metric 'quiver_errors_total{op="protocol"}')
+	expect_err_reply "$(hexframe $M 1 0 - '{op: ping}')" "bad JSON"
+	expect_err_reply "$(hexframe $M 1 0 - '{"op":"ping"')" "unterminated JSON"
+	expect_err_reply "$(hexframe $M 1 0 - '["ping"]')" "non-object JSON"
+	expect_err_reply "$(hexframe $M 1 0 - '{"model":"m"}')" "missing op"
+	expect_err_reply "$(hexframe $M 1 0 - '{"op":7}')" "op not a string"
+	expect_err_reply "$(hexframe $M 1 0 - "{\"op\":\"$(printf 'x%.0s' $(seq 40))\"}")" "op too long"
+	expect_err_reply "$(hexframe $M 1 0 - '{"op":"frobnicate"}')" "unknown op"
+	expect_err_reply "$(hexframe $M 1 0 - '')" "empty payload"
+	expect_err_reply "$(hexframe 0x31445652 1 0 - '{"op":"ping"}')" "bad magic"
+	expect_err_reply "$(hexframe $M 2 0 - '{"op":"ping"}')" "wrong version 2"
+	expect_err_reply "$(hexframe $M 0 0 - '{"op":"ping"}')" "wrong version 0"
+	expect_err_reply "$(hexframe $M 1 4 - '{"op":"ping"}')" "unknown flags"
+	expect_err_reply "$(hexframe $M 1 1 - '{"op":"ping"}')" "fd announced, none sent"
+	expect_err_reply "$(hexframe $M 1 0 $(((1 << 20) + 1)) '{"op":"ping"}')" "header length over 1 MiB"
+	expect_err_reply "$(hexframe $M 1 0 4294967295 '{}')" "header length 2^32-1"
+	expect_err_reply "$(printf 'GET / HTTP/1.0\r\n\r\n' | od -An -tx1 | tr -d ' \n')" "HTTP on the socket"
+	expect_err_reply "$(hexframe $M 1 0 - '{"op":"cli","argv":"publish"}')" "cli argv not an array"
+	expect_err_reply "$(hexframe $M 1 0 - '{"op":"cli","argv":["list"]}')" "cli non-forwardable command"
+	expect_err_reply "$(hexframe $M 1 0 - '{"op":"load_host"}')" "load_host without model"
+	expect_err_reply "$(hexframe $M 1 0 - '{"op":"load_host","model":"nope"}')" "load_host unknown model"
+	expect_err_reply "$(hexframe $M 1 0 - '{"op":"load_cuda","model":"m","device":0,"bytes":1,"ipc_handle":"zz"}')" "load_cuda bad handle"
+	expect_closed "$(hexframe $M 1 0 - '{"op":"ping"}' | cut -c1-20)" "truncated header"
+	expect_closed "$(hexframe $M 1 0 100 '{"op":"ping"}')" "truncated payload"
+	expect_closed "" "connect and close"
+	# a deeply nested (but in-limit) payload
+	local deep
+	"$QV_PYTHON" -c 'import struct
+p = b"{\"op\":\"ping\",\"x\":" + b"[" * 100000 + b"]" * 100000 + b"}"
+print((struct.pack("<IHHII", 0x31445651, 1, 0, len(p), 0) + p).hex())' >deep.hex
+	expect_err_reply "@deep.hex" "deep nesting"
+	# one client holding a half-sent frame does not block the others
+	"$QV_PYTHON" - "$ROOT/quiverd.sock" <<'PY' &
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"QVD1\x01"); time.sleep(20)
+PY
+	local hold=$!
+	sleep 0.3
+	ping_ok
+	kill "$hold" 2>/dev/null
+	wait "$hold" 2>/dev/null
+	ping_ok
+	e1=$(metric 'quiver_errors_total{op="protocol"}')
+	"$QV_PYTHON" -c "import sys; sys.exit(0 if float('$e1') > float('$e0') else 1)" ||
+		fail "quiver_errors_total{op=\"protocol\"} did not move ($e0 -> $e1)"
+}
+soft t_abuse
+
+# ---- loads and metrics -------------------------------------------------------------------------
+t_metrics() {
+	curl -sf "127.0.0.1:$MPORT/metrics" >metrics.txt || fail "GET /metrics failed"
+	if command -v promtool >/dev/null; then
+		promtool check metrics <metrics.txt >promtool.out 2>&1 ||
+			fail "promtool check metrics: $(cat promtool.out)"
+	else
+		note "promtool not installed: skipping the 'promtool check metrics' sub-check"
+	fi
+	local f
+	for f in quiver_load_bytes_total quiver_load_duration_seconds quiver_swaps_total \
+		quiver_dram_hits_total quiver_dram_misses_total quiver_tier_bytes \
+		quiver_migrations_total quiver_errors_total; do
+		grep -q "^# TYPE $f " metrics.txt || fail "/metrics lacks the family $f"
+	done
+	# migrations counted the demotes/promotes above
+	[ "$(metric quiver_migrations_total)" != 0 ] || fail "quiver_migrations_total is 0 after demote/promote"
+	# a load moves the load counters
+	local b0 c0 m0 b1 c1 m1 r
+	b0=$(metric 'quiver_load_bytes_total{source="hot"}')
+	c0=$(metric quiver_load_duration_seconds_count)
+	m0=$(metric quiver_dram_misses_total)
+	r=$(qvd load m v2 m2.safetensors) || fail "load_host m@v2: $r"
+	b1=$(metric 'quiver_load_bytes_total{source="hot"}')
+	c1=$(metric quiver_load_duration_seconds_count)
+	m1=$(metric quiver_dram_misses_total)
+	local bytes
+	bytes=$("$QV_PYTHON" -c "import json; print(json.loads('''$r''')['bytes'])")
+	[ "$((b1 - b0))" -eq "$bytes" ] || fail "quiver_load_bytes_total{source=hot} moved by $((b1 - b0)), the load was $bytes bytes"
+	[ "$((c1 - c0))" -eq 1 ] || fail "quiver_load_duration_seconds_count moved by $((c1 - c0)), want 1"
+	[ "$((m1 - m0))" -eq 1 ] || fail "quiver_dram_misses_total moved by $((m1 - m0)), want 1"
+	# a warmed version is a DRAM hit
+	r=$(qvd call '{"op":"warm","model":"m","ref":"v2"}')
+	case "$r" in *'"ok": true'*) ;; *) fail "warm m@v2: $r" ;; esac
+	local h0 h1 d0 d1
+	h0=$(metric quiver_dram_hits_total)
+	d0=$(metric 'quiver_load_bytes_total{source="dram"}')
+	r=$(qvd load m v2 m2.safetensors) || fail "load_host m@v2 from DRAM: $r"
+	case "$r" in *'"source": "dram"'*) ;; *) fail "a warmed load did not come from DRAM: $r" ;; esac
+	h1=$(metric quiver_dram_hits_total)
+	d1=$(metric 'quiver_load_bytes_total{source="dram"}')
+	[ "$((h1 - h0))" -eq 1 ] || fail "quiver_dram_hits_total moved by $((h1 - h0)), want 1"
+	[ "$((d1 - d0))" -eq "$bytes" ] || fail "quiver_load_bytes_total{source=dram} moved by $((d1 - d0)), want $bytes"
+	[ "$(metric 'quiver_tier_bytes{tier="dram"}')" -ge "$bytes" ] || fail "quiver_tier_bytes{tier=dram} below the warmed version"
+	[ "$(metric 'quiver_tier_bytes{tier="hot"}')" -gt 0 ] || fail "quiver_tier_bytes{tier=hot} is 0"
+	expect_ok q demote m@v4
+	[ "$(metric 'quiver_tier_bytes{tier="cold"}')" -gt 0 ] || fail "quiver_tier_bytes{tier=cold} is 0 after a demote"
+	[ "$(curl -s -o /dev/null -w '%{http_code}' "127.0.0.1:$MPORT/nope")" = 404 ] || fail "GET /nope is not 404"
+}
+soft t_metrics
+
+# ---- a client that goes away mid-load ---------------------------------------------------------
+t_disconnect() {
+	QUIVER_NO_DAEMON=1 expect_ok q publish big big.safetensors --version b1
+	local fds0 fds1 i
+	fds0=$(ls /proc/"$DPID"/fd | wc -l)
+	for i in 1 2 3; do
+		"$QV_PYTHON" - "$ROOT/quiverd.sock" "$i" <<'PY' || fail "disconnect client failed"
+import json, socket, struct, sys, time
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+p = json.dumps({"op": "load_host", "model": "big", "ref": "b1"}).encode()
+s.sendall(struct.pack("<IHHII", 0x31445651, 1, 0, len(p), 0) + p)
+time.sleep(0.01 * int(sys.argv[2]))
+s.close()
+PY
+	done
+	sleep 1
+	kill -0 "$DPID" 2>/dev/null || fail "quiverd died when a client left mid-load"
+	ping_ok
+	local r
+	r=$(qvd load big b1 big.safetensors) || fail "load after the disconnects: $r"
+	sleep 0.5
+	fds1=$(ls /proc/"$DPID"/fd | wc -l)
+	[ "$fds1" -le "$fds0" ] || fail "quiverd holds $((fds1 - fds0)) more descriptors after abandoned loads (leak?)"
+}
+soft t_disconnect
+
+# ---- SIGTERM ------------------------------------------------------------------------------------
+# (daemon start/stop run in this shell: soft() checks run in subshells,
+# which cannot wait for the daemon)
+dstop TERM
+t_sigterm() {
+	[ "$DRC" -eq 0 ] || fail "quiverd exited $DRC on SIGTERM, want 0"
+	[ ! -e "$ROOT/quiverd.sock" ] || fail "the socket is still there after SIGTERM"
+	tail -n 3 "$DLOG" | grep -q "quiverd: stopped" || fail "the log does not end with 'stopped': $(tail -n 3 "$DLOG")"
+	# with no daemon the CLI runs locally
+	expect_ok q alias m after-term v2
+}
+soft t_sigterm
+
+# ---- SIGKILL mid-publish ------------------------------------------------------------------------
+dstart --dram 64M --metrics-port "$MPORT"
+q publish big big.safetensors --version b2 --alias killed >pub.out 2>pub.err &
+PUB=$!
+# kill once the daemon has the source open (the publish is under way)
+for i in $(seq 1 1000); do
+	ls -l /proc/"$DPID"/fd 2>/dev/null | grep -q big.safetensors && break
+	kill -0 "$PUB" 2>/dev/null || break
+	sleep 0.002
+done
+sleep 0.1
+KILLED=0
+if kill -0 "$PUB" 2>/dev/null; then
+	KILLED=1
+fi
+dstop KILL
+wait "$PUB"
+PRC=$?
+t_sigkill() {
+	if [ "$KILLED" -eq 1 ]; then
+		note "killed quiverd mid-publish; the CLI exited $PRC: $(head -c 200 pub.err)"
+		[ "$PRC" -ne 0 ] || fail "publish exited 0 though the daemon was killed mid-way: $(cat pub.out)"
+		grep -q "quiverd did not answer" pub.err || fail "the CLI does not say the daemon went away: $(cat pub.err)"
+	else
+		note "the publish ended before the kill; the crash checks still run"
+	fi
+	# the index opens; b2 is fully there or not at all
+	QUIVER_NO_DAEMON=1 expect_ok q list big
+	if grep -qw b2 "$OUT_FILE"; then
+		note "b2 was committed before the kill"
+		QUIVER_NO_DAEMON=1 expect_ok q verify big@b2
+		QUIVER_NO_DAEMON=1 expect_ok q load big@b2
+	else
+		QUIVER_NO_DAEMON=1 expect_rc 1 q show big@b2
+		QUIVER_NO_DAEMON=1 expect_rc 1 q show big@killed
+	fi
+	QUIVER_NO_DAEMON=1 expect_ok q verify
+	# gc (locally: the socket left behind has no daemon) cleans the leftovers
+	expect_ok q gc
+	tmp_empty
+	[ -z "$(find "$QV_SCRATCH/cold/tmp" -mindepth 1 2>/dev/null)" ] || fail "cold/tmp not empty after gc"
+	QUIVER_NO_DAEMON=1 expect_ok q verify
+}
+soft t_sigkill
+
+# a restarted daemon serves again
+dstart --dram 64M --metrics-port "$MPORT"
+t_restart() {
+	ping_ok
+	local n0 r
+	n0=$(grep -c "publish: exit 0" "$DLOG")
+	expect_ok q publish big big.safetensors --version b3
+	[ "$(grep -c "publish: exit 0" "$DLOG")" -gt "$n0" ] || fail "the restarted daemon did not run the publish"
+	r=$(qvd load big b3 big.safetensors) || fail "load after restart: $r"
+}
+soft t_restart
+dstop TERM
+soft eval '[ "$DRC" -eq 0 ] || fail "restarted quiverd exited $DRC on SIGTERM"'
+
+qv_finish
