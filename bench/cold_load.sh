@@ -28,18 +28,18 @@ if [ ! -f "$R/config.ini" ]; then
   "$Q" --root "$R" publish bench/cold "$W/model" --no-activate >/dev/null
   "$Q" --root "$R" demote bench/cold@v1 >/dev/null
 fi
-FILES=$(find "$R/cold/shards" -type f | sort | tr '\n' ':' | sed 's/:$//')
+SHARDS=$R/cold/shards   # fio reads every file below it (opendir)
 eval "$("$Q" --root "$R" status --json | python3 -c '
 import json,sys; d=json.load(sys.stdin); c=[t for t in d["tiers"] if t["tier"]=="cold"][0]
-print(f"STORED={c[\"used_bytes\"]} RAW={c[\"raw_bytes\"]}")')"
+print("STORED=%d RAW=%d" % (c["used_bytes"], c["raw_bytes"]))')"
 DROPPED=no
 drop() { sync; if echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then DROPPED=yes; fi; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 fio_r=(); q_r=()
 for r in $(seq "$REPS"); do
   drop
-  fio_r+=("$(fio --name=cold --filename="$FILES" --ioengine=io_uring --direct=1 --rw=read --bs=1M \
-    --iodepth=16 --file_service_type=sequential --output-format=json |
+  fio_r+=("$(fio --name=cold --opendir="$SHARDS" --ioengine=io_uring --direct=1 --rw=read --bs=1M \
+    --iodepth=16 --file_service_type=sequential --output-format=json | sed -n '/^{/,$p' |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"]/1e9)')")
   drop
   q_r+=("$("$Q" --root "$R" load bench/cold@v1 --device cpu --io direct --json |

@@ -28,7 +28,7 @@ fi
 if ! "$Q" --root "$W/store" show bench/model >/dev/null 2>&1; then
   "$Q" --root "$W/store" publish bench/model "$W/model" >/dev/null
 fi
-FILES=$(find "$W/store/shards" -type f | sort | tr '\n' ':' | sed 's/:$//')
+SHARDS=$W/store/shards   # fio reads every file below it (opendir)
 DROPPED=no
 drop() { sync; if echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then DROPPED=yes; fi; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -40,9 +40,9 @@ for qd in $QDS; do
     fio_r=(); q_r=(); first=()
     for r in $(seq "$REPS"); do
       drop
-      fio_r+=("$(fio --name=disk --filename="$FILES" --ioengine=io_uring --direct=1 --rw=read \
+      fio_r+=("$(fio --name=disk --opendir="$SHARDS" --ioengine=io_uring --direct=1 --rw=read \
         --bs="$(tobytes "$chunk")" --iodepth="$qd" --fixedbufs=1 --registerfiles=1 \
-        --file_service_type=sequential --output-format=json |
+        --file_service_type=sequential --output-format=json | sed -n '/^{/,$p' |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"]/1e9)')")
       drop
       out=$("$Q" --root "$W/store" load bench/model --device cpu --io direct --qd "$qd" \

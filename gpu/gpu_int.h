@@ -16,6 +16,7 @@ struct qv_sink {
 	const struct qv_sink_ops *ops;
 	uint64_t dest_bytes;
 	unsigned n_slots;
+	void *host_dest;       /* host sinks only */
 	char errmsg[256];
 };
 

@@ -31,6 +31,13 @@ int qv_sink_finish(qv_sink *k)
 	return k->ops->finish(k);
 }
 
+void *qv_sink_host_dest(const qv_sink *k, uint64_t *dest_bytes)
+{
+	if (dest_bytes)
+		*dest_bytes = k->dest_bytes;
+	return k->host_dest;
+}
+
 const char *qv_sink_errmsg(const qv_sink *k)
 {
 	return k ? k->errmsg : "";
@@ -86,6 +93,7 @@ int qv_sink_host_create(void *dest, uint64_t dest_bytes, unsigned n_slots, qv_si
 	h->base.dest_bytes = dest_bytes;
 	h->base.n_slots = n_slots;
 	h->dest = dest;
+	h->base.host_dest = dest;
 	*out = &h->base;
 	return 0;
 }

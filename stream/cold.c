@@ -27,6 +27,7 @@ struct job_done {
 	uint32_t frame;
 	unsigned buf;
 	int rc;
+	int in_place;  /* decoded straight into the host destination */
 };
 
 struct cold {
@@ -35,6 +36,8 @@ struct cold {
 	qv_sink *sink;
 	unsigned slot_base;
 	char *bufs;                 /* n_bufs pinned buffers of QV_CODEC_FRAME_MAX */
+	char *host;                 /* a host sink's destination: decode straight into it */
+	uint64_t host_bytes;
 	unsigned n_bufs;
 	pthread_mutex_t mu;
 	pthread_cond_t cv_free, cv_done;
@@ -109,16 +112,24 @@ static void *worker(void *arg)
 
 		struct qv__cold_target *ct = &c->t[t];
 		const struct qv_codec_frame *fr = &ct->hdr->frames[f];
+		uint64_t at = ct->dest_off + (uint64_t)f * ct->hdr->frame_bytes;
+		/* host destination: decode in place, no copy (frames never overlap) */
+		char *dst = c->host && at + fr->raw_bytes <= c->host_bytes
+		                    ? c->host + at
+		                    : c->bufs + (size_t)b * QV_CODEC_FRAME_MAX;
 		int rc = init_rc;
 		if (rc == 0)
 			rc = read_frame(ct, fr, rbuf);
 		if (rc == 0)
-			rc = qv_codec_frame_decode(ctx, fr, rbuf, fr->stored_bytes,
-			                           c->bufs + (size_t)b * QV_CODEC_FRAME_MAX,
-			                           QV_CODEC_FRAME_MAX, scratch, scratch_len);
+			rc = qv_codec_frame_decode(ctx, fr, rbuf, fr->stored_bytes, dst,
+			                           dst == c->bufs + (size_t)b * QV_CODEC_FRAME_MAX
+			                                   ? QV_CODEC_FRAME_MAX
+			                                   : fr->raw_bytes,
+			                           scratch, scratch_len);
+		int in_place = dst != c->bufs + (size_t)b * QV_CODEC_FRAME_MAX;
 
 		pthread_mutex_lock(&c->mu);
-		c->done[(c->dhead + c->dcount) % c->n_bufs] = (struct job_done){t, f, b, rc};
+		c->done[(c->dhead + c->dcount) % c->n_bufs] = (struct job_done){t, f, b, rc, in_place};
 		c->dcount++;
 		pthread_cond_signal(&c->cv_done);
 	}
@@ -137,6 +148,7 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sin
 {
 	struct cold c = {.t = t, .n = n, .sink = sink, .slot_base = slot_base, .bufs = bufs,
 	                 .n_bufs = n_bufs, .err = err, .errlen = errlen};
+	c.host = qv_sink_host_dest(sink, &c.host_bytes);
 	pthread_t th[QV_COLD_THREADS_MAX];
 	unsigned started = 0;
 	uint64_t frames_left = 0, done = done0;
@@ -186,7 +198,7 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sin
 			snprintf(err, errlen, "cold shard %s, frame %u: %s", ct->name, j.frame,
 			         j.rc == QV_ECORRUPT ? "damaged (checksum mismatch)" : strerror(-j.rc));
 			rc = j.rc == QV_ECORRUPT ? QV_ECORRUPT : j.rc;
-		} else {
+		} else if (!j.in_place) {
 			uint64_t off = ct->dest_off + (uint64_t)j.frame * ct->hdr->frame_bytes;
 			rc = qv_sink_put(sink, slot_base + j.buf, bufs + (size_t)j.buf * QV_CODEC_FRAME_MAX,
 			                 fr->raw_bytes, off);

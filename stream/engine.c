@@ -31,6 +31,8 @@ struct slot {
 	size_t req;        /* bytes asked for (aligned up for O_DIRECT) */
 	size_t got;        /* bytes read so far */
 	size_t best;       /* most bytes ever read into it (detects EOF on re-reads) */
+	char *buf;         /* the ring slot, or the destination itself (direct) */
+	int direct;
 };
 
 double qv__stream_now(void)
@@ -52,6 +54,8 @@ struct engine {
 	size_t n;
 	qv_sink *sink;
 	char *ring;
+	char *host;        /* a host sink's destination, when reads may go straight there */
+	uint64_t host_bytes;
 	struct slot *slots;
 	unsigned *fifo;    /* slots in submission order */
 	unsigned head, count;
@@ -75,8 +79,8 @@ static int submit_slot(struct engine *e, unsigned s)
 	 * re-read from the aligned position below what we have. */
 	size_t have = e->cfg->direct ? sl->got / QV_IO_ALIGN * QV_IO_ALIGN : sl->got;
 	sl->got = have;
-	char *buf = e->ring + (size_t)s * e->cfg->chunk_bytes + have;
-	int rc = e->be->submit(e->be, s, t, buf, sl->req - have, sl->off + have);
+	int rc = e->be->submit(e->be, s, t, sl->buf + have, sl->req - have, sl->off + have,
+	                       sl->direct);
 	if (rc) {
 		snprintf(e->err, e->errlen, "shard %s: cannot queue a read: %s", t->name, strerror(-rc));
 		sl->state = SLOT_READY; /* nothing in flight */
@@ -147,6 +151,14 @@ static int fill(struct engine *e)
 		sl->want = left < e->cfg->chunk_bytes ? (size_t)left : e->cfg->chunk_bytes;
 		sl->req = e->cfg->direct ? align_up(sl->want) : sl->want;
 		sl->got = sl->best = 0;
+		/* Host destination: read straight into place (no copy) when the
+		 * place is aligned for O_DIRECT and the aligned-up read stays
+		 * inside the destination (shards sit 4 KiB apart, so only the
+		 * very end of the arena can need the ring). */
+		uint64_t at = t->dest_off + sl->off;
+		sl->direct = e->host && at + sl->req <= e->host_bytes &&
+		             ((uintptr_t)(e->host + at) % QV_IO_ALIGN) == 0;
+		sl->buf = sl->direct ? e->host + at : e->ring + (size_t)s * e->cfg->chunk_bytes;
 		rc = submit_slot(e, (unsigned)s);
 		if (rc)
 			return rc;
@@ -173,7 +185,7 @@ static int drain(struct engine *e)
 		if (sl->state != SLOT_READY)
 			break;
 		const struct qv__target *t = &e->t[sl->target];
-		const char *buf = e->ring + (size_t)s * e->cfg->chunk_bytes;
+		const char *buf = sl->buf;
 		if (e->cfg->verify) {
 			if (e->hash_t != sl->target || sl->off == 0) {
 				XXH3_64bits_reset(e->xx);
@@ -186,7 +198,7 @@ static int drain(struct engine *e)
 				return QV_ECORRUPT;
 			}
 		}
-		int rc = qv_sink_put(e->sink, s, buf, sl->want, t->dest_off + sl->off);
+		int rc = sl->direct ? 0 : qv_sink_put(e->sink, s, buf, sl->want, t->dest_off + sl->off);
 		if (rc) {
 			snprintf(e->err, e->errlen, "shard %s: copy to destination: %s", t->name,
 			         rc == -ERANGE ? "out of range" : qv_sink_errmsg(e->sink));
@@ -261,6 +273,15 @@ int qv__engine_run(const struct qv__engine_cfg *cfg, struct qv__backend *be,
 	e.slots = calloc(cfg->qd, sizeof(*e.slots));
 	e.fifo = calloc(cfg->qd, sizeof(*e.fifo));
 	e.xx = cfg->verify ? XXH3_createState() : NULL;
+	e.host = qv_sink_host_dest(sink, &e.host_bytes);
+	/* Direct reads may write the whole last 4 KiB block of a shard: keep
+	 * them inside the bytes the plan uses, never past its end. */
+	uint64_t used = 0;
+	for (size_t i = 0; i < n; i++)
+		if (t[i].dest_off + t[i].size > used)
+			used = t[i].dest_off + t[i].size;
+	if (used < e.host_bytes)
+		e.host_bytes = used;
 	if (!e.slots || !e.fifo || (cfg->verify && !e.xx)) {
 		snprintf(err, errlen, "out of memory");
 		rc = -ENOMEM;

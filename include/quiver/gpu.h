@@ -83,6 +83,10 @@ int qv_sink_slot_busy(qv_sink *k, unsigned slot);
 int qv_sink_slot_wait(qv_sink *k, unsigned slot);
 /* Waits until every queued copy is done. */
 int qv_sink_finish(qv_sink *k);
+/* The destination of a host sink (where a read engine may put bytes
+ * directly, skipping the copy), or NULL for other sinks. */
+void *qv_sink_host_dest(const qv_sink *k, uint64_t *dest_bytes);
+
 /* The last error's description ("" if none). */
 const char *qv_sink_errmsg(const qv_sink *k);
 /* NULL is a no-op. Waits for queued copies first. */
