@@ -532,8 +532,10 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 	unsigned threads = 0;
 	if (p.n_cold) {
 		long cores = sysconf(_SC_NPROCESSORS_ONLN);
+		/* two workers a core: one decodes while the other waits for its read */
+		long want = 2 * (cores < 1 ? 1 : cores);
 		threads = o->decode_threads ? o->decode_threads
-		                            : (unsigned)(cores < 1 ? 1 : cores > DECODE_THREADS_MAX ? DECODE_THREADS_MAX : cores);
+		                            : (unsigned)(want > DECODE_THREADS_MAX ? DECODE_THREADS_MAX : want);
 		if (threads > QV_COLD_THREADS_MAX)
 			threads = QV_COLD_THREADS_MAX;
 		cold_len = (size_t)threads * COLD_BUFS_PER_THREAD * QV_CODEC_FRAME_MAX;

@@ -516,7 +516,7 @@ static void test_cold_load_stats(void **state)
 		         "cold v1 (io %s): cold_bytes %llu, bytes %llu, shard bytes %llu",
 		         lt_io_name(modes[k]), (unsigned long long)st->cold_bytes,
 		         (unsigned long long)st->bytes, (unsigned long long)raw);
-		LT_CHECK(st->decode_threads >= 1 && st->decode_threads <= 2, "decode_threads %u",
+		LT_CHECK(st->decode_threads >= 1 && st->decode_threads <= 8, "decode_threads %u",
 		         st->decode_threads);
 		LT_CHECK(st->tensors == lt_model_tensors(&e->m[0]), "tensors %llu",
 		         (unsigned long long)st->tensors);
