@@ -4,6 +4,7 @@
  * the arguments), calls one library function, and prints either a human
  * summary or, with --json, one JSON document on stdout. Errors are one line
  * on stderr. Exit codes: 0 ok, 1 failure, 2 usage, 3 integrity damage. */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1050,6 +1051,23 @@ static int cmd_status(int argc, char **argv)
 		close_store(s);
 		return rc;
 	}
+	/* the DRAM tier, when a daemon serves this store */
+	json_t *dram = NULL;
+	qv_client *cl;
+	if (!cli_in_daemon() && qv_client_connect(o.root, &cl) == 0) {
+		char *resp = NULL;
+		json_error_t jerr;
+		if (qv_client_call(cl, "{\"op\":\"dram\"}", &resp, NULL) == 0)
+			dram = json_loads(resp, 0, &jerr);
+		qv_client_free(resp);
+		qv_client_close(cl);
+		if (dram && !json_is_true(json_object_get(dram, "ok"))) {
+			json_decref(dram);
+			dram = NULL;
+		}
+		if (dram)
+			json_object_del(dram, "ok");
+	}
 	char a[32], b[32], d[32];
 	if (o.json) {
 		json_t *tiers = json_array();
@@ -1064,11 +1082,13 @@ static int cmd_status(int argc, char **argv)
 				                 (json_int_t)u->raw_bytes, "shards", (json_int_t)u->shards,
 				                 "versions", (json_int_t)u->versions));
 		}
-		cli_json_print(json_pack("{s:s, s:o, s:I, s:I, s:I, s:f, s:f}", "root", qv_store_root(s),
-		                         "tiers", tiers, "mixed_versions", (json_int_t)st.mixed_versions,
-		                         "saved_by_compression", (json_int_t)st.saved_by_compression,
-		                         "saved_by_dedup", (json_int_t)st.saved_by_dedup, "high", st.high,
-		                         "low", st.low));
+		cli_json_print(json_pack("{s:s, s:o, s:I, s:I, s:I, s:f, s:f, s:o}", "root",
+		                         qv_store_root(s), "tiers", tiers, "mixed_versions",
+		                         (json_int_t)st.mixed_versions, "saved_by_compression",
+		                         (json_int_t)st.saved_by_compression, "saved_by_dedup",
+		                         (json_int_t)st.saved_by_dedup, "high", st.high, "low", st.low,
+		                         "dram", dram ? dram : json_null()));
+		dram = NULL;
 	} else {
 		cli_printf("store %s\n", qv_store_root(s));
 		cli_printf("%-5s %-40s %12s %12s %8s %9s\n", "TIER", "FOLDER", "CAPACITY", "USED", "SHARDS",
@@ -1086,10 +1106,89 @@ static int cmd_status(int argc, char **argv)
 		       (unsigned long long)st.mixed_versions,
 		       cli_bytes(st.saved_by_compression, a, sizeof(a)),
 		       cli_bytes(st.saved_by_dedup, d, sizeof(d)));
+		if (dram) {
+			json_t *ents = json_object_get(dram, "entries");
+			cli_printf("dram  (quiverd)  %s of %s in %zu version%s:",
+			           cli_bytes((uint64_t)json_integer_value(json_object_get(dram, "used")), a,
+			                     sizeof(a)),
+			           cli_bytes((uint64_t)json_integer_value(json_object_get(dram, "capacity")),
+			                     b, sizeof(b)),
+			           json_array_size(ents), json_array_size(ents) == 1 ? "" : "s");
+			for (size_t i = 0; i < json_array_size(ents); i++)
+				cli_printf(" %s", json_string_value(
+				                          json_object_get(json_array_get(ents, i), "version")));
+			cli_printf("\n");
+		} else {
+			cli_printf("dram  no quiverd serves this store\n");
+		}
 	}
+	json_decref(dram);
 	close_store(s);
 	return EXIT_OK;
 }
+
+/* ---- the DRAM tier (through the daemon) ---------------------------------------------------------- */
+/* Sends one request to the daemon of o->root; *reply is the parsed answer. */
+static int daemon_request(const struct opts *o, json_t *req, json_t **reply)
+{
+	qv_client *cl;
+	char *txt = json_dumps(req, JSON_COMPACT), *resp = NULL;
+	json_decref(req);
+	*reply = NULL;
+	int rc = txt ? qv_client_connect(o->root, &cl) : -ENOMEM;
+	if (rc) {
+		free(txt);
+		if (rc == -ENOENT || rc == -ECONNREFUSED)
+			cli_error("no quiverd serves this store (start one with 'quiver serve --dram SIZE')");
+		else
+			cli_error("cannot reach quiverd: %s", qv_strerror(rc));
+		return EXIT_FAIL;
+	}
+	rc = qv_client_call(cl, txt, &resp, NULL);
+	qv_client_close(cl);
+	free(txt);
+	json_error_t jerr;
+	json_t *j = rc ? NULL : json_loads(resp, 0, &jerr);
+	qv_client_free(resp);
+	if (!j || !json_is_true(json_object_get(j, "ok"))) {
+		const char *msg = j ? json_string_value(json_object_get(j, "error")) : NULL;
+		cli_error("quiverd: %s", msg ? msg : rc ? qv_strerror(rc) : "bad reply");
+		int code = j && json_integer_value(json_object_get(j, "code")) == QV_ECORRUPT
+		                   ? EXIT_DAMAGE
+		                   : EXIT_FAIL;
+		json_decref(j);
+		return code;
+	}
+	*reply = j;
+	return EXIT_OK;
+}
+
+static int cmd_warm_cool(int argc, char **argv, int warm)
+{
+	PARSE(opt_json, 1, 1);
+	char buf[REF_BUF];
+	const char *model, *ref;
+	if (cli_split_ref(argv[first], buf, sizeof(buf), &model, &ref))
+		return usage_error(c, "bad MODEL[@REF] '%s'", argv[first]);
+	json_t *r;
+	int rc = daemon_request(&o, json_pack("{s:s, s:s, s:s}", "op", warm ? "warm" : "cool",
+	                                      "model", model, "ref", ref ? ref : "current"), &r);
+	if (rc)
+		return rc;
+	double secs = json_real_value(json_object_get(r, "seconds"));
+	if (o.json)
+		cli_json_print(json_pack("{s:s, s:s, s:s, s:f}", "model", model, "ref",
+		                         ref ? ref : "current", "action", warm ? "warm" : "cool",
+		                         "seconds", secs));
+	else
+		cli_printf("%s@%s %s the DRAM tier (%.2f s)\n", model, ref ? ref : "current",
+		           warm ? "is in" : "left", secs);
+	json_decref(r);
+	return EXIT_OK;
+}
+
+static int cmd_warm(int argc, char **argv) { return cmd_warm_cool(argc, argv, 1); }
+static int cmd_cool(int argc, char **argv) { return cmd_warm_cool(argc, argv, 0); }
 
 /* ---- serve ------------------------------------------------------------------------------------- */
 static int cmd_serve(int argc, char **argv)
@@ -1178,6 +1277,11 @@ static const struct cmd cmds[] = {
 	{"status", cmd_status, "quiver status [--json]",
 	 "Per tier: folder, capacity, bytes used, shards and versions held; versions\n"
 	 "split across tiers; bytes saved by compression and by dedup."},
+	{"warm", cmd_warm, "quiver warm MODEL[@REF] [--json]",
+	 "Load MODEL@REF into the daemon's pinned DRAM tier, from where loads into an\n"
+	 "engine's memory run at the PCIe link's rate (needs a running quiverd)."},
+	{"cool", cmd_cool, "quiver cool MODEL[@REF] [--json]",
+	 "Drop MODEL@REF from the daemon's DRAM tier."},
 	{"serve", cmd_serve, "quiver serve [--root DIR] [--dram SIZE] [--metrics-port N] [--no-warm]",
 	 "Run quiverd, the node daemon, in the foreground (see 'quiverd --help' and\n"
 	 "docs/DAEMON.md). While it runs, publish, activate, rollback, alias, rm, gc,\n"
