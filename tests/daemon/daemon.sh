@@ -100,6 +100,19 @@ t_no_daemon() {
 }
 soft t_no_daemon
 
+# quiver warm / cool / status go to the daemon's DRAM tier
+t_warm_cool() {
+	expect_ok q warm m@v1 --json
+	jcheck "$OUT_FILE" 'd["action"] == "warm"' "warm --json"
+	expect_ok q status --json
+	jcheck "$OUT_FILE" 'any(e["version"] == "m@v1" for e in d["dram"]["entries"])' "status does not show m@v1 in DRAM"
+	expect_ok q cool m@v1
+	expect_ok q status --json
+	jcheck "$OUT_FILE" 'not any(e["version"] == "m@v1" for e in d["dram"]["entries"])' "m@v1 still in DRAM after cool"
+	expect_rc 1 q cool m@v1
+}
+soft t_warm_cool
+
 # ---- protocol abuse --------------------------------------------------------------------------
 # hexframe MAGIC VERSION FLAGS LEN(- = real) PAYLOAD
 hexframe() {
