@@ -171,6 +171,17 @@ static int open_store(const struct opts *o, qv_store **s)
 	return 0;
 }
 
+/* Splits arg as MODEL[@REF] (need_ref: the @REF is required) into buf and
+ * opens the store. Returns -1 to go on, else the exit code to return. */
+static int ref_and_store(const struct cmd *c, const struct opts *o, const char *arg, int need_ref,
+                         char buf[REF_BUF], const char **model, const char **ref, qv_store **s)
+{
+	if (cli_split_ref(arg, buf, REF_BUF, model, ref) || (need_ref && !*ref))
+		return usage_error(c, need_ref ? "expected MODEL@REF, got '%s'" : "bad MODEL[@REF] '%s'",
+		                   arg);
+	return open_store(o, s) ? EXIT_FAIL : -1;
+}
+
 static const char *tier_name(int tier)
 {
 	return tier == QV_TIER_HOT ? "hot" : tier == QV_TIER_COLD ? "cold" : "mixed";
@@ -407,11 +418,9 @@ static int cmd_show(int argc, char **argv)
 	PARSE(opt_json, 1, 1);
 	char buf[REF_BUF];
 	const char *model, *ref;
-	if (cli_split_ref(argv[first], buf, sizeof(buf), &model, &ref))
-		return usage_error(c, "bad MODEL[@REF] '%s'", argv[first]);
 	qv_store *s;
-	if (open_store(&o, &s))
-		return EXIT_FAIL;
+	if ((pr = ref_and_store(c, &o, argv[first], 0, buf, &model, &ref, &s)) >= 0)
+		return pr;
 	qv_version *v;
 	int rc = qv_version_get(s, model, ref, QV_WITH_MANIFEST, &v);
 	if (rc) {
@@ -513,11 +522,9 @@ static int cmd_activate(int argc, char **argv)
 	PARSE(opt_json, 1, 1);
 	char buf[REF_BUF];
 	const char *model, *ref;
-	if (cli_split_ref(argv[first], buf, sizeof(buf), &model, &ref) || !ref)
-		return usage_error(c, "expected MODEL@REF, got '%s'", argv[first]);
 	qv_store *s;
-	if (open_store(&o, &s))
-		return EXIT_FAIL;
+	if ((pr = ref_and_store(c, &o, argv[first], 1, buf, &model, &ref, &s)) >= 0)
+		return pr;
 	qv_switch_result r;
 	double t0 = cli_now(), promo = 0;
 	int rc = qv_activate(s, model, ref, &r);
@@ -617,11 +624,9 @@ static int cmd_export(int argc, char **argv)
 	PARSE(opt_json, 2, 2);
 	char buf[REF_BUF];
 	const char *model, *ref;
-	if (cli_split_ref(argv[first], buf, sizeof(buf), &model, &ref))
-		return usage_error(c, "bad MODEL[@REF] '%s'", argv[first]);
 	qv_store *s;
-	if (open_store(&o, &s))
-		return EXIT_FAIL;
+	if ((pr = ref_and_store(c, &o, argv[first], 0, buf, &model, &ref, &s)) >= 0)
+		return pr;
 	cli_progress pg;
 	cli_progress_start(&pg, "export");
 	double t0 = cli_now();
@@ -725,11 +730,9 @@ static int cmd_rm(int argc, char **argv)
 	PARSE(extra, 1, 1);
 	char buf[REF_BUF];
 	const char *model, *ref;
-	if (cli_split_ref(argv[first], buf, sizeof(buf), &model, &ref) || !ref)
-		return usage_error(c, "expected MODEL@REF, got '%s'", argv[first]);
 	qv_store *s;
-	if (open_store(&o, &s))
-		return EXIT_FAIL;
+	if ((pr = ref_and_store(c, &o, argv[first], 1, buf, &model, &ref, &s)) >= 0)
+		return pr;
 	qv_free_result r;
 	int rc = qv_version_rm(s, model, ref, o.force, &r);
 	if (rc) {
@@ -934,11 +937,9 @@ static int cmd_pin_common(int argc, char **argv, int pin)
 	PARSE(NULL, 1, 1);
 	char buf[REF_BUF];
 	const char *model, *ref;
-	if (cli_split_ref(argv[first], buf, sizeof(buf), &model, &ref) || !ref)
-		return usage_error(c, "expected MODEL@REF, got '%s'", argv[first]);
 	qv_store *s;
-	if (open_store(&o, &s))
-		return EXIT_FAIL;
+	if ((pr = ref_and_store(c, &o, argv[first], 1, buf, &model, &ref, &s)) >= 0)
+		return pr;
 	int rc = qv_version_pin(s, model, ref, pin);
 	if (rc)
 		rc = cli_fail(s, rc);
@@ -974,11 +975,9 @@ static int cmd_migrate(int argc, char **argv, int demote)
 	PARSE(opt_json, 1, 1);
 	char buf[REF_BUF];
 	const char *model, *ref;
-	if (cli_split_ref(argv[first], buf, sizeof(buf), &model, &ref) || !ref)
-		return usage_error(c, "expected MODEL@REF, got '%s'", argv[first]);
 	qv_store *s;
-	if (open_store(&o, &s))
-		return EXIT_FAIL;
+	if ((pr = ref_and_store(c, &o, argv[first], 1, buf, &model, &ref, &s)) >= 0)
+		return pr;
 	qv_migrate_result m;
 	int rc = demote ? qv_tier_demote(s, model, ref, &m) : qv_tier_promote(s, model, ref, &m);
 	rc = rc ? cli_fail(s, rc) : print_migrate(&o, demote ? "demoted" : "promoted", model, ref, &m);
