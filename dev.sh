@@ -54,6 +54,7 @@ demo() {
   $Q export acme/llama "$D/export"
   diff -r "$D/llama-v1" "$D/export"
   $Q verify
+  $Q load acme/llama --verify
   $Q show acme/llama@canary --json | head -n 20
   { set +x; } 2>/dev/null
   echo "== demo ok: store in $D/store"
