@@ -55,7 +55,8 @@ demo() {
   diff -r "$D/llama-v1" "$D/export"
   $Q verify
   $Q load acme/llama --verify
-  $Q show acme/llama@canary --json | head -n 20
+  $Q show acme/llama@canary --json > "$D/show.json"
+  head -n 20 "$D/show.json"
   { set +x; } 2>/dev/null
   echo "== demo ok: store in $D/store"
 }
