@@ -133,6 +133,8 @@ int main(int argc, char **argv)
 		printf("(b) load_host swap from the DRAM tier: %.2f GB/s (%llu bytes, median of %d)\n", b_,
 		       (unsigned long long)bytes, reps);
 		printf("ratio (b)/(a): %.3f\n", b_ / a_);
+		free(swap);
+		free(lim);
 		return 0;
 	}
 #ifdef QUIVER_WITH_CUDA
@@ -211,6 +213,8 @@ int main(int argc, char **argv)
 	       b_, (double)bytes / b_ / 1e9, (unsigned long long)bytes, reps);
 	printf("ratio (b)/(a): %.3f (target >= 0.90)\n", b_ / a_);
 	cudaFree(d);
+	free(swap);
+	free(lim);
 	return 0;
 #else
 	fprintf(stderr, "daemon_bench: built without CUDA\n");
