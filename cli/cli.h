@@ -51,4 +51,7 @@ int cli_output_failed(void);
 
 double cli_now(void);
 
+/* "4M", "512k", "64GiB", "1048576" -> bytes; -1 on junk. */
+long long cli_parse_size(const char *arg);
+
 #endif

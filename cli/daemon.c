@@ -676,21 +676,6 @@ static void usage(FILE *f)
 	           "Runs in the foreground, logs to stderr; SIGTERM stops it cleanly.\n");
 }
 
-static long long parse_bytes(const char *a)
-{
-	char *end;
-	long long v = strtoll(a, &end, 10);
-	if (end == a || v < 0)
-		return -1;
-	switch (*end) {
-	case 'k': case 'K': v <<= 10; end++; break;
-	case 'm': case 'M': v <<= 20; end++; break;
-	case 'g': case 'G': v <<= 30; end++; break;
-	case 't': case 'T': v <<= 40; end++; break;
-	default: break;
-	}
-	return *end ? -1 : v;
-}
 
 int daemon_main(int argc, char **argv)
 {
@@ -710,13 +695,13 @@ int daemon_main(int argc, char **argv)
 		switch (ch) {
 		case 'r': root = optarg; break;
 		case 'd':
-			if ((dram = parse_bytes(optarg)) < 0) {
+			if ((dram = cli_parse_size(optarg)) < 0) {
 				fprintf(stderr, "quiverd: --dram needs a size like 64G\n");
 				return 2;
 			}
 			break;
 		case 'm':
-			if ((port = parse_bytes(optarg)) < 0 || port > 65535) {
+			if ((port = cli_parse_size(optarg)) < 0 || port > 65535) {
 				fprintf(stderr, "quiverd: --metrics-port needs a port number\n");
 				return 2;
 			}

@@ -763,23 +763,6 @@ static int cmd_gc(int argc, char **argv)
 }
 
 /* ---- load ------------------------------------------------------------------------------------- */
-/* "4M", "512k", "1048576" -> bytes; -1 on junk. */
-static long long parse_size(const char *arg)
-{
-	char *end;
-	long long v = strtoll(arg, &end, 10);
-	if (end == arg || v < 0)
-		return -1;
-	switch (*end) {
-	case 'k': case 'K': v <<= 10; end++; break;
-	case 'm': case 'M': v <<= 20; end++; break;
-	case 'g': case 'G': v <<= 30; end++; break;
-	default: break;
-	}
-	if (*end == 'i' || *end == 'B')
-		end += *end == 'i' && end[1] == 'B' ? 2 : 1;
-	return *end ? -1 : v;
-}
 
 static int cmd_load(int argc, char **argv)
 {
@@ -814,13 +797,13 @@ static int cmd_load(int argc, char **argv)
 			return usage_error(c, "--io must be auto, direct or buffered, not '%s'", o.io);
 	}
 	if (o.qd) {
-		long long v = parse_size(o.qd);
+		long long v = cli_parse_size(o.qd);
 		if (v < 1 || v > QV_LOAD_QD_MAX)
 			return usage_error(c, "--qd must be 1 to 256, not '%s'", o.qd);
 		lo.qd = (unsigned)v;
 	}
 	if (o.chunk) {
-		long long v = parse_size(o.chunk);
+		long long v = cli_parse_size(o.chunk);
 		if (v < QV_LOAD_CHUNK_MIN || v > QV_LOAD_CHUNK_MAX || v % 4096)
 			return usage_error(c, "--chunk must be a multiple of 4 KiB from 64K to 64M, not '%s'",
 			                   o.chunk);
@@ -897,7 +880,7 @@ static int cmd_init(int argc, char **argv)
 	qv_store_config cfg = {.hot_dir = o.hot, .cold_dir = o.cold, .high = 0.90, .low = 0.75};
 	char *end;
 	if (o.capacity) {
-		long long v = parse_size(o.capacity);
+		long long v = cli_parse_size(o.capacity);
 		if (v < 0)
 			return usage_error(c, "--hot-capacity must be a size like 500G, not '%s'", o.capacity);
 		cfg.hot_capacity = (uint64_t)v;

@@ -180,3 +180,21 @@ void cli_json_print(json_t *j)
 	}
 	json_decref(j);
 }
+
+long long cli_parse_size(const char *arg)
+{
+	char *end;
+	long long v = strtoll(arg, &end, 10);
+	if (end == arg || v < 0)
+		return -1;
+	switch (*end) {
+	case 'k': case 'K': v <<= 10; end++; break;
+	case 'm': case 'M': v <<= 20; end++; break;
+	case 'g': case 'G': v <<= 30; end++; break;
+	case 't': case 'T': v <<= 40; end++; break;
+	default: break;
+	}
+	if (*end == 'i' || *end == 'B')
+		end += *end == 'i' && end[1] == 'B' ? 2 : 1;
+	return *end ? -1 : v;
+}
