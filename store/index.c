@@ -215,6 +215,16 @@ int qv__txn_begin(qv_store *s, unsigned flags, MDB_txn **txn)
 	return rc ? qv__mdb_fail(s, rc, "begin transaction") : 0;
 }
 
+int qv__txn_end(qv_store *s, MDB_txn *txn, int rc)
+{
+	if (rc) {
+		mdb_txn_abort(txn);
+		return rc;
+	}
+	rc = mdb_txn_commit(txn);
+	return rc ? qv__mdb_fail(s, rc, "commit") : 0;
+}
+
 /* ---- locks ----------------------------------------------------------------- */
 int qv__lock_shared(qv_store *s)
 {

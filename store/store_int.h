@@ -159,6 +159,8 @@ int qv__manifest_load(qv_store *s, MDB_txn *txn, const uint8_t digest[QV_DIGEST_
 
 /* Begins a write transaction (retrying a full map is the caller's concern). */
 int qv__txn_begin(qv_store *s, unsigned flags, MDB_txn **txn);
+/* Ends txn: commits it if rc is 0, else aborts it. Returns the outcome. */
+int qv__txn_end(qv_store *s, MDB_txn *txn, int rc);
 
 /* ---- shard files ------------------------------------------------------------- */
 /* Path of the shard file of d in buf (PATH_MAX). */

@@ -568,15 +568,7 @@ int qv_alias_set(qv_store *s, const char *model, const char *name, const char *r
 	rc = qv__resolve(s, txn, model, ref, label);
 	if (rc == 0)
 		rc = qv__alias_put(s, txn, model, name, label, "alias");
-	if (rc == 0) {
-		rc = mdb_txn_commit(txn);
-		txn = NULL;
-		if (rc)
-			rc = qv__mdb_fail(s, rc, "commit");
-	}
-	if (txn)
-		mdb_txn_abort(txn);
-	return rc;
+	return qv__txn_end(s, txn, rc);
 }
 
 int qv_alias_rm(qv_store *s, const char *model, const char *name)
@@ -601,15 +593,7 @@ int qv_alias_rm(qv_store *s, const char *model, const char *name)
 		rc = qv__err(s, rc, "%s: no alias '%s'", model, name);
 	if (rc == 0)
 		rc = qv__alias_put(s, txn, model, name, "", "alias");
-	if (rc == 0) {
-		rc = mdb_txn_commit(txn);
-		txn = NULL;
-		if (rc)
-			rc = qv__mdb_fail(s, rc, "commit");
-	}
-	if (txn)
-		mdb_txn_abort(txn);
-	return rc;
+	return qv__txn_end(s, txn, rc);
 }
 
 /* ---- removing a version ---------------------------------------------------------- */
@@ -795,15 +779,7 @@ static int version_update(qv_store *s, const char *model, const char *ref, int p
 			rec.last_load_ns = qv__now_ns();
 		rc = qv__version_rec_put(s, txn, model, label, &rec);
 	}
-	if (rc == 0) {
-		rc = mdb_txn_commit(txn);
-		txn = NULL;
-		if (rc)
-			rc = qv__mdb_fail(s, rc, "commit");
-	}
-	if (txn)
-		mdb_txn_abort(txn);
-	return rc;
+	return qv__txn_end(s, txn, rc);
 }
 
 int qv_version_pin(qv_store *s, const char *model, const char *ref, int pinned)
