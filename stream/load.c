@@ -468,6 +468,7 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 	double t0 = qv__stream_now();
 	struct plan p = {0};
 	qv_sink *sink = NULL;
+	struct qv__prefault *pf = NULL;
 	char *ring = NULL, *cold_bufs = NULL;
 	int pinned = 0, cold_pinned = 0;
 	size_t cold_len = 0;
@@ -515,6 +516,8 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 		goto out;
 	if (!l->owns_arena)
 		l->stats.arena_bytes = dest_bytes;
+	if (o->device == QV_DEVICE_CPU)
+		qv__prefault_start(l->arena, p.arena_bytes, &pf); /* best effort */
 
 	int direct = o->io != QV_IO_BUFFERED;
 	rc = open_targets(s, &p, direct);
@@ -573,6 +576,8 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 		rc = run_cold(s, o, &p, sink, qd, threads, cold_bufs, &l->stats, qv__stream_now() - t0);
 	if (rc == 0 && qv_sink_finish(sink))
 		rc = qv_store_fail(s, -EIO, "%s", qv_sink_errmsg(sink));
+	qv__prefault_stop(pf);
+	pf = NULL;
 	if (rc)
 		goto out;
 	for (size_t i = 0; i < l->n_tensors; i++)
@@ -584,6 +589,7 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 	l->stats.chunk_bytes = chunk;
 	l->stats.seconds = qv__stream_now() - t0;
 out:
+	qv__prefault_stop(pf);
 	qv_sink_destroy(sink);
 	qv_pinned_free(ring, (size_t)qd * chunk, pinned);
 	qv_pinned_free(cold_bufs, cold_len, cold_pinned);
