@@ -179,6 +179,46 @@ static void test_frame_lengths(void **state)
 	free(src);
 }
 
+/* Every bit pattern survives the plane split and merge (the merge has a
+ * vector path and a scalar tail): weights with every 16-bit pattern, or
+ * random 32-bit ones, set into every 37th value, at lengths that end the
+ * vector loop at each offset. */
+static void test_frame_all_patterns(void **state)
+{
+	const size_t len = 2 * MIB;
+	struct qv_codec_ctx *ctx;
+	unsigned char *src = malloc(len);
+
+	(void)state;
+	assert_non_null(src);
+	assert_int_equal(qv_codec_ctx_create(&ctx), 0);
+	for (size_t d = 0; d < 3; d++) {
+		enum qv_codec_dtype dt = (enum qv_codec_dtype[]){ QV_CODEC_BF16, QV_CODEC_F16,
+								  QV_CODEC_F32 }[d];
+		size_t elem = dt == QV_CODEC_F32 ? 4 : 2, n = len / elem;
+		uint32_t pattern = 0;
+
+		fill_weights(dt, src, len);
+		for (size_t i = 0; i < n; i += 37) {
+			if (elem == 2) {
+				uint16_t v = (uint16_t)pattern++;
+				memcpy(src + 2 * i, &v, 2);
+			} else {
+				uint32_t v = (uint32_t)(rng_next() >> 32);
+				memcpy(src + 4 * i, &v, 4);
+			}
+		}
+		for (size_t cut = 0; cut < 33; cut++) {
+			struct qv_codec_frame f;
+
+			frame_round_trip(ctx, dt, src, len - cut * elem - (cut & 1), &f);
+			assert_int_not_equal(f.method, QV_CODEC_METHOD_RAW);
+		}
+	}
+	qv_codec_ctx_destroy(ctx);
+	free(src);
+}
+
 /* Planes must pay: realistic BF16 shrinks well below plain zstd. */
 static void test_frame_planes_pay(void **state)
 {
@@ -677,6 +717,7 @@ int main(void)
 		cmocka_unit_test_setup(test_dtype_names, setup),
 		cmocka_unit_test_setup(test_frame_lengths, setup),
 		cmocka_unit_test_setup(test_frame_planes_pay, setup),
+		cmocka_unit_test_setup(test_frame_all_patterns, setup),
 		cmocka_unit_test_setup(test_frame_bad_args, setup),
 		cmocka_unit_test_setup(test_frame_corrupt, setup),
 		cmocka_unit_test_setup(test_file_round_trip, setup),
