@@ -237,7 +237,7 @@ static uint64_t load_check(struct env *e, int i, const char *ref, unsigned threa
 	LT_CHECK(cold <= st->bytes, "%s: cold_bytes %llu > bytes %llu", what,
 	         (unsigned long long)cold, (unsigned long long)st->bytes);
 	if (cold)
-		LT_CHECK(st->decode_threads >= 1 && st->decode_threads <= (threads ? threads : 8),
+		LT_CHECK(st->decode_threads >= 1 && st->decode_threads <= (threads ? threads : 16),
 		         "%s: decode_threads %u", what, st->decode_threads);
 	qv_load_destroy(l);
 	return cold;
