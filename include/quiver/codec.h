@@ -83,6 +83,7 @@ enum qv_codec_method {
 	QV_CODEC_METHOD_BF16_PLANES = 2, /* zstd of the BF16 planes */
 	QV_CODEC_METHOD_F16_PLANES = 3,  /* zstd of the F16 planes */
 	QV_CODEC_METHOD_F32_PLANES = 4,  /* zstd of the F32 byte planes */
+	QV_CODEC_METHOD_BF16_PAIRS = 5,  /* BF16 with exponents as ranked 4-bit codes, paired */
 };
 
 /* One frame table entry. */

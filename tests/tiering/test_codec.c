@@ -213,10 +213,72 @@ static void test_frame_all_patterns(void **state)
 
 			frame_round_trip(ctx, dt, src, len - cut * elem - (cut & 1), &f);
 			assert_int_not_equal(f.method, QV_CODEC_METHOD_RAW);
+			if (dt == QV_CODEC_BF16) /* with escapes: the patterns' exponents */
+				assert_int_equal(f.method, QV_CODEC_METHOD_BF16_PAIRS);
 		}
 	}
 	qv_codec_ctx_destroy(ctx);
 	free(src);
+}
+
+/* A BF16 pairs frame whose head lies (escape count, codes in use, plane
+ * lengths) or whose codes name no exponent is refused, never decoded into
+ * wrong bytes reported as good. */
+static void test_pairs_lies(void **state)
+{
+	const size_t len = MIB + 1;
+	size_t scratch_len = qv_codec_scratch_bytes(len);
+	unsigned char *src = malloc(len), *stored = malloc(len), *work = malloc(len),
+		      *back = malloc(len), *scratch = malloc(scratch_len);
+	struct qv_codec_ctx *ctx;
+	struct qv_codec_frame f;
+	uint32_t ne;
+
+	(void)state;
+	assert_true(src && stored && work && back && scratch);
+	assert_int_equal(qv_codec_ctx_create(&ctx), 0);
+	fill_weights(QV_CODEC_BF16, src, len);
+	for (size_t i = 0; i + 2 <= len; i += 2 * 97) { /* rare exponents: escapes */
+		uint16_t v = (uint16_t)(((i / 194) % 40 + 30) << 7);
+		memcpy(src + i, &v, 2);
+	}
+	assert_int_equal(qv_codec_frame_encode(ctx, QV_CODEC_BF16, 0, src, len, stored, len, scratch,
+					       scratch_len, &f),
+			 0);
+	assert_int_equal(f.method, QV_CODEC_METHOD_BF16_PAIRS);
+	memcpy(&ne, stored + 12, 4);
+	assert_true(ne > 0);
+	/* field offset, value: each a lie */
+	const struct { size_t at; uint32_t v; } lies[] = {
+		{ 12, ne + 1 }, { 12, ne - 1 }, { 12, 0 }, { 12, 0xffffffffu },
+		{ 0, 0 }, { 4, 0 }, { 8, 0xffffffffu }, { 0, 0x7fffffffu },
+	};
+	for (size_t k = 0; k < sizeof(lies) / sizeof(lies[0]); k++) {
+		memcpy(work, stored, f.stored_bytes);
+		memcpy(work + lies[k].at, &lies[k].v, 4);
+		assert_int_not_equal(qv_codec_frame_decode(ctx, &f, work, f.stored_bytes, back, len,
+							   scratch, scratch_len),
+				     0);
+	}
+	/* fewer codes in use than the plane's bytes name; more than 15 */
+	for (unsigned count = 0; count <= 16; count += 16) {
+		memcpy(work, stored, f.stored_bytes);
+		work[31] = (unsigned char)count;
+		assert_int_not_equal(qv_codec_frame_decode(ctx, &f, work, f.stored_bytes, back, len,
+							   scratch, scratch_len),
+				     0);
+	}
+	memcpy(work, stored, f.stored_bytes);
+	assert_int_equal(qv_codec_frame_decode(ctx, &f, work, f.stored_bytes, back, len, scratch,
+					       scratch_len),
+			 0);
+	assert_memory_equal(back, src, len);
+	qv_codec_ctx_destroy(ctx);
+	free(src);
+	free(stored);
+	free(work);
+	free(back);
+	free(scratch);
 }
 
 /* Planes must pay: realistic BF16 shrinks well below plain zstd. */
@@ -233,9 +295,17 @@ static void test_frame_planes_pay(void **state)
 	fill_weights(QV_CODEC_BF16, src, len);
 	frame_round_trip(ctx, QV_CODEC_BF16, src, len, &planes);
 	frame_round_trip(ctx, QV_CODEC_PLAIN, src, len, &plain);
-	assert_int_equal(planes.method, QV_CODEC_METHOD_BF16_PLANES);
+	assert_int_equal(planes.method, QV_CODEC_METHOD_BF16_PAIRS);
 	assert_true(planes.stored_bytes < plain.stored_bytes);
 	assert_true(planes.stored_bytes < len * 3 / 4);
+	/* exponents spread over 64 values: too many escapes for pairs, the
+	 * frame keeps the plain planes (the mantissa is what compresses) */
+	for (size_t i = 0; i + 2 <= len; i += 2) {
+		uint16_t v = (uint16_t)(((rng_next() >> 40) % 64 + 96) << 7 | (rng_next() >> 60));
+		memcpy(src + i, &v, 2);
+	}
+	frame_round_trip(ctx, QV_CODEC_BF16, src, len, &planes);
+	assert_int_equal(planes.method, QV_CODEC_METHOD_BF16_PLANES);
 	fill_weights(QV_CODEC_F16, src, len);
 	frame_round_trip(ctx, QV_CODEC_F16, src, len, &planes);
 	assert_int_equal(planes.method, QV_CODEC_METHOD_F16_PLANES);
@@ -718,6 +788,7 @@ int main(void)
 		cmocka_unit_test_setup(test_frame_lengths, setup),
 		cmocka_unit_test_setup(test_frame_planes_pay, setup),
 		cmocka_unit_test_setup(test_frame_all_patterns, setup),
+		cmocka_unit_test_setup(test_pairs_lies, setup),
 		cmocka_unit_test_setup(test_frame_bad_args, setup),
 		cmocka_unit_test_setup(test_frame_corrupt, setup),
 		cmocka_unit_test_setup(test_file_round_trip, setup),
