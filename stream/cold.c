@@ -1,13 +1,17 @@
-/* The cold read path: compressed frames -> decode workers -> sink.
+/* The cold read path: compressed frames -> readers -> decoders -> sink.
  *
  * A cold shard is a file of independent frames (tiering's codec), each 4 KiB
- * aligned and checksummed. A bounded pool of workers takes frames in order,
- * reads each one with O_DIRECT (falling back to buffered reads where the
- * file system refuses it), decodes it into a pinned buffer from a small pool
- * and hands it to the calling thread, which alone talks to the sink (the
- * sink is single-threaded). Frames are independent, so their order of
- * arrival does not matter; every frame's XXH3 is checked by the decoder, so
- * damaged bytes never reach the destination as good data. */
+ * aligned and checksummed. COLD_READS reader threads take frames in order
+ * and read each one with O_DIRECT (falling back to buffered reads where the
+ * file system refuses it) into a read buffer of their own; a pool of decode
+ * workers, one per core by default, decodes read frames straight into a
+ * host destination, or into a pinned buffer from a small pool that the
+ * calling thread, which alone talks to the sink (the sink is
+ * single-threaded), hands on (CUDA). Reads and decodes are separate so the
+ * disk always has COLD_READS frames asked for while every core decodes.
+ * Frames are independent, so their order of arrival does not matter; every
+ * frame's XXH3 is checked by the decoder, so damaged bytes never reach the
+ * destination as good data. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -22,12 +26,23 @@
 
 #define READ_BUF (QV_CODEC_FRAME_MAX + QV_CODEC_ALIGN)
 
+/* Frames read ahead: reader threads, each with a read buffer. As many bytes
+ * in flight as the hot path's 16 reads of 1 MiB, whatever the decoders do. */
+#define COLD_READS 16u
+
 struct job_done {
 	size_t target;
 	uint32_t frame;
 	unsigned buf;
 	int rc;
 	int in_place;  /* decoded straight into the host destination */
+};
+
+struct job_read {
+	size_t target;
+	uint32_t frame;
+	unsigned rbuf;
+	int rc;        /* of the read */
 };
 
 struct cold {
@@ -39,19 +54,22 @@ struct cold {
 	char *host;                 /* a host sink's destination: decode straight into it */
 	uint64_t host_bytes;
 	unsigned n_bufs;
+	char *rbufs;                /* COLD_READS read buffers of READ_BUF */
 	pthread_mutex_t mu;
-	pthread_cond_t cv_free, cv_done;
+	pthread_cond_t cv_free, cv_done, cv_rfree, cv_read;
 	unsigned *free_list, n_free;
 	struct job_done *done;      /* ring of n_bufs */
 	unsigned dhead, dcount;
-	size_t next_t;              /* next frame to hand out */
+	unsigned rfree[COLD_READS], n_rfree;
+	struct job_read read[COLD_READS]; /* ring: frames read, not yet decoding */
+	unsigned rhead, rcount;
+	size_t next_t;              /* next frame to read */
 	uint32_t next_f;
+	uint64_t frames_total, frames_taken; /* taken: by a decoder */
 	int stop;
-	char *err;
-	size_t errlen;
 };
 
-/* Next job, or 0 if none left / stopping. Called with mu held. */
+/* Next frame to read, or 0 if none left / stopping. Called with mu held. */
 static int take_job(struct cold *c, size_t *t, uint32_t *f)
 {
 	while (c->next_t < c->n && c->next_f >= c->t[c->next_t].hdr->frame_count) {
@@ -69,6 +87,7 @@ static int read_frame(struct qv__cold_target *ct, const struct qv_codec_frame *f
 {
 	size_t len = (size_t)qv_codec_align(fr->stored_bytes);
 	int fd = ct->direct_fd >= 0 ? ct->direct_fd : ct->fd;
+
 	for (size_t got = 0; got < fr->stored_bytes;) {
 		ssize_t r = pread(fd, rbuf + got, len - got, (off_t)(fr->offset + got));
 		if (r < 0 && errno == EINVAL && fd == ct->direct_fd) {
@@ -88,21 +107,52 @@ static int read_frame(struct qv__cold_target *ct, const struct qv_codec_frame *f
 	return 0;
 }
 
-static void *worker(void *arg)
+/* A reader: reads frames in order into free read buffers. */
+static void *reader(void *arg)
+{
+	struct cold *c = arg;
+	size_t t;
+	uint32_t f;
+
+	pthread_mutex_lock(&c->mu);
+	while (take_job(c, &t, &f)) {
+		while (c->n_rfree == 0 && !c->stop)
+			pthread_cond_wait(&c->cv_rfree, &c->mu);
+		if (c->stop)
+			break;
+		unsigned rb = c->rfree[--c->n_rfree];
+		pthread_mutex_unlock(&c->mu);
+		int rc = read_frame(&c->t[t], &c->t[t].hdr->frames[f], c->rbufs + (size_t)rb * READ_BUF);
+		pthread_mutex_lock(&c->mu);
+		c->read[(c->rhead + c->rcount) % COLD_READS] = (struct job_read){ t, f, rb, rc };
+		c->rcount++;
+		pthread_cond_signal(&c->cv_read);
+	}
+	pthread_mutex_unlock(&c->mu);
+	return NULL;
+}
+
+/* A decoder: decodes frames read, in place into a host destination or
+ * into a buffer the calling thread hands to the sink. */
+static void *decoder(void *arg)
 {
 	struct cold *c = arg;
 	struct qv_codec_ctx *ctx = NULL;
 	size_t scratch_len = qv_codec_scratch_bytes(QV_CODEC_FRAME_MAX);
 	char *scratch = malloc(scratch_len);
-	char *rbuf = mmap(NULL, READ_BUF, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	int init_rc = (scratch && rbuf != MAP_FAILED) ? qv_codec_ctx_create(&ctx) : -ENOMEM;
+	int init_rc = scratch ? qv_codec_ctx_create(&ctx) : -ENOMEM;
 
 	pthread_mutex_lock(&c->mu);
 	for (;;) {
-		size_t t;
-		uint32_t f;
-		if (!take_job(c, &t, &f))
-			break;
+		while (c->rcount == 0 && !c->stop && c->frames_taken < c->frames_total)
+			pthread_cond_wait(&c->cv_read, &c->mu);
+		if (c->stop || c->rcount == 0)
+			break; /* stopping, or every frame is taken */
+		struct job_read r = c->read[c->rhead];
+		c->rhead = (c->rhead + 1) % COLD_READS;
+		c->rcount--;
+		if (++c->frames_taken == c->frames_total)
+			pthread_cond_broadcast(&c->cv_read); /* the other decoders can end */
 		while (c->n_free == 0 && !c->stop)
 			pthread_cond_wait(&c->cv_free, &c->mu);
 		if (c->stop)
@@ -110,34 +160,30 @@ static void *worker(void *arg)
 		unsigned b = c->free_list[--c->n_free];
 		pthread_mutex_unlock(&c->mu);
 
-		struct qv__cold_target *ct = &c->t[t];
-		const struct qv_codec_frame *fr = &ct->hdr->frames[f];
-		uint64_t at = ct->dest_off + (uint64_t)f * ct->hdr->frame_bytes;
+		struct qv__cold_target *ct = &c->t[r.target];
+		const struct qv_codec_frame *fr = &ct->hdr->frames[r.frame];
+		uint64_t at = ct->dest_off + (uint64_t)r.frame * ct->hdr->frame_bytes;
+		char *own = c->bufs + (size_t)b * QV_CODEC_FRAME_MAX;
 		/* host destination: decode in place, no copy (frames never overlap) */
-		char *dst = c->host && at + fr->raw_bytes <= c->host_bytes
-		                    ? c->host + at
-		                    : c->bufs + (size_t)b * QV_CODEC_FRAME_MAX;
-		int rc = init_rc;
-		if (rc == 0)
-			rc = read_frame(ct, fr, rbuf);
-		if (rc == 0)
-			rc = qv_codec_frame_decode(ctx, fr, rbuf, fr->stored_bytes, dst,
-			                           dst == c->bufs + (size_t)b * QV_CODEC_FRAME_MAX
-			                                   ? QV_CODEC_FRAME_MAX
-			                                   : fr->raw_bytes,
-			                           scratch, scratch_len);
-		int in_place = dst != c->bufs + (size_t)b * QV_CODEC_FRAME_MAX;
+		char *dst = c->host && at + fr->raw_bytes <= c->host_bytes ? c->host + at : own;
+		int rc = r.rc ? r.rc : init_rc;
 
+		if (rc == 0)
+			rc = qv_codec_frame_decode(ctx, fr, c->rbufs + (size_t)r.rbuf * READ_BUF,
+			                           fr->stored_bytes, dst,
+			                           dst == own ? QV_CODEC_FRAME_MAX : fr->raw_bytes,
+			                           scratch, scratch_len);
 		pthread_mutex_lock(&c->mu);
-		c->done[(c->dhead + c->dcount) % c->n_bufs] = (struct job_done){t, f, b, rc, in_place};
+		c->rfree[c->n_rfree++] = r.rbuf;
+		pthread_cond_signal(&c->cv_rfree);
+		c->done[(c->dhead + c->dcount) % c->n_bufs] =
+			(struct job_done){ r.target, r.frame, b, rc, dst != own };
 		c->dcount++;
 		pthread_cond_signal(&c->cv_done);
 	}
 	pthread_mutex_unlock(&c->mu);
 	qv_codec_ctx_destroy(ctx);
 	free(scratch);
-	if (rbuf != MAP_FAILED)
-		munmap(rbuf, READ_BUF);
 	return NULL;
 }
 
@@ -147,40 +193,52 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sin
                  char *err, size_t errlen)
 {
 	struct cold c = {.t = t, .n = n, .sink = sink, .slot_base = slot_base, .bufs = bufs,
-	                 .n_bufs = n_bufs, .err = err, .errlen = errlen};
+	                 .n_bufs = n_bufs};
 	c.host = qv_sink_host_dest(sink, &c.host_bytes);
-	pthread_t th[QV_COLD_THREADS_MAX];
-	unsigned started = 0;
+	pthread_t th[QV_COLD_THREADS_MAX + COLD_READS];
+	unsigned started = 0, decoders = 0, readers = 0;
 	uint64_t frames_left = 0, done = done0;
 	size_t *left = calloc(n ? n : 1, sizeof(size_t));
+	size_t rbufs_len = (size_t)COLD_READS * READ_BUF;
 	double t0 = qv__stream_now();
 	int rc = 0;
 
 	c.free_list = malloc(n_bufs * sizeof(unsigned));
 	c.done = malloc(n_bufs * sizeof(*c.done));
-	if (!c.free_list || !c.done || !left) {
+	c.rbufs = mmap(NULL, rbufs_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (c.rbufs == MAP_FAILED)
+		c.rbufs = NULL;
+	if (!c.free_list || !c.done || !left || !c.rbufs) {
 		snprintf(err, errlen, "out of memory");
 		rc = -ENOMEM;
 		goto out;
 	}
 	for (unsigned i = 0; i < n_bufs; i++)
 		c.free_list[c.n_free++] = i;
+	for (unsigned i = 0; i < COLD_READS; i++)
+		c.rfree[c.n_rfree++] = i;
 	for (size_t i = 0; i < n; i++) {
 		left[i] = t[i].hdr->frame_count;
 		frames_left += left[i];
 	}
+	c.frames_total = frames_left;
 	pthread_mutex_init(&c.mu, NULL);
 	pthread_cond_init(&c.cv_free, NULL);
 	pthread_cond_init(&c.cv_done, NULL);
+	pthread_cond_init(&c.cv_rfree, NULL);
+	pthread_cond_init(&c.cv_read, NULL);
 	if (n_threads < 1)
 		n_threads = 1;
 	if (n_threads > QV_COLD_THREADS_MAX)
 		n_threads = QV_COLD_THREADS_MAX;
-	for (; started < n_threads; started++)
-		if (pthread_create(&th[started], NULL, worker, &c) != 0)
+	for (; decoders < n_threads; decoders++, started++)
+		if (pthread_create(&th[started], NULL, decoder, &c) != 0)
 			break;
-	if (started == 0) {
-		snprintf(err, errlen, "cannot start decode threads");
+	for (; decoders > 0 && readers < COLD_READS; readers++, started++)
+		if (pthread_create(&th[started], NULL, reader, &c) != 0)
+			break;
+	if (decoders == 0 || readers == 0) {
+		snprintf(err, errlen, "cannot start the cold read and decode threads");
 		rc = -EAGAIN;
 	}
 	while (rc == 0 && frames_left > 0) {
@@ -226,13 +284,19 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sin
 	pthread_mutex_lock(&c.mu);
 	c.stop = 1;
 	pthread_cond_broadcast(&c.cv_free);
+	pthread_cond_broadcast(&c.cv_rfree);
+	pthread_cond_broadcast(&c.cv_read);
 	pthread_mutex_unlock(&c.mu);
 	for (unsigned i = 0; i < started; i++)
 		pthread_join(th[i], NULL);
 	pthread_cond_destroy(&c.cv_free);
 	pthread_cond_destroy(&c.cv_done);
+	pthread_cond_destroy(&c.cv_rfree);
+	pthread_cond_destroy(&c.cv_read);
 	pthread_mutex_destroy(&c.mu);
 out:
+	if (c.rbufs)
+		munmap(c.rbufs, rbufs_len);
 	free(left);
 	free(c.free_list);
 	free(c.done);

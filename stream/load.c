@@ -26,12 +26,7 @@
 #define DEFAULT_CHUNK (1u << 20)
 #define DEFAULT_STREAMS 4u
 #define CACHED_ENOUGH 0.9
-/* Decode workers: each reads its frame, then decodes it, so the workers are
- * also the cold path's queue depth. At least DECODE_THREADS_MIN keep about
- * as many bytes in flight as the hot path's 16 reads of 1 MiB (12 frames of
- * ~1.4 MB stored); a blocked reader holds no core. 2-vCPU box, 5 interleaved
- * runs each, GB/s raw: 4 workers 1.24, 8 1.41, 12 1.51, 16 1.46. */
-#define DECODE_THREADS_MIN 12u
+/* Decode workers: one per core (cold.c reads ahead on threads of its own). */
 #define DECODE_THREADS_MAX 16u
 #define COLD_BUFS_PER_THREAD 2u
 
@@ -541,10 +536,7 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 	unsigned threads = 0;
 	if (p.n_cold) {
 		long cores = sysconf(_SC_NPROCESSORS_ONLN);
-		/* two workers a core at least: one decodes while the other reads */
-		long want = 2 * (cores < 1 ? 1 : cores);
-		if (want < (long)DECODE_THREADS_MIN)
-			want = DECODE_THREADS_MIN;
+		long want = cores < 1 ? 1 : cores;
 		threads = o->decode_threads ? o->decode_threads
 		                            : (unsigned)(want > DECODE_THREADS_MAX ? DECODE_THREADS_MAX : want);
 		if (threads > QV_COLD_THREADS_MAX)
