@@ -45,6 +45,17 @@
  * frame (a plane is compressed only if that saves 1/64 of it), then the
  * tail bytes. Method ZSTD frames are one zstd frame of the raw bytes.
  *
+ * BF16 pairs (method BF16_PAIRS): each exponent becomes a 4-bit code: 0-14
+ * name the frame's 15 most frequent exponents, 15 an escape. Stored bytes:
+ * u32 stored length of the code plane, of the sign+mantissa plane and of the
+ * escape plane; u32 escape count; 16 bytes: the exponents of codes 0-14 and
+ * the number of codes in use (a code at or past it is invalid); then the
+ * code plane (ceil(values / 2) bytes, value 2i in the low nibble of byte i,
+ * value 2i+1 in the high one, a last high nibble 0), the sign+mantissa plane
+ * (as above), the escape plane (the exponents coded 15, in order; escape
+ * count bytes), each raw when its stored length is its raw length, else one
+ * zstd frame; then the tail byte.
+ *
  * Thread safety: no function keeps global state. A struct qv_codec_ctx is
  * used by one thread at a time; make one per thread. */
 #ifndef QUIVER_CODEC_H
