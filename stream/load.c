@@ -374,8 +374,8 @@ static int make_arena(qv_store *s, const qv_load_opts *o, qv_load *l, void *dest
 			                     strerror(errno));
 		/* No MADV_HUGEPAGE: on the 2-vCPU box a huge page's first touch
 		 * costs more than 512 small ones (direct compaction; populating
-		 * 2 GiB: 1.1-4.3 GB/s against 3.7-4.4), and loads went from 1.21
-		 * to 1.55 GB/s without it (docs/BENCHMARKS.md). */
+		 * 2 GiB: 1.1-4.3 GB/s against 3.7-4.4); hot loads without it:
+		 * 1.55 GB/s median against 1.21 (docs/BENCHMARKS.md). */
 		l->arena = p;
 	} else {
 		size_t fr = 0, tot = 0;
@@ -470,6 +470,7 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 	double t0 = qv__stream_now();
 	struct plan p = {0};
 	qv_sink *sink = NULL;
+	struct qv__prefault *pf = NULL;
 	char *ring = NULL, *cold_bufs = NULL;
 	int pinned = 0, cold_pinned = 0;
 	size_t cold_len = 0;
@@ -530,6 +531,8 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 	}
 	if (rc)
 		goto out;
+	if (o->device == QV_DEVICE_CPU && direct && p.n_hot > 0)
+		qv__prefault_start(l->arena, p.arena_bytes, &pf); /* best effort, see prefault.c */
 
 	unsigned threads = 0;
 	if (p.n_cold) {
@@ -574,6 +577,8 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 		rc = run_cold(s, o, &p, sink, qd, threads, cold_bufs, &l->stats, qv__stream_now() - t0);
 	if (rc == 0 && qv_sink_finish(sink))
 		rc = qv_store_fail(s, -EIO, "%s", qv_sink_errmsg(sink));
+	qv__prefault_stop(pf);
+	pf = NULL;
 	if (rc)
 		goto out;
 	for (size_t i = 0; i < l->n_tensors; i++)
@@ -585,6 +590,7 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 	l->stats.chunk_bytes = chunk;
 	l->stats.seconds = qv__stream_now() - t0;
 out:
+	qv__prefault_stop(pf);
 	qv_sink_destroy(sink);
 	qv_pinned_free(ring, (size_t)qd * chunk, pinned);
 	qv_pinned_free(cold_bufs, cold_len, cold_pinned);
