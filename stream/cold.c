@@ -107,6 +107,19 @@ static int read_frame(struct qv__cold_target *ct, const struct qv_codec_frame *f
 	return 0;
 }
 
+/* Takes a buffer index from a free list, waiting on cv for one; 0, or -1
+ * when stopping. Called with mu held. */
+static int take_free(struct cold *c, unsigned *list, unsigned *n, pthread_cond_t *cv,
+                     unsigned *out)
+{
+	while (*n == 0 && !c->stop)
+		pthread_cond_wait(cv, &c->mu);
+	if (c->stop)
+		return -1;
+	*out = list[--*n];
+	return 0;
+}
+
 /* A reader: reads frames in order into free read buffers. */
 static void *reader(void *arg)
 {
@@ -116,11 +129,10 @@ static void *reader(void *arg)
 
 	pthread_mutex_lock(&c->mu);
 	while (take_job(c, &t, &f)) {
-		while (c->n_rfree == 0 && !c->stop)
-			pthread_cond_wait(&c->cv_rfree, &c->mu);
-		if (c->stop)
+		unsigned rb;
+
+		if (take_free(c, c->rfree, &c->n_rfree, &c->cv_rfree, &rb))
 			break;
-		unsigned rb = c->rfree[--c->n_rfree];
 		pthread_mutex_unlock(&c->mu);
 		int rc = read_frame(&c->t[t], &c->t[t].hdr->frames[f], c->rbufs + (size_t)rb * READ_BUF);
 		pthread_mutex_lock(&c->mu);
@@ -153,11 +165,10 @@ static void *decoder(void *arg)
 		c->rcount--;
 		if (++c->frames_taken == c->frames_total)
 			pthread_cond_broadcast(&c->cv_read); /* the other decoders can end */
-		while (c->n_free == 0 && !c->stop)
-			pthread_cond_wait(&c->cv_free, &c->mu);
-		if (c->stop)
+		unsigned b;
+
+		if (take_free(c, c->free_list, &c->n_free, &c->cv_free, &b))
 			break;
-		unsigned b = c->free_list[--c->n_free];
 		pthread_mutex_unlock(&c->mu);
 
 		struct qv__cold_target *ct = &c->t[r.target];
