@@ -26,8 +26,6 @@
 #define DEFAULT_CHUNK (1u << 20)
 #define DEFAULT_STREAMS 4u
 #define CACHED_ENOUGH 0.9
-/* Decode workers: one per core (cold.c reads ahead on threads of its own). */
-#define DECODE_THREADS_MAX 16u
 #define COLD_BUFS_PER_THREAD 2u
 
 struct qv_load {
@@ -537,9 +535,8 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 	unsigned threads = 0;
 	if (p.n_cold) {
 		long cores = sysconf(_SC_NPROCESSORS_ONLN);
-		long want = cores < 1 ? 1 : cores;
-		threads = o->decode_threads ? o->decode_threads
-		                            : (unsigned)(want > DECODE_THREADS_MAX ? DECODE_THREADS_MAX : want);
+		/* one decoder a core: cold.c reads ahead on threads of its own */
+		threads = o->decode_threads ? o->decode_threads : cores < 1 ? 1u : (unsigned)cores;
 		if (threads > QV_COLD_THREADS_MAX)
 			threads = QV_COLD_THREADS_MAX;
 		cold_len = (size_t)threads * COLD_BUFS_PER_THREAD * QV_CODEC_FRAME_MAX;

@@ -38,7 +38,6 @@ struct qv__prefault {
 	char *base;
 	size_t len;
 	atomic_int stop;
-	uint64_t done;   /* bytes populated, read after the join */
 };
 
 static void *prefault_main(void *arg)
@@ -54,7 +53,6 @@ static void *prefault_main(void *arg)
 			break;
 		if (madvise(pf->base + off, n, MADV_POPULATE_WRITE) != 0)
 			break;
-		pf->done = off + n;
 	}
 	return NULL;
 }
@@ -82,13 +80,11 @@ int qv__prefault_start(void *dest, size_t len, struct qv__prefault **out)
 	return 0;
 }
 
-uint64_t qv__prefault_stop(struct qv__prefault *pf)
+void qv__prefault_stop(struct qv__prefault *pf)
 {
 	if (!pf)
-		return 0;
+		return;
 	atomic_store(&pf->stop, 1);
 	pthread_join(pf->thread, NULL);
-	uint64_t done = pf->done;
 	free(pf);
-	return done;
 }

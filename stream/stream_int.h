@@ -66,10 +66,10 @@ int qv__engine_run(const struct qv__engine_cfg *cfg, struct qv__backend *be,
 
 /* A thread that faults in a host destination ahead of the reads (prefault.c).
  * start never fails the load: *out stays NULL when nothing is to be done.
- * stop asks it to end, joins it, and returns the bytes it populated. */
+ * stop asks it to end and joins it. */
 struct qv__prefault;
 int qv__prefault_start(void *dest, size_t len, struct qv__prefault **out);
-uint64_t qv__prefault_stop(struct qv__prefault *pf);
+void qv__prefault_stop(struct qv__prefault *pf);
 
 /* A cold shard for the decode path (cold.c). */
 struct qv_codec_header;

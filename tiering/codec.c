@@ -440,8 +440,8 @@ static int encode_planes(struct qv_codec_ctx *ctx, int level, const unsigned cha
  * is spread over two values. 15 unquantized human-models as BF16, 8 KiB
  * blocks: exponent 3.10 -> 2.89 bits per value (escapes included, 1.1% of
  * values), and the zstd part of decoding twice as fast (743 Mvalues/s ->
- * 1525). A frame with
- * more than 1/ESCAPES_MAX_SHIFT escapes keeps the plain planes (method 2).
+ * 1525). A frame where more than 1 value in 2^ESCAPES_MAX_SHIFT escapes
+ * keeps the plain planes (method 2).
  *
  * Frame: u32 stored length of the code plane, of the sign+mantissa plane,
  * of the escape plane; u32 escape count; 16 bytes: the exponents of codes
@@ -459,8 +459,8 @@ static int encode_planes(struct qv_codec_ctx *ctx, int level, const unsigned cha
 
 /* Ranks the exponents (n values): table[0..count) are the most frequent,
  * ties to the lower value (encoding is deterministic). */
-static unsigned rank_exponents(const unsigned char *exp, size_t n, unsigned char table[16],
-			       unsigned char code_of[256], size_t *escapes)
+static void rank_exponents(const unsigned char *exp, size_t n, unsigned char table[16],
+			   unsigned char code_of[256], size_t *escapes)
 {
 	size_t cnt[256] = { 0 }, covered = 0;
 	unsigned count = 0;
@@ -486,7 +486,6 @@ static unsigned rank_exponents(const unsigned char *exp, size_t n, unsigned char
 	}
 	table[15] = (unsigned char)count;
 	*escapes = n - covered;
-	return count;
 }
 
 /* Encodes a BF16 frame (n values split into planes at planed, tail after)
@@ -574,7 +573,6 @@ int qv_codec_frame_encode(struct qv_codec_ctx *ctx, enum qv_codec_dtype dtype, i
 		rc = zstd_into(ctx, level, src, raw_len, dst, cap - 1, &n);
 	} else {
 		size_t vals = raw_len / elem;
-
 		const unsigned char *tail = (const unsigned char *)src + vals * elem;
 
 		switch (method) {
@@ -628,6 +626,34 @@ static int method_fits(uint32_t method, uint32_t dtype)
 	}
 }
 
+/* Decompresses a stored plane of plen bytes into want bytes at out, or
+ * points at it when it is raw (plen == want): 0 or QV_ECORRUPT. */
+static int load_plane(struct qv_codec_ctx *ctx, const unsigned char *src, size_t plen,
+		      size_t want, unsigned char *out, const unsigned char **plane)
+{
+	if (plen == want) {
+		*plane = src;
+		return 0;
+	}
+	if (plen > want)
+		return QV_ECORRUPT;
+	size_t r = ZSTD_decompressDCtx(ctx->dctx, out, want, src, plen);
+	if (ZSTD_isError(r) || r != want)
+		return QV_ECORRUPT;
+	*plane = out;
+	return 0;
+}
+
+/* Copies the tail bytes after the values to dst, adds them to the running
+ * hash and sets *digest. */
+static void finish_digest(struct qv_codec_ctx *ctx, const unsigned char *tail, size_t tail_len,
+			  unsigned char *dst, uint64_t *digest)
+{
+	memcpy(dst, tail, tail_len);
+	XXH3_64bits_update(ctx->xxh, dst, tail_len);
+	*digest = XXH3_64bits_digest(ctx->xxh);
+}
+
 /* Decodes a planes frame (stored bytes src[0..len)) into dst and sets
  * *digest to the XXH3 of dst: QV_ECORRUPT on any inconsistency. */
 static int decode_planes(struct qv_codec_ctx *ctx, uint32_t method, const unsigned char *src,
@@ -645,16 +671,8 @@ static int decode_planes(struct qv_codec_ctx *ctx, uint32_t method, const unsign
 	for (size_t p = 0; p < planes; p++) {
 		size_t plen = get32(src + 4 * p);
 
-		if (plen > n || plen > len - pos)
+		if (plen > len - pos || load_plane(ctx, src + pos, plen, n, scratch + p * n, &pl[p]))
 			return QV_ECORRUPT;
-		if (plen == n) {
-			pl[p] = src + pos;
-		} else {
-			size_t r = ZSTD_decompressDCtx(ctx->dctx, scratch + p * n, n, src + pos, plen);
-			if (ZSTD_isError(r) || r != n)
-				return QV_ECORRUPT;
-			pl[p] = scratch + p * n;
-		}
 		pos += plen;
 	}
 	if (len - pos != raw_len - n * elem)
@@ -676,27 +694,7 @@ static int decode_planes(struct qv_codec_ctx *ctx, uint32_t method, const unsign
 		}
 		XXH3_64bits_update(ctx->xxh, dst + i * elem, m * elem);
 	}
-	memcpy(dst + n * elem, src + pos, len - pos);
-	XXH3_64bits_update(ctx->xxh, dst + n * elem, len - pos);
-	*digest = XXH3_64bits_digest(ctx->xxh);
-	return 0;
-}
-
-/* Decompresses a stored plane of plen bytes into want bytes at out, or
- * points at it when it is raw (plen == want): 0 or QV_ECORRUPT. */
-static int load_plane(struct qv_codec_ctx *ctx, const unsigned char *src, size_t plen,
-		      size_t want, unsigned char *out, const unsigned char **plane)
-{
-	if (plen == want) {
-		*plane = src;
-		return 0;
-	}
-	if (plen > want)
-		return QV_ECORRUPT;
-	size_t r = ZSTD_decompressDCtx(ctx->dctx, out, want, src, plen);
-	if (ZSTD_isError(r) || r != want)
-		return QV_ECORRUPT;
-	*plane = out;
+	finish_digest(ctx, src + pos, len - pos, dst + n * elem, digest);
 	return 0;
 }
 
@@ -785,9 +783,7 @@ static int decode_bf16_pairs(struct qv_codec_ctx *ctx, const unsigned char *src,
 	}
 	if (ei != ne)
 		return QV_ECORRUPT;
-	memcpy(dst + 2 * n, src + pos, len - pos);
-	XXH3_64bits_update(ctx->xxh, dst + 2 * n, len - pos);
-	*digest = XXH3_64bits_digest(ctx->xxh);
+	finish_digest(ctx, src + pos, len - pos, dst + 2 * n, digest);
 	return 0;
 }
 
@@ -817,11 +813,13 @@ int qv_codec_frame_decode(struct qv_codec_ctx *ctx, const struct qv_codec_frame 
 			goto out;
 		if (raw_len > 0)
 			memcpy(dst, src, raw_len);
+		digest = XXH3_64bits(dst, raw_len);
 		break;
 	case QV_CODEC_METHOD_ZSTD:
 		n = ZSTD_decompressDCtx(ctx->dctx, dst, raw_len, src, f->stored_bytes);
 		if (ZSTD_isError(n) || n != raw_len)
 			goto out;
+		digest = XXH3_64bits(dst, raw_len);
 		break;
 	case QV_CODEC_METHOD_BF16_PAIRS:
 		rc = decode_bf16_pairs(ctx, src, f->stored_bytes, dst, raw_len, scratch, &digest);
@@ -835,8 +833,6 @@ int qv_codec_frame_decode(struct qv_codec_ctx *ctx, const struct qv_codec_frame 
 			goto out;
 		break;
 	}
-	if (f->method < QV_CODEC_METHOD_BF16_PLANES)
-		digest = XXH3_64bits(dst, raw_len);
 	rc = QV_ECORRUPT;
 	if (digest != f->xxh3)
 		goto out;
