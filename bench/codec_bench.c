@@ -10,7 +10,10 @@
  * thread; the whole pass over all files repeats until each measurement has
  * run at least --min-seconds.
  *
- * usage: codec_bench [--level N] [--frame-bytes N] [--min-seconds S] [--quiet] FILE...
+ * --portable decodes without the CPU's vector unit (qv_codec_ctx_set_simd).
+ *
+ * usage: codec_bench [--level N] [--frame-bytes N] [--min-seconds S] [--portable] [--quiet]
+ *                    FILE...
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -228,7 +231,7 @@ static const char *verdict(int ok)
 
 int main(int argc, char **argv)
 {
-	int level = QV_CODEC_LEVEL_DEFAULT, quiet = 0, nfiles = 0, rc = 1;
+	int level = QV_CODEC_LEVEL_DEFAULT, quiet = 0, portable = 0, nfiles = 0, rc = 1;
 	uint32_t frame_bytes = QV_CODEC_FRAME_DEFAULT;
 	double min_s = 0.5;
 	char **files = NULL;
@@ -250,9 +253,11 @@ int main(int argc, char **argv)
 			min_s = atof(argv[++i]);
 		else if (strcmp(argv[i], "--quiet") == 0)
 			quiet = 1;
+		else if (strcmp(argv[i], "--portable") == 0)
+			portable = 1;
 		else if (argv[i][0] == '-') {
 			fprintf(stderr, "usage: codec_bench [--level N] [--frame-bytes N] "
-					"[--min-seconds S] [--quiet] FILE.safetensors...\n");
+					"[--min-seconds S] [--portable] [--quiet] FILE.safetensors...\n");
 			goto out;
 		} else
 			files[nfiles++] = argv[i];
@@ -290,10 +295,12 @@ int main(int argc, char **argv)
 	if (b.stored == NULL || b.back == NULL || b.scratch == NULL || b.frames == NULL ||
 	    qv_codec_ctx_create(&b.ctx) != 0)
 		goto out;
+	qv_codec_ctx_set_simd(b.ctx, !portable);
 
 	printf("codec_bench: zstd %s, level %d, frame %" PRIu32 " bytes, %d files, "
-	       "single thread, each timing >= %.1f s\n",
-	       ZSTD_versionString(), level, frame_bytes, nfiles, min_s);
+	       "single thread, each timing >= %.1f s%s\n",
+	       ZSTD_versionString(), level, frame_bytes, nfiles, min_s,
+	       portable ? ", portable decoder" : "");
 	if (!quiet)
 		printf("%-40s %-5s %12s %7s %7s\n", "file", "dtype", "raw_bytes", "ours", "plain");
 	for (int pass = 0;; pass++) {

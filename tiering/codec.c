@@ -10,6 +10,7 @@
  * on many threads; the header parser treats the file as untrusted. */
 #include <assert.h>
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -20,6 +21,10 @@
 #include <zstd_errors.h>
 #ifdef __SSE2__
 #include <emmintrin.h>
+#endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define CODEC_AVX2 1 /* compiled for any x86-64, used where the CPU has it */
 #endif
 
 #include "quiver/codec.h"
@@ -47,6 +52,7 @@ struct qv_codec_ctx {
 	ZSTD_DCtx *dctx;
 	XXH3_state_t *xxh;
 	unsigned char *ebuf;   /* MERGE_PIECE_VALUES exponents of a BF16 pairs frame */
+	int avx2;              /* decode BF16 with AVX2 (qv_codec_ctx_set_simd) */
 };
 
 enum qv_codec_dtype qv_codec_dtype_from_name(const char *name)
@@ -82,12 +88,23 @@ int qv_codec_ctx_create(struct qv_codec_ctx **out)
 	 * claim more, whatever the file says. */
 	if (ZSTD_isError(ZSTD_DCtx_setParameter(ctx->dctx, ZSTD_d_windowLogMax, 22)))
 		goto out;
+	qv_codec_ctx_set_simd(ctx, 1);
 	*out = ctx;
 	ctx = NULL;
 	rc = 0;
 out:
 	qv_codec_ctx_destroy(ctx);
 	return rc;
+}
+
+void qv_codec_ctx_set_simd(struct qv_codec_ctx *ctx, int on)
+{
+#ifdef CODEC_AVX2
+	ctx->avx2 = on && __builtin_cpu_supports("avx2");
+#else
+	(void)on;
+	ctx->avx2 = 0;
+#endif
 }
 
 void qv_codec_ctx_destroy(struct qv_codec_ctx *ctx)
@@ -159,10 +176,47 @@ static void split_bf16(const unsigned char *restrict src, size_t n, unsigned cha
 	}
 }
 
-static void merge_bf16(const unsigned char *const *pl, size_t n, unsigned char *restrict dst)
+#ifdef CODEC_AVX2
+/* 16 BF16 values from 16 exponents and 16 sign+mantissa bytes: widened to
+ * 16 bits, v = exp << 7 | (sm & 0x80) << 8 | (sm & 0x7f). */
+__attribute__((target("avx2"))) static inline void merge16_avx2(__m128i exp, __m128i sm,
+								unsigned char *dst)
+{
+	const __m256i m_sign = _mm256_set1_epi16(0x80), m_man = _mm256_set1_epi16(0x7f);
+	__m256i x = _mm256_cvtepu8_epi16(exp), y = _mm256_cvtepu8_epi16(sm);
+	__m256i v = _mm256_or_si256(
+		_mm256_slli_epi16(x, 7),
+		_mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(y, m_sign), 8),
+				_mm256_and_si256(y, m_man)));
+	_mm256_storeu_si256((__m256i *)dst, v);
+}
+
+/* merge_bf16's vector loop: returns the values done (a multiple of 16). */
+__attribute__((target("avx2"))) static size_t merge_bf16_avx2(const unsigned char *exp,
+							      const unsigned char *sm, size_t n,
+							      unsigned char *dst)
+{
+	size_t i = 0;
+
+	for (; i + 16 <= n; i += 16)
+		merge16_avx2(_mm_loadu_si128((const __m128i *)(exp + i)),
+			     _mm_loadu_si128((const __m128i *)(sm + i)), dst + 2 * i);
+	return i;
+}
+#endif
+
+static void merge_bf16(const unsigned char *const *pl, size_t n, unsigned char *restrict dst,
+		       int avx2)
 {
 	const unsigned char *restrict exp = pl[0], *restrict sm = pl[1];
 	size_t i = 0;
+
+#ifdef CODEC_AVX2
+	if (avx2)
+		i = merge_bf16_avx2(exp, sm, n, dst);
+#else
+	(void)avx2;
+#endif
 
 #ifdef __SSE2__
 	/* w = exp << 8 | sm; v = (w >> 1 & 0x7f80) | (w << 8 & 0x8000) | (w & 0x7f) */
@@ -688,7 +742,7 @@ static int decode_planes(struct qv_codec_ctx *ctx, uint32_t method, const unsign
 		for (size_t p = 0; p < planes; p++)
 			at[p] = pl[p] + i;
 		switch (method) {
-		case QV_CODEC_METHOD_BF16_PLANES: merge_bf16(at, m, dst + i * elem); break;
+		case QV_CODEC_METHOD_BF16_PLANES: merge_bf16(at, m, dst + i * elem, ctx->avx2); break;
 		case QV_CODEC_METHOD_F16_PLANES: merge_f16(at, m, dst + i * elem); break;
 		default: merge_f32(at, m, dst + i * elem); break;
 		}
@@ -697,6 +751,50 @@ static int decode_planes(struct qv_codec_ctx *ctx, uint32_t method, const unsign
 	finish_digest(ctx, src + pos, len - pos, dst + n * elem, digest);
 	return 0;
 }
+
+#ifdef CODEC_AVX2
+/* The vector form of a pairs piece of m values: codes (two a byte, low
+ * nibble first, at pk) become exponents by a byte shuffle through tab, and
+ * are merged with sm into BF16 values at dst. Escapes (code 15) are patched
+ * in value order from esc[*ei..ne). Returns the values done, a multiple of
+ * 32, or SIZE_MAX when the escapes run out. */
+__attribute__((target("avx2"))) static size_t pairs_piece_avx2(const unsigned char *pk,
+							       const unsigned char *sm, size_t m,
+							       const unsigned char tab[16],
+							       const unsigned char *esc, size_t ne,
+							       size_t *ei, unsigned char *dst)
+{
+	const __m128i t = _mm_loadu_si128((const __m128i *)tab), nib = _mm_set1_epi8(0x0f),
+		      escape = _mm_set1_epi8(PAIRS_ESCAPE);
+	size_t k = 0;
+
+	for (; k + 32 <= m; k += 32) {
+		__m128i b = _mm_loadu_si128((const __m128i *)(pk + k / 2));
+		__m128i lo = _mm_and_si128(b, nib), hi = _mm_and_si128(_mm_srli_epi16(b, 4), nib);
+		__m128i c0 = _mm_unpacklo_epi8(lo, hi), c1 = _mm_unpackhi_epi8(lo, hi);
+		__m128i e0 = _mm_shuffle_epi8(t, c0), e1 = _mm_shuffle_epi8(t, c1);
+		uint32_t esc_at = (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(c0, escape)) |
+				  (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(c1, escape)) << 16;
+
+		if (esc_at != 0) {
+			unsigned char e[32];
+
+			_mm_storeu_si128((__m128i *)e, e0);
+			_mm_storeu_si128((__m128i *)(e + 16), e1);
+			for (; esc_at != 0; esc_at &= esc_at - 1) {
+				if (*ei == ne)
+					return SIZE_MAX;
+				e[__builtin_ctz(esc_at)] = esc[(*ei)++];
+			}
+			e0 = _mm_loadu_si128((const __m128i *)e);
+			e1 = _mm_loadu_si128((const __m128i *)(e + 16));
+		}
+		merge16_avx2(e0, _mm_loadu_si128((const __m128i *)(sm + k)), dst + 2 * k);
+		merge16_avx2(e1, _mm_loadu_si128((const __m128i *)(sm + k + 16)), dst + 2 * k + 32);
+	}
+	return k;
+}
+#endif
 
 /* Decodes a BF16 pairs frame into dst and sets *digest: QV_ECORRUPT on any
  * inconsistency (a code with no exponent, escapes short or left over). */
@@ -738,10 +836,18 @@ static int decode_bf16_pairs(struct qv_codec_ctx *ctx, const unsigned char *src,
 	if (XXH3_64bits_reset(ctx->xxh) != XXH_OK)
 		return -EINVAL;
 	for (size_t i = 0; i < n; i += MERGE_PIECE_VALUES) {
-		size_t m = n - i < MERGE_PIECE_VALUES ? n - i : MERGE_PIECE_VALUES, k = 0;
+		size_t m = n - i < MERGE_PIECE_VALUES ? n - i : MERGE_PIECE_VALUES, k = 0, k0;
 		const unsigned char *p = pk + i / 2;
 		unsigned char *e = ctx->ebuf;
 
+#ifdef CODEC_AVX2
+		if (ctx->avx2) {
+			k = pairs_piece_avx2(p, sm + i, m, tab, esc, ne, &ei, dst + 2 * i);
+			if (k == SIZE_MAX)
+				return QV_ECORRUPT;
+		}
+#endif
+		k0 = k; /* the rest: exponents into e, then merged */
 		for (; k + 16 <= m; k += 16) {
 			uint64_t w;
 
@@ -777,8 +883,8 @@ static int decode_bf16_pairs(struct qv_codec_ctx *ctx, const unsigned char *src,
 			else
 				return QV_ECORRUPT;
 		}
-		const unsigned char *at[2] = { e, sm + i };
-		merge_bf16(at, m, dst + 2 * i);
+		const unsigned char *at[2] = { e + k0, sm + i + k0 };
+		merge_bf16(at, m - k0, dst + 2 * (i + k0), ctx->avx2);
 		XXH3_64bits_update(ctx->xxh, dst + 2 * i, 2 * m);
 	}
 	if (ei != ne)

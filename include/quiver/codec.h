@@ -138,6 +138,11 @@ int qv_codec_ctx_create(struct qv_codec_ctx **out);
 /* Frees ctx; NULL is a no-op. */
 void qv_codec_ctx_destroy(struct qv_codec_ctx *ctx);
 
+/* Whether ctx decodes BF16 frames with the CPU's vector unit (AVX2) where
+ * the CPU has one: on by default; off forces the portable path. Both give
+ * the same bytes and refuse the same frames (the tests run both). */
+void qv_codec_ctx_set_simd(struct qv_codec_ctx *ctx, int on);
+
 /* The capacity a frame's stored bytes need: raw_len (a frame that would not
  * shrink is stored raw, so stored <= raw always). */
 size_t qv_codec_frame_bound(size_t raw_len);

@@ -141,11 +141,16 @@ static void frame_round_trip(struct qv_codec_ctx *ctx, enum qv_codec_dtype dtype
 	assert_int_equal(f->raw_bytes, len);
 	assert_true(f->stored_bytes <= len);
 	assert_int_equal(f->xxh3, XXH3_64bits(src, len));
-	assert_int_equal(qv_codec_frame_decode(ctx, f, stored, f->stored_bytes, back, len, scratch,
-					       scratch_len),
-			 0);
-	if (len > 0)
-		assert_memory_equal(src, back, len);
+	for (int simd = 1; simd >= 0; simd--) { /* the vector and the portable decoder */
+		qv_codec_ctx_set_simd(ctx, simd);
+		memset(back, 0xa5, len + 1);
+		assert_int_equal(qv_codec_frame_decode(ctx, f, stored, f->stored_bytes, back, len,
+						       scratch, scratch_len),
+				 0);
+		if (len > 0)
+			assert_memory_equal(src, back, len);
+	}
+	qv_codec_ctx_set_simd(ctx, 1);
 	free(stored);
 	free(back);
 	free(scratch);
@@ -253,26 +258,30 @@ static void test_pairs_lies(void **state)
 		{ 12, ne + 1 }, { 12, ne - 1 }, { 12, 0 }, { 12, 0xffffffffu },
 		{ 0, 0 }, { 4, 0 }, { 8, 0xffffffffu }, { 0, 0x7fffffffu },
 	};
-	for (size_t k = 0; k < sizeof(lies) / sizeof(lies[0]); k++) {
+	for (int simd = 1; simd >= 0; simd--) { /* the vector and the portable decoder */
+		qv_codec_ctx_set_simd(ctx, simd);
+		for (size_t k = 0; k < sizeof(lies) / sizeof(lies[0]); k++) {
+			memcpy(work, stored, f.stored_bytes);
+			memcpy(work + lies[k].at, &lies[k].v, 4);
+			assert_int_not_equal(qv_codec_frame_decode(ctx, &f, work, f.stored_bytes,
+								   back, len, scratch, scratch_len),
+					     0);
+		}
+		/* fewer codes in use than the plane's bytes name; more than 15 */
+		for (unsigned count = 0; count <= 16; count += 16) {
+			memcpy(work, stored, f.stored_bytes);
+			work[31] = (unsigned char)count;
+			assert_int_not_equal(qv_codec_frame_decode(ctx, &f, work, f.stored_bytes,
+								   back, len, scratch, scratch_len),
+					     0);
+		}
 		memcpy(work, stored, f.stored_bytes);
-		memcpy(work + lies[k].at, &lies[k].v, 4);
-		assert_int_not_equal(qv_codec_frame_decode(ctx, &f, work, f.stored_bytes, back, len,
-							   scratch, scratch_len),
-				     0);
+		memset(back, 0, len);
+		assert_int_equal(qv_codec_frame_decode(ctx, &f, work, f.stored_bytes, back, len,
+						       scratch, scratch_len),
+				 0);
+		assert_memory_equal(back, src, len);
 	}
-	/* fewer codes in use than the plane's bytes name; more than 15 */
-	for (unsigned count = 0; count <= 16; count += 16) {
-		memcpy(work, stored, f.stored_bytes);
-		work[31] = (unsigned char)count;
-		assert_int_not_equal(qv_codec_frame_decode(ctx, &f, work, f.stored_bytes, back, len,
-							   scratch, scratch_len),
-				     0);
-	}
-	memcpy(work, stored, f.stored_bytes);
-	assert_int_equal(qv_codec_frame_decode(ctx, &f, work, f.stored_bytes, back, len, scratch,
-					       scratch_len),
-			 0);
-	assert_memory_equal(back, src, len);
 	qv_codec_ctx_destroy(ctx);
 	free(src);
 	free(stored);
