@@ -26,9 +26,12 @@
 
 #define READ_BUF (QV_CODEC_FRAME_MAX + QV_CODEC_ALIGN)
 
-/* Frames read ahead: reader threads, each with a read buffer. As many bytes
- * in flight as the hot path's 16 reads of 1 MiB, whatever the decoders do. */
+/* Frames read ahead: reader threads. As many bytes in flight as the hot
+ * path's 16 reads of 1 MiB, whatever the decoders do: there is a read buffer
+ * for each reader and one more for each decoder, which holds the frame it
+ * decodes (with one buffer per reader, 16 decoders left the disk idle). */
 #define COLD_READS 16u
+#define COLD_RBUFS_MAX (COLD_READS + QV_COLD_THREADS_MAX)
 
 struct job_done {
 	size_t target;
@@ -54,14 +57,15 @@ struct cold {
 	char *host;                 /* a host sink's destination: decode straight into it */
 	uint64_t host_bytes;
 	unsigned n_bufs;
-	char *rbufs;                /* COLD_READS read buffers of READ_BUF */
+	char *rbufs;                /* n_rbufs read buffers of READ_BUF */
+	unsigned n_rbufs;           /* COLD_READS + decoders */
 	pthread_mutex_t mu;
 	pthread_cond_t cv_free, cv_done, cv_rfree, cv_read;
 	unsigned *free_list, n_free;
 	struct job_done *done;      /* ring of n_bufs */
 	unsigned dhead, dcount;
-	unsigned rfree[COLD_READS], n_rfree;
-	struct job_read read[COLD_READS]; /* ring: frames read, not yet decoding */
+	unsigned rfree[COLD_RBUFS_MAX], n_rfree;
+	struct job_read read[COLD_RBUFS_MAX]; /* ring of n_rbufs: frames read, not yet decoding */
 	unsigned rhead, rcount;
 	size_t next_t;              /* next frame to read */
 	uint32_t next_f;
@@ -136,7 +140,7 @@ static void *reader(void *arg)
 		pthread_mutex_unlock(&c->mu);
 		int rc = read_frame(&c->t[t], &c->t[t].hdr->frames[f], c->rbufs + (size_t)rb * READ_BUF);
 		pthread_mutex_lock(&c->mu);
-		c->read[(c->rhead + c->rcount) % COLD_READS] = (struct job_read){ t, f, rb, rc };
+		c->read[(c->rhead + c->rcount) % c->n_rbufs] = (struct job_read){ t, f, rb, rc };
 		c->rcount++;
 		pthread_cond_signal(&c->cv_read);
 	}
@@ -161,7 +165,7 @@ static void *decoder(void *arg)
 		if (c->stop || c->rcount == 0)
 			break; /* stopping, or every frame is taken */
 		struct job_read r = c->read[c->rhead];
-		c->rhead = (c->rhead + 1) % COLD_READS;
+		c->rhead = (c->rhead + 1) % c->n_rbufs;
 		c->rcount--;
 		if (++c->frames_taken == c->frames_total)
 			pthread_cond_broadcast(&c->cv_read); /* the other decoders can end */
@@ -198,6 +202,28 @@ static void *decoder(void *arg)
 	return NULL;
 }
 
+/* A frame is at its destination: its buffer (if it used one) goes back to
+ * the decoders, and the counts and progress move on. */
+static void frame_landed(struct cold *c, const struct job_done *j, struct qv__cold_stats *st,
+                        uint64_t *frames_left, uint64_t *done, double t0,
+                        qv_progress_fn progress, void *progress_arg, uint64_t total, size_t *left)
+{
+	const struct qv_codec_frame *fr = &c->t[j->target].hdr->frames[j->frame];
+
+	pthread_mutex_lock(&c->mu);
+	c->free_list[c->n_free++] = j->buf;
+	pthread_cond_signal(&c->cv_free);
+	pthread_mutex_unlock(&c->mu);
+	(*frames_left)--;
+	*done += fr->raw_bytes;
+	st->bytes += fr->raw_bytes;
+	st->frames++;
+	if (--left[j->target] == 0 && j->target == 0)
+		st->first_done_s = qv__stream_now() - t0;
+	if (progress)
+		progress(progress_arg, *done, total);
+}
+
 int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sink *sink,
                  unsigned slot_base, unsigned n_bufs, char *bufs, struct qv__cold_stats *st,
                  qv_progress_fn progress, void *progress_arg, uint64_t done0, uint64_t total,
@@ -210,23 +236,31 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sin
 	unsigned started = 0, decoders = 0, readers = 0;
 	uint64_t frames_left = 0, done = done0;
 	size_t *left = calloc(n ? n : 1, sizeof(size_t));
-	size_t rbufs_len = (size_t)COLD_READS * READ_BUF;
+	struct job_done *fly = malloc(n_bufs * sizeof(*fly));
+	unsigned fly_head = 0, fly_n = 0;
+	size_t rbufs_len;
 	double t0 = qv__stream_now();
 	int rc = 0;
 
+	if (n_threads < 1)
+		n_threads = 1;
+	if (n_threads > QV_COLD_THREADS_MAX)
+		n_threads = QV_COLD_THREADS_MAX;
+	c.n_rbufs = COLD_READS + n_threads;
+	rbufs_len = (size_t)c.n_rbufs * READ_BUF;
 	c.free_list = malloc(n_bufs * sizeof(unsigned));
 	c.done = malloc(n_bufs * sizeof(*c.done));
 	c.rbufs = mmap(NULL, rbufs_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (c.rbufs == MAP_FAILED)
 		c.rbufs = NULL;
-	if (!c.free_list || !c.done || !left || !c.rbufs) {
+	if (!c.free_list || !c.done || !left || !fly || !c.rbufs) {
 		snprintf(err, errlen, "out of memory");
 		rc = -ENOMEM;
 		goto out;
 	}
 	for (unsigned i = 0; i < n_bufs; i++)
 		c.free_list[c.n_free++] = i;
-	for (unsigned i = 0; i < COLD_READS; i++)
+	for (unsigned i = 0; i < c.n_rbufs; i++)
 		c.rfree[c.n_rfree++] = i;
 	for (size_t i = 0; i < n; i++) {
 		left[i] = t[i].hdr->frame_count;
@@ -238,10 +272,6 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sin
 	pthread_cond_init(&c.cv_done, NULL);
 	pthread_cond_init(&c.cv_rfree, NULL);
 	pthread_cond_init(&c.cv_read, NULL);
-	if (n_threads < 1)
-		n_threads = 1;
-	if (n_threads > QV_COLD_THREADS_MAX)
-		n_threads = QV_COLD_THREADS_MAX;
 	for (; decoders < n_threads; decoders++, started++)
 		if (pthread_create(&th[started], NULL, decoder, &c) != 0)
 			break;
@@ -252,8 +282,35 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sin
 		snprintf(err, errlen, "cannot start the cold read and decode threads");
 		rc = -EAGAIN;
 	}
+	/* Copies to the sink (CUDA) run while the next frames decode: a buffer
+	 * goes back to the decoders once its copy is done (fly: the copies in
+	 * flight, oldest first), never waited for one at a time. */
 	while (rc == 0 && frames_left > 0) {
+		int busy = 1;
+		while (fly_n > 0 && (busy = qv_sink_slot_busy(sink, slot_base + fly[fly_head].buf)) == 0) {
+			frame_landed(&c, &fly[fly_head], st, &frames_left, &done, t0, progress,
+			             progress_arg, total, left);
+			fly_head = (fly_head + 1) % n_bufs;
+			fly_n--;
+		}
+		if (busy < 0) {
+			rc = busy;
+			snprintf(err, errlen, "cold shard %s: copy to destination: %s",
+			         t[fly[fly_head].target].name, qv_sink_errmsg(sink));
+			break;
+		}
+		if (frames_left == 0)
+			break;
 		pthread_mutex_lock(&c.mu);
+		if (c.dcount == 0 && fly_n > 0) {
+			/* nothing decoded yet: wait for the oldest copy instead */
+			pthread_mutex_unlock(&c.mu);
+			rc = qv_sink_slot_wait(sink, slot_base + fly[fly_head].buf);
+			if (rc)
+				snprintf(err, errlen, "cold shard %s: copy to destination: %s",
+				         t[fly[fly_head].target].name, qv_sink_errmsg(sink));
+			continue;
+		}
 		while (c.dcount == 0)
 			pthread_cond_wait(&c.cv_done, &c.mu);
 		struct job_done j = c.done[c.dhead];
@@ -267,31 +324,22 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sin
 			snprintf(err, errlen, "cold shard %s, frame %u: %s", ct->name, j.frame,
 			         j.rc == QV_ECORRUPT ? "damaged (checksum mismatch)" : strerror(-j.rc));
 			rc = j.rc == QV_ECORRUPT ? QV_ECORRUPT : j.rc;
-		} else if (!j.in_place) {
+		} else if (j.in_place) {
+			frame_landed(&c, &j, st, &frames_left, &done, t0, progress, progress_arg, total,
+			             left);
+		} else {
 			uint64_t off = ct->dest_off + (uint64_t)j.frame * ct->hdr->frame_bytes;
 			rc = qv_sink_put(sink, slot_base + j.buf, bufs + (size_t)j.buf * QV_CODEC_FRAME_MAX,
 			                 fr->raw_bytes, off);
-			if (rc == 0)
-				rc = qv_sink_slot_wait(sink, slot_base + j.buf);
 			if (rc)
 				snprintf(err, errlen, "cold shard %s: copy to destination: %s", ct->name,
 				         rc == -ERANGE ? "out of range" : qv_sink_errmsg(sink));
+			else
+				fly[(fly_head + fly_n++) % n_bufs] = j;
 		}
-		pthread_mutex_lock(&c.mu);
-		c.free_list[c.n_free++] = j.buf;
-		pthread_cond_signal(&c.cv_free);
-		pthread_mutex_unlock(&c.mu);
-		if (rc)
-			break;
-		frames_left--;
-		done += fr->raw_bytes;
-		st->bytes += fr->raw_bytes;
-		st->frames++;
-		if (--left[j.target] == 0 && j.target == 0)
-			st->first_done_s = qv__stream_now() - t0;
-		if (progress)
-			progress(progress_arg, done, total);
 	}
+	for (; fly_n > 0; fly_n--, fly_head = (fly_head + 1) % n_bufs)
+		qv_sink_slot_wait(sink, slot_base + fly[fly_head].buf); /* before the buffers go */
 	pthread_mutex_lock(&c.mu);
 	c.stop = 1;
 	pthread_cond_broadcast(&c.cv_free);
@@ -309,6 +357,7 @@ out:
 	if (c.rbufs)
 		munmap(c.rbufs, rbufs_len);
 	free(left);
+	free(fly);
 	free(c.free_list);
 	free(c.done);
 	return rc;

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -534,8 +535,11 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 
 	unsigned threads = 0;
 	if (p.n_cold) {
-		long cores = sysconf(_SC_NPROCESSORS_ONLN);
-		/* one decoder a core: cold.c reads ahead on threads of its own */
+		/* one decoder a core this process may run on (taskset, cpusets):
+		 * cold.c reads ahead on threads of its own */
+		cpu_set_t set;
+		long cores = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set)
+		                                                           : sysconf(_SC_NPROCESSORS_ONLN);
 		threads = o->decode_threads ? o->decode_threads : cores < 1 ? 1u : (unsigned)cores;
 		if (threads > QV_COLD_THREADS_MAX)
 			threads = QV_COLD_THREADS_MAX;

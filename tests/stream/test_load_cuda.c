@@ -5,10 +5,13 @@
  * poisoned with qv_gpu_fill(), copies back with qv_gpu_to_host() and compares
  * every tensor with its source bytes. Without CUDA in the build or without a
  * usable device it exits 77 (skipped) and says why. Each test prints what it
- * checked. QV_TEST_SEED repeats a run; QV_TEST_DEVICE picks the device
- * (default 0). */
+ * checked. A version demoted to the cold tier loads the same way (frames
+ * decoded into pinned buffers, then copied), and a damaged cold frame fails
+ * it. QV_TEST_SEED repeats a run; QV_TEST_DEVICE picks the device (default
+ * 0). */
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,6 +25,8 @@
 #include <cmocka.h>
 
 #include "load_util.h"
+#include "quiver/codec.h"
+#include "quiver/tier.h"
 
 #define POISON 0xA5
 #define MODEL "org/gpu"
@@ -54,16 +59,46 @@ static void std_model(struct env *e)
 	lt_publish(e->s, MODEL, &e->m, "v1");
 }
 
-static int setup(void **state)
+static struct env *env_new(void)
 {
 	struct env *e = calloc(1, sizeof(*e));
 	if (!e)
-		return -1;
+		return NULL;
 	lt_tmpdir(e->base, sizeof(e->base), "load-cuda");
 	snprintf(e->root, sizeof(e->root), "%s/root", e->base);
 	snprintf(e->in, sizeof(e->in), "%s/in", e->base);
+	return e;
+}
+
+static int setup(void **state)
+{
+	struct env *e = env_new();
+	if (!e)
+		return -1;
 	e->s = lt_store_open(e->root);
 	std_model(e);
+	*state = e;
+	return 0;
+}
+
+/* A store with a cold tier, the standard model published as v1 and demoted. */
+static int setup_cold(void **state)
+{
+	struct env *e = env_new();
+	if (!e)
+		return -1;
+	char hot[600], cold[600], err[512] = "";
+	snprintf(hot, sizeof(hot), "%s/hot", e->base);
+	snprintf(cold, sizeof(cold), "%s/cold", e->base);
+	qv_store_config cfg = {.hot_dir = hot, .cold_dir = cold, .high = 0.9, .low = 0.75};
+	int rc = qv_store_init(e->root, &cfg, err, sizeof(err));
+	LT_CHECK(rc == 0, "qv_store_init: %d %s", rc, err);
+	e->s = lt_store_open(e->root);
+	qv_tier_attach(e->s);
+	std_model(e);
+	qv_migrate_result r;
+	rc = qv_tier_demote(e->s, MODEL, "v1", &r);
+	LT_CHECK(rc == 0, "qv_tier_demote: %d (%s) %s", rc, qv_strerror(rc), qv_store_errmsg(e->s));
 	*state = e;
 	return 0;
 }
@@ -254,6 +289,84 @@ static void test_gpu_full(void **state)
 	qv_load_destroy(l);
 }
 
+/* The largest file under the cold tier (nftw has no user argument). */
+static char g_big[PATH_MAX];
+static off_t g_big_size;
+
+static int note_big(const char *path, const struct stat *st, int type, struct FTW *f)
+{
+	(void)f;
+	if (type == FTW_F && st->st_size > g_big_size) {
+		g_big_size = st->st_size;
+		snprintf(g_big, sizeof(g_big), "%s", path);
+	}
+	return 0;
+}
+
+/* A cold version into device memory: library and caller arenas, 1, 2 and 4
+ * decoders, 1 and 4 copy streams, with and without verify, each compared
+ * byte for byte; then a flipped byte in a cold frame fails the load. */
+static void test_cold_tier(void **state)
+{
+	struct env *e = *state;
+	uint64_t need = 0;
+	assert_int_equal(qv_load_size(e->s, MODEL, "v1", &need), 0);
+	void *dest = NULL;
+	int rc = qv_gpu_alloc(g_dev, need, &dest);
+	LT_CHECK(rc == 0, "qv_gpu_alloc(%llu): %d", (unsigned long long)need, rc);
+	static const unsigned threads[] = {1, 2, 4};
+	int n = 0;
+	for (size_t t = 0; t < 3; t++)
+		for (int caller = 0; caller < 2; caller++) {
+			qv_load_opts o = {.device = g_dev, .io = QV_IO_DIRECT, .decode_threads = threads[t],
+			                  .cuda_streams = caller ? 4 : 1, .verify = (int)(t & 1)};
+			char w[128];
+			snprintf(w, sizeof(w), "cold v1, %s arena, %u decoders, %u streams, verify %d",
+			         caller ? "caller" : "library", o.decode_threads, o.cuda_streams, o.verify);
+			if (caller)
+				assert_int_equal(qv_gpu_fill(g_dev, dest, POISON, need), 0);
+			qv_load *l = NULL;
+			rc = qv_load_run(e->s, MODEL, "v1", caller ? dest : NULL, caller ? need : 0, &o, &l);
+			LT_CHECK(rc == 0, "%s: %d (%s) %s", w, rc, qv_strerror(rc), qv_store_errmsg(e->s));
+			const qv_load_stats *st = qv_load_get_stats(l);
+			LT_CHECK(st->cold_bytes == st->bytes && st->bytes > 0,
+			         "%s: %llu of %llu bytes from the cold tier", w,
+			         (unsigned long long)st->cold_bytes, (unsigned long long)st->bytes);
+			LT_CHECK(st->decode_threads == threads[t], "%s: %u decode threads", w,
+			         st->decode_threads);
+			check_device_load(e, l, need, w);
+			qv_load_destroy(l);
+			n++;
+		}
+	print_message("#   ok: %d cold loads into device memory matched the source byte for byte\n", n);
+
+	char cold[600];
+	snprintf(cold, sizeof(cold), "%s/cold", e->base);
+	g_big[0] = '\0';
+	g_big_size = 0;
+	LT_CHECK(nftw(cold, note_big, 16, FTW_PHYS) == 0 && g_big[0], "no file under %s", cold);
+	int fd = open(g_big, O_RDWR);
+	LT_CHECK(fd >= 0, "open %s", g_big);
+	struct qv_codec_header *h = NULL;
+	rc = qv_codec_header_read(fd, (uint64_t)g_big_size, &h);
+	LT_CHECK(rc == 0, "qv_codec_header_read(%s): %d", g_big, rc);
+	off_t off = (off_t)(h->frames[h->frame_count - 1].offset +
+	                    h->frames[h->frame_count - 1].stored_bytes / 2);
+	qv_codec_header_destroy(h);
+	unsigned char b;
+	LT_CHECK(pread(fd, &b, 1, off) == 1, "pread");
+	b ^= 0x5a;
+	LT_CHECK(pwrite(fd, &b, 1, off) == 1, "pwrite");
+	fsync(fd);
+	close(fd);
+	for (int verify = 0; verify < 2; verify++) {
+		qv_load_opts o = {.device = g_dev, .decode_threads = 2, .verify = verify};
+		load_fails(e, dest, need, &o, QV_ECORRUPT,
+		           verify ? "flipped cold byte, verify" : "flipped cold byte, no verify");
+	}
+	qv_gpu_free(g_dev, dest);
+}
+
 int main(void)
 {
 	const char *why = "";
@@ -281,6 +394,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_caller_arena, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_faults_and_damage, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_gpu_full, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_cold_tier, setup_cold, teardown),
 	};
 	int rc = cmocka_run_group_tests_name("load_cuda", tests, NULL, NULL);
 	if (rc)

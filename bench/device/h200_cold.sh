@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Cold-tier loads on the lent H200 machine (issue: tiering). A generated bf16
+# model with values shaped like trained weights (gen_model.py --values normal)
+# is published and demoted to the cold tier; then, caches dropped before each:
+#   raw O_DIRECT read rate of the cold files (dd, 4 and 16 streams);
+#   quiver load of the cold version to cuda:0 and to host memory, on every
+#   core and pinned to 2 cores (taskset: one decoder per core it may use);
+#   one cold load to cuda:0 with --verify.
+# Usage (on the device machine, from the repo root): bench/device/h200_cold.sh
+#   (REPS=3, CPUSETS="all 0,1" for taskset -c, DEVICES="cuda:0 cpu")
+set -euo pipefail
+source "$(dirname "$0")/build.sh"
+Q=$QV_BUILD/cli/quiver
+W=${W:-/tmp/qvcold}
+HIDDEN=${HIDDEN:-4096} LAYERS=${LAYERS:-4} VOCAB=${VOCAB:-32000} REPS=${REPS:-3}
+CPUSETS=${CPUSETS:-all 0,1} DEVICES=${DEVICES:-cuda:0 cpu}
+t() { date +%s.%N; }
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+mkdir -p "$W"
+if [ ! -f "$W/model/model.safetensors.index.json" ]; then
+  python3 "$QV_SRC/python/tools/gen_model.py" "$W/model" --shards 4 --values normal --dtype BF16 \
+    --hidden "$HIDDEN" --layers "$LAYERS" --vocab "$VOCAB" >/dev/null
+fi
+R=$W/store
+if [ ! -f "$R/config.ini" ]; then
+  "$Q" --root "$R" init --hot "$R/hot" --cold "$R/cold" >/dev/null
+  "$Q" --root "$R" publish bench/cold "$W/model" --no-activate >/dev/null
+  t0=$(t); "$Q" --root "$R" demote bench/cold@v1 >/dev/null; t1=$(t)
+  echo "demoted in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}') s"
+fi
+"$Q" --root "$R" status --json | python3 -c '
+import json,sys; d=json.load(sys.stdin); c=[t for t in d["tiers"] if t["tier"]=="cold"][0]
+print("== machine: %s cores; cold tier %d raw bytes stored in %d (stored/raw %.3f)" %
+      (sys.argv[1], c["raw_bytes"], c["used_bytes"], c["used_bytes"] / c["raw_bytes"]))' "$(nproc)"
+STORED=$(du -sb "$R/cold/shards" | cut -f1)
+for p in 4 16; do
+  drop; t0=$(t)
+  find "$R/cold/shards" -type f -print0 | xargs -0 -P$p -I{} dd if={} of=/dev/null bs=16M iflag=direct status=none
+  t1=$(t); echo "raw_dd_${p}streams_gbps_stored $(awk -v a="$t0" -v b="$t1" -v n="$STORED" 'BEGIN {printf "%.3f", n / (b - a) / 1e9}')"
+done
+for cpus in $CPUSETS; do
+  for dev in $DEVICES; do
+    for r in $(seq "$REPS"); do
+      drop
+      run=("$Q" --root "$R" load bench/cold@v1 --device "$dev" --io direct --json)
+      [ "$cpus" = all ] || run=(taskset -c "$cpus" "${run[@]}")
+      "${run[@]}" | python3 -c '
+import json,sys; d=json.load(sys.stdin); s=d["seconds"]-d["device_init_seconds"]
+print("cpus %-6s %-6s cold %.3f GB/s raw (%.3f s after device init), %d decode threads" %
+      (sys.argv[1], sys.argv[2], d["cold_bytes"]/s/1e9, s, d["decode_threads"]))' "$cpus" "$dev"
+    done
+  done
+done
+drop
+"$Q" --root "$R" load bench/cold@v1 --device cuda:0 --verify --json | python3 -c '
+import json,sys; d=json.load(sys.stdin); print("verify: verified=%s cold_bytes=%d" % (d.get("verified"), d["cold_bytes"]))'
