@@ -29,6 +29,9 @@
 
 #include "quiver/codec.h"
 #include "quiver/error.h"
+#ifdef CODEC_AVX2
+#include "xxh_avx2.h"
+#endif
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the cold codec assumes a little-endian host"
@@ -127,6 +130,18 @@ size_t qv_codec_frame_bound(size_t raw_len)
 size_t qv_codec_scratch_bytes(size_t raw_len)
 {
 	return raw_len + raw_len / 2 + 1;
+}
+
+/* Adds n bytes at p to the frame's running hash. */
+static void hash_update(struct qv_codec_ctx *ctx, const void *p, size_t n)
+{
+#ifdef CODEC_AVX2
+	if (ctx->avx2) {
+		qv__xxh3_update_avx2(ctx->xxh, p, n);
+		return;
+	}
+#endif
+	(void)XXH3_64bits_update(ctx->xxh, p, n);
 }
 
 /* ---- little-endian fields ---- */
@@ -704,7 +719,7 @@ static void finish_digest(struct qv_codec_ctx *ctx, const unsigned char *tail, s
 			  unsigned char *dst, uint64_t *digest)
 {
 	memcpy(dst, tail, tail_len);
-	XXH3_64bits_update(ctx->xxh, dst, tail_len);
+	hash_update(ctx, dst, tail_len);
 	*digest = XXH3_64bits_digest(ctx->xxh);
 }
 
@@ -746,7 +761,7 @@ static int decode_planes(struct qv_codec_ctx *ctx, uint32_t method, const unsign
 		case QV_CODEC_METHOD_F16_PLANES: merge_f16(at, m, dst + i * elem); break;
 		default: merge_f32(at, m, dst + i * elem); break;
 		}
-		XXH3_64bits_update(ctx->xxh, dst + i * elem, m * elem);
+		hash_update(ctx, dst + i * elem, m * elem);
 	}
 	finish_digest(ctx, src + pos, len - pos, dst + n * elem, digest);
 	return 0;
@@ -885,7 +900,7 @@ static int decode_bf16_pairs(struct qv_codec_ctx *ctx, const unsigned char *src,
 		}
 		const unsigned char *at[2] = { e + k0, sm + i + k0 };
 		merge_bf16(at, m - k0, dst + 2 * (i + k0), ctx->avx2);
-		XXH3_64bits_update(ctx->xxh, dst + 2 * i, 2 * m);
+		hash_update(ctx, dst + 2 * i, 2 * m);
 	}
 	if (ei != ne)
 		return QV_ECORRUPT;
