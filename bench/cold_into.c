@@ -6,7 +6,10 @@
  * buffers does (a GPU load's pinned ring is resident too). The difference
  * is the price of the first touch, not of reading or decoding.
  *
- * usage: cold_into ROOT MODEL@REF [PASSES]   (QV_IO=direct|buffered|auto) */
+ * usage: cold_into ROOT MODEL@REF [PASSES]
+ *   QV_IO=direct|buffered|auto (default direct); QV_DROP=0 keeps the page
+ *   cache (with QV_IO=buffered and the files cached: no disk at all, the
+ *   CPU's own ceiling for reading and decoding). */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -40,7 +43,7 @@ int main(int argc, char **argv)
 	uint64_t need = 0;
 	void *dest = MAP_FAILED;
 	int passes = argc > 3 ? atoi(argv[3]) : 2, rc = 1;
-	const char *io = getenv("QV_IO");
+	const char *io = getenv("QV_IO"), *drop = getenv("QV_DROP");
 	qv_load_opts o = { .device = QV_DEVICE_CPU, .io = QV_IO_DIRECT };
 
 	if (argc < 3 || argc > 4 || passes < 1 || (at = strrchr(argv[2], '@')) == NULL) {
@@ -67,7 +70,7 @@ int main(int argc, char **argv)
 	}
 	for (int p = 1; p <= passes; p++) {
 		qv_load *l = NULL;
-		int dropped = drop_caches();
+		int dropped = drop && strcmp(drop, "0") == 0 ? 0 : drop_caches();
 
 		if (qv_load_run(s, argv[2], at + 1, dest, need, &o, &l) != 0) {
 			fprintf(stderr, "cold_into: pass %d: %s\n", p, qv_store_errmsg(s));

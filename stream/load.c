@@ -196,8 +196,10 @@ int qv_load_size(qv_store *s, const char *model, const char *ref, uint64_t *byte
 
 /* ---- files and the page cache ---------------------------------------------------------- */
 /* Opens a cold target: a buffered descriptor for the header (and as the
- * fallback), an O_DIRECT one for the frames where the file system allows. */
-static int open_cold(qv_store *s, struct plan *p, size_t i, struct qv__cold_target *ct)
+ * fallback), and with direct an O_DIRECT one for the frames where the file
+ * system allows. */
+static int open_cold(qv_store *s, struct plan *p, size_t i, struct qv__cold_target *ct,
+                     int direct)
 {
 	struct qv__target *t = &p->t[i];
 	char path[PATH_MAX];
@@ -220,7 +222,8 @@ static int open_cold(qv_store *s, struct plan *p, size_t i, struct qv__cold_targ
 	if (rc)
 		return qv_store_fail(s, rc == QV_EFORMAT ? QV_ECORRUPT : rc,
 		                     "cold shard %s is damaged (%s)", t->name, qv_strerror(rc));
-	ct->direct_fd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+	if (direct)
+		ct->direct_fd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
 	return 0;
 }
 
@@ -257,7 +260,7 @@ static int open_targets(qv_store *s, struct plan *p, int direct)
 		for (int attempt = 0;; attempt++) {
 			int rc = 0;
 			if (t->tier == QV_TIER_COLD) {
-				rc = open_cold(s, p, i, &p->cold[p->n_cold]);
+				rc = open_cold(s, p, i, &p->cold[p->n_cold], direct);
 				if (rc == 0) {
 					p->n_cold++;
 					p->cold_raw += t->size;
@@ -306,34 +309,41 @@ static int open_targets(qv_store *s, struct plan *p, int direct)
 }
 
 /* Fraction of the targets' bytes in the page cache (cachestat, else mincore). */
+/* Adds fd's pages (size bytes) and how many of them are in the page cache. */
+static void count_cached(int fd, uint64_t size, uint64_t *pages, uint64_t *cached)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	uint64_t np = (size + (uint64_t)pg - 1) / (uint64_t)pg;
+	if (np == 0)
+		return;
+	*pages += np;
+#ifdef SYS_cachestat
+	struct { uint64_t off, len; } range = {0, 0};
+	struct { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; } cs;
+	if (syscall(SYS_cachestat, fd, &range, &cs, 0) == 0) {
+		*cached += cs.nr_cache;
+		return;
+	}
+#endif
+	void *m = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+	if (m == MAP_FAILED)
+		return;
+	unsigned char *vec = malloc(np);
+	if (vec && mincore(m, size, vec) == 0)
+		for (uint64_t k = 0; k < np; k++)
+			*cached += vec[k] & 1;
+	free(vec);
+	munmap(m, size);
+}
+
+/* The share of the version's files (hot shards, cold files) in the page cache. */
 static double cached_fraction(const struct plan *p)
 {
 	uint64_t pages = 0, cached = 0;
-	long pg = sysconf(_SC_PAGESIZE);
-	for (size_t i = 0; i < p->n_hot; i++) {
-		const struct qv__target *t = &p->hot[i];
-		uint64_t np = (t->size + (uint64_t)pg - 1) / (uint64_t)pg;
-		if (np == 0)
-			continue;
-		pages += np;
-#ifdef SYS_cachestat
-		struct { uint64_t off, len; } range = {0, 0};
-		struct { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; } cs;
-		if (syscall(SYS_cachestat, t->fd, &range, &cs, 0) == 0) {
-			cached += cs.nr_cache;
-			continue;
-		}
-#endif
-		void *m = mmap(NULL, t->size, PROT_READ, MAP_SHARED, t->fd, 0);
-		if (m == MAP_FAILED)
-			continue;
-		unsigned char *vec = malloc(np);
-		if (vec && mincore(m, t->size, vec) == 0)
-			for (uint64_t k = 0; k < np; k++)
-				cached += vec[k] & 1;
-		free(vec);
-		munmap(m, t->size);
-	}
+	for (size_t i = 0; i < p->n_hot; i++)
+		count_cached(p->hot[i].fd, p->hot[i].size, &pages, &cached);
+	for (size_t i = 0; i < p->n_cold; i++)
+		count_cached(p->cold[i].fd, p->cold[i].hdr->file_size, &pages, &cached);
 	return pages ? (double)cached / (double)pages : 1.0;
 }
 

@@ -26,9 +26,9 @@ extern "C" {
 #define QV_DEVICE_CPU (-1)
 
 enum qv_io_mode {
-	QV_IO_AUTO = 0,      /* O_DIRECT io_uring unless the shards are in the page cache */
-	QV_IO_DIRECT = 1,    /* io_uring, O_DIRECT, fixed buffers and files */
-	QV_IO_BUFFERED = 2,  /* the pread thread pool through the page cache */
+	QV_IO_AUTO = 0,      /* O_DIRECT io_uring unless the files (hot and cold) are cached */
+	QV_IO_DIRECT = 1,    /* io_uring, O_DIRECT, fixed buffers and files; cold frames O_DIRECT */
+	QV_IO_BUFFERED = 2,  /* the pread thread pool and cold frames through the page cache */
 };
 
 #define QV_LOAD_QD_MAX 256u

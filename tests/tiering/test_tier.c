@@ -8,6 +8,7 @@
  * the source byte for byte (tests/stream/load_util.c). */
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -216,6 +218,52 @@ static qv_migrate_result promote(struct env *e, const char *ref)
 	LT_CHECK(rc == 0, "qv_tier_promote(%s): %d (%s) %s", ref, rc, qv_strerror(rc),
 	         qv_store_errmsg(e->s));
 	return r;
+}
+
+/* Page-cache residency of the cold tier's files (nftw has no user argument):
+ * cold_cache_drop() evicts them, cold_cache_share() says what share is
+ * cached. */
+static uint64_t g_pages, g_cached;
+static int g_evict;
+
+static int cold_cache_visit(const char *path, const struct stat *st, int type, struct FTW *f)
+{
+	(void)f;
+	if (type != FTW_F || st->st_size == 0)
+		return 0;
+	int fd = open(path, O_RDONLY);
+	LT_CHECK(fd >= 0, "open %s: %s", path, strerror(errno));
+	if (g_evict) {
+		fdatasync(fd);
+		posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+	} else {
+		size_t np = ((size_t)st->st_size + 4095) / 4096;
+		unsigned char *vec = malloc(np);
+		void *m = mmap(NULL, (size_t)st->st_size, PROT_READ, MAP_SHARED, fd, 0);
+		LT_CHECK(vec && m != MAP_FAILED, "mmap %s", path);
+		LT_CHECK(mincore(m, (size_t)st->st_size, vec) == 0, "mincore %s", path);
+		for (size_t k = 0; k < np; k++)
+			g_cached += vec[k] & 1;
+		g_pages += np;
+		munmap(m, (size_t)st->st_size);
+		free(vec);
+	}
+	close(fd);
+	return 0;
+}
+
+static void cold_cache_drop(struct env *e)
+{
+	g_evict = 1;
+	LT_CHECK(nftw(e->cold, cold_cache_visit, 16, FTW_PHYS) == 0, "nftw %s", e->cold);
+}
+
+static double cold_cache_share(struct env *e)
+{
+	g_evict = 0;
+	g_pages = g_cached = 0;
+	LT_CHECK(nftw(e->cold, cold_cache_visit, 16, FTW_PHYS) == 0, "nftw %s", e->cold);
+	return g_pages ? (double)g_cached / (double)g_pages : 0.0;
 }
 
 /* Loads ref with decode_threads threads, compares with m; returns cold_bytes. */
@@ -447,8 +495,21 @@ static void test_demote_load_promote(void **state)
 		LT_CHECK(load_check(e, 0, "v1", th[k], QV_IO_AUTO, k == 1) > 0, "v1 (mixed): cold_bytes 0");
 		LT_CHECK(load_check(e, 1, "v2", th[k], QV_IO_AUTO, 0) == 0, "v2 (hot): cold_bytes > 0");
 	}
-	LT_CHECK(load_check(e, 2, "v3", 0, QV_IO_BUFFERED, 1) > 0, "v3 buffered: cold_bytes 0");
+	/* cold frames are read O_DIRECT unless the load asks for buffered io:
+	 * only a buffered load leaves the cold files in the page cache */
+	cold_cache_drop(e);
 	LT_CHECK(load_check(e, 0, "v1", 3, QV_IO_DIRECT, 0) > 0, "v1 direct: cold_bytes 0");
+	LT_CHECK(load_check(e, 2, "v3", 2, QV_IO_DIRECT, 0) > 0, "v3 direct: cold_bytes 0");
+	double direct_share = cold_cache_share(e);
+	cold_cache_drop(e);
+	LT_CHECK(load_check(e, 0, "v1", 3, QV_IO_BUFFERED, 0) > 0, "v1 buffered: cold_bytes 0");
+	LT_CHECK(load_check(e, 2, "v3", 0, QV_IO_BUFFERED, 1) > 0, "v3 buffered: cold_bytes 0");
+	double buffered_share = cold_cache_share(e);
+	LT_CHECK(buffered_share > 0.9 && direct_share < 0.2,
+	         "cold files in the page cache after a direct load %.2f, a buffered one %.2f",
+	         direct_share, buffered_share);
+	print_message("#   ok: cold files cached after a direct load %.2f, after a buffered one %.2f\n",
+	              direct_share, buffered_share);
 
 	/* export of a cold and a mixed version: byte for byte */
 	char out[700], want[700], got[800];
