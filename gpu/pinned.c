@@ -16,8 +16,9 @@ int qv_pinned_alloc(size_t bytes, int for_cuda, void **out, int *pinned)
 	*pinned = 0;
 	if (bytes == 0)
 		return -EINVAL;
-	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
-	               -1, 0);
+	/* pages to pin are faulted in now; host-only buffers as they are used */
+	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+	               MAP_PRIVATE | MAP_ANONYMOUS | (for_cuda ? MAP_POPULATE : 0), -1, 0);
 	if (p == MAP_FAILED)
 		return -errno;
 	if (for_cuda && qv__cuda_host_register(p, bytes) == 0)

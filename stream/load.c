@@ -561,7 +561,10 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 			goto out;
 		}
 	}
-	rc = qv_pinned_alloc((size_t)qd * chunk, o->device != QV_DEVICE_CPU, (void **)&ring, &pinned);
+	/* the read ring serves hot shards only */
+	rc = p.n_hot == 0 ? 0
+	                  : qv_pinned_alloc((size_t)qd * chunk, o->device != QV_DEVICE_CPU,
+	                                    (void **)&ring, &pinned);
 	if (rc) {
 		rc = qv_store_fail(s, rc, "cannot allocate the %zu-byte read ring: %s", (size_t)qd * chunk,
 		                   strerror(-rc));
