@@ -28,9 +28,9 @@ int qv_gpu_device_count(const char **why);
 
 /* Page-aligned host memory of bytes. With for_cuda, pinned for DMA when CUDA
  * is built in and a driver is present (mmap + cudaHostRegister: pages that
- * io_uring can also register as fixed buffers); otherwise plain page-aligned
- * memory, which costs no CUDA start-up. Free with qv_pinned_free(). *pinned
- * tells which it is. */
+ * io_uring can also register as fixed buffers; faulted in at once);
+ * otherwise plain page-aligned memory, faulted in as it is used, which costs
+ * no CUDA start-up. Free with qv_pinned_free(). *pinned tells which it is. */
 int qv_pinned_alloc(size_t bytes, int for_cuda, void **out, int *pinned);
 void qv_pinned_free(void *p, size_t bytes, int pinned);
 
