@@ -48,7 +48,7 @@ static void print_help(const struct cmd *c)
 /* Common option parsing: every command knows --root, --help and maybe --json. */
 enum { OPT_ROOT = 1000, OPT_JSON, OPT_VERSION, OPT_ALIAS, OPT_NO_ACTIVATE, OPT_MESSAGE,
        OPT_FORCE, OPT_DRY_RUN, OPT_TO, OPT_RM, OPT_DEVICE, OPT_IO, OPT_QD, OPT_CHUNK,
-       OPT_VERIFY, OPT_PROMOTE, OPT_HOT, OPT_COLD, OPT_CAPACITY, OPT_HIGH, OPT_LOW, OPT_APPLY };
+       OPT_DECODERS, OPT_VERIFY, OPT_PROMOTE, OPT_HOT, OPT_COLD, OPT_CAPACITY, OPT_HIGH, OPT_LOW, OPT_APPLY };
 
 struct opts {
 	const char *root;
@@ -66,6 +66,7 @@ struct opts {
 	const char *io;
 	const char *qd;
 	const char *chunk;
+	const char *decoders;
 	int verify;
 	int promote;
 	const char *hot, *cold, *capacity, *high, *low;
@@ -116,6 +117,7 @@ static int parse_opts(const struct cmd *c, int argc, char **argv, const struct o
 		case OPT_IO: o->io = optarg; break;
 		case OPT_QD: o->qd = optarg; break;
 		case OPT_CHUNK: o->chunk = optarg; break;
+		case OPT_DECODERS: o->decoders = optarg; break;
 		case OPT_VERIFY: o->verify = 1; break;
 		case OPT_PROMOTE: o->promote = 1; break;
 		case OPT_HOT: o->hot = optarg; break;
@@ -770,6 +772,7 @@ static int cmd_load(int argc, char **argv)
 	                                      {"io", required_argument, NULL, OPT_IO},
 	                                      {"qd", required_argument, NULL, OPT_QD},
 	                                      {"chunk", required_argument, NULL, OPT_CHUNK},
+	                                      {"decode-threads", required_argument, NULL, OPT_DECODERS},
 	                                      {"verify", no_argument, NULL, OPT_VERIFY},
 	                                      {"promote", no_argument, NULL, OPT_PROMOTE},
 	                                      {"json", no_argument, NULL, OPT_JSON},
@@ -808,6 +811,13 @@ static int cmd_load(int argc, char **argv)
 			return usage_error(c, "--chunk must be a multiple of 4 KiB from 64K to 64M, not '%s'",
 			                   o.chunk);
 		lo.chunk_bytes = (size_t)v;
+	}
+	if (o.decoders) {
+		char *end;
+		long v = strtol(o.decoders, &end, 10);
+		if (v < 1 || v > 16 || *end || end == o.decoders)
+			return usage_error(c, "--decode-threads must be 1 to 16, not '%s'", o.decoders);
+		lo.decode_threads = (unsigned)v;
 	}
 	qv_store *s;
 	if (open_store(&o, &s))
@@ -1224,7 +1234,7 @@ static const struct cmd cmds[] = {
 	 "Recompute the SHA-256 of every shard of MODEL@REF (default: every version in\n"
 	 "the store). Damaged shards are listed with every version they break; exit 3."},
 	{"load", cmd_load,
-	 "quiver load MODEL[@REF] [--device cpu|cuda:N] [--io auto|direct|buffered] [--qd N] [--chunk SIZE] [--verify] [--promote] [--json]",
+	 "quiver load MODEL[@REF] [--device cpu|cuda:N] [--io auto|direct|buffered] [--qd N] [--chunk SIZE] [--decode-threads N] [--verify] [--promote] [--json]",
 	 "Stream a version's tensors from the store into memory: io_uring with O_DIRECT\n"
 	 "reads into a ring of pinned buffers, then into host memory or the GPU.\n"
 	 "Prints bytes, tensors, seconds, GB/s and the time to the first complete tensor.\n\n"
@@ -1234,6 +1244,8 @@ static const struct cmd cmds[] = {
 	 "               frames O_DIRECT too) or buffered (pread threads, page cache)\n"
 	 "  --qd N       reads in flight, 1 to 256 (default 16)\n"
 	 "  --chunk SIZE bytes per read, a multiple of 4K from 64K to 64M (default 1M)\n"
+	 "  --decode-threads N  workers decoding cold frames, 1 to 16 (default: one\n"
+	 "               per core this process may run on)\n"
 	 "  --verify     check every shard's XXH3 checksum on the way; damage exits 3\n"
 	 "               (cold frames are always checked)\n"
 	 "  --promote    also move the version's cold shards back to the hot tier\n"

@@ -112,6 +112,11 @@ t_cold_load_json() {
 	jcheck "$OUT_FILE" 'd["cold_bytes"] > 0 and d["tensors"] == 3 and d["engine"] in ("io_uring", "pread", "none")' "load --json of cold v3"
 	expect_ok q load $M@v3
 	if grep -q "(null)" "$OUT_FILE"; then fail "load of cold v3 prints '(null)': $(grep '(null)' "$OUT_FILE")"; fi
+	expect_ok q load $M@v3 --json --decode-threads 3
+	jcheck "$OUT_FILE" 'd["decode_threads"] == 3' "load --decode-threads 3"
+	expect_rc 2 q load $M@v3 --decode-threads 0
+	expect_rc 2 q load $M@v3 --decode-threads 17
+	expect_rc 2 q load $M@v3 --decode-threads two
 }
 soft t_cold_load_json
 
