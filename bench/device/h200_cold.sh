@@ -7,13 +7,14 @@
 #   core and pinned to 2 cores (taskset: one decoder per core it may use);
 #   one cold load to cuda:0 with --verify.
 # Usage (on the device machine, from the repo root): bench/device/h200_cold.sh
-#   (REPS=3, CPUSETS="all 0,1" for taskset -c, DEVICES="cuda:0 cpu")
+#   (REPS=3, CPUSETS="all 0,1" for taskset -c, DEVICES="cuda:0 cpu",
+#    THREADS="default" or --decode-threads values, e.g. "2 4 8 16")
 set -euo pipefail
 source "$(dirname "$0")/build.sh"
 Q=$QV_BUILD/cli/quiver
 W=${W:-/tmp/qvcold}
 HIDDEN=${HIDDEN:-4096} LAYERS=${LAYERS:-4} VOCAB=${VOCAB:-32000} REPS=${REPS:-3}
-CPUSETS=${CPUSETS:-all 0,1} DEVICES=${DEVICES:-cuda:0 cpu}
+CPUSETS=${CPUSETS:-all 0,1} DEVICES=${DEVICES:-cuda:0 cpu} THREADS=${THREADS:-default}
 t() { date +%s.%N; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 mkdir -p "$W"
@@ -38,11 +39,13 @@ for p in 4 16; do
   find "$R/cold/shards" -type f -print0 | xargs -0 -P$p -I{} dd if={} of=/dev/null bs=16M iflag=direct status=none
   t1=$(t); echo "raw_dd_${p}streams_gbps_stored $(awk -v a="$t0" -v b="$t1" -v n="$STORED" 'BEGIN {printf "%.3f", n / (b - a) / 1e9}')"
 done
-for cpus in $CPUSETS; do
+for r in $(seq "$REPS"); do
+ for cpus in $CPUSETS; do
   for dev in $DEVICES; do
-    for r in $(seq "$REPS"); do
+    for th in $THREADS; do
       drop
       run=("$Q" --root "$R" load bench/cold@v1 --device "$dev" --io direct --json)
+      [ "$th" = default ] || run+=(--decode-threads "$th")
       [ "$cpus" = all ] || run=(taskset -c "$cpus" "${run[@]}")
       "${run[@]}" | python3 -c '
 import json,sys; d=json.load(sys.stdin); s=d["seconds"]-d["device_init_seconds"]
@@ -50,6 +53,7 @@ print("cpus %-6s %-6s cold %.3f GB/s raw (%.3f s after device init), %d decode t
       (sys.argv[1], sys.argv[2], d["cold_bytes"]/s/1e9, s, d["decode_threads"]))' "$cpus" "$dev"
     done
   done
+ done
 done
 drop
 "$Q" --root "$R" load bench/cold@v1 --device cuda:0 --verify --json | python3 -c '
