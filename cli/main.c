@@ -815,7 +815,7 @@ static int cmd_load(int argc, char **argv)
 	if (o.decoders) {
 		char *end;
 		long v = strtol(o.decoders, &end, 10);
-		if (v < 1 || v > 16 || *end || end == o.decoders)
+		if (v < 1 || v > QV_LOAD_DECODE_THREADS_MAX || *end || end == o.decoders)
 			return usage_error(c, "--decode-threads must be 1 to 16, not '%s'", o.decoders);
 		lo.decode_threads = (unsigned)v;
 	}

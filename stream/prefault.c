@@ -57,19 +57,36 @@ static void *prefault_main(void *arg)
 	return NULL;
 }
 
+/* The whole pages inside [dest, dest + len): their start, and their length
+ * (0 when there are none). */
+static size_t inner_pages(void *dest, size_t len, char **start)
+{
+	uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)dest;
+	uintptr_t s = (a + pg - 1) & ~(pg - 1), e = (a + len) & ~(pg - 1);
+	*start = (char *)s;
+	return e > s ? e - s : 0;
+}
+
+void qv__fault_in(void *dest, size_t len)
+{
+	char *start;
+	size_t n = inner_pages(dest, len, &start);
+	if (n > 0)
+		(void)madvise(start, n, MADV_POPULATE_WRITE); /* best effort */
+}
+
 int qv__prefault_start(void *dest, size_t len, struct qv__prefault **out)
 {
 	*out = NULL;
-	long pg = sysconf(_SC_PAGESIZE);
-	uintptr_t a = (uintptr_t)dest, start = (a + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
-	uintptr_t end = (a + len) & ~((uintptr_t)pg - 1);
-	if (end <= start)
+	char *start;
+	size_t n = inner_pages(dest, len, &start);
+	if (n == 0)
 		return 0;
 	struct qv__prefault *pf = calloc(1, sizeof(*pf));
 	if (!pf)
 		return -ENOMEM;
-	pf->base = (char *)start;
-	pf->len = end - start;
+	pf->base = start;
+	pf->len = n;
 	atomic_init(&pf->stop, 0);
 	int rc = pthread_create(&pf->thread, NULL, prefault_main, pf);
 	if (rc) {

@@ -70,6 +70,9 @@ int qv__engine_run(const struct qv__engine_cfg *cfg, struct qv__backend *be,
 struct qv__prefault;
 int qv__prefault_start(void *dest, size_t len, struct qv__prefault **out);
 void qv__prefault_stop(struct qv__prefault *pf);
+/* Faults in the whole pages of [dest, dest + len) on the calling thread, in
+ * one MADV_POPULATE_WRITE (best effort: before Linux 5.14 the writes fault). */
+void qv__fault_in(void *dest, size_t len);
 
 /* A cold shard for the decode path (cold.c). */
 struct qv_codec_header;
@@ -87,7 +90,7 @@ struct qv__cold_stats {
 	double first_done_s;   /* when target 0 was complete, 0 if not measured */
 };
 
-#define QV_COLD_THREADS_MAX 16u
+#define QV_COLD_THREADS_MAX QV_LOAD_DECODE_THREADS_MAX
 
 /* Decodes every frame of the cold targets on n_threads workers into the
  * sink, using n_bufs pinned buffers of QV_CODEC_FRAME_MAX bytes at bufs as

@@ -34,6 +34,7 @@ enum qv_io_mode {
 #define QV_LOAD_QD_MAX 256u
 #define QV_LOAD_CHUNK_MIN (64u << 10)
 #define QV_LOAD_CHUNK_MAX (64u << 20)
+#define QV_LOAD_DECODE_THREADS_MAX 16u
 
 typedef struct qv_load_opts {
 	int device;                /* QV_DEVICE_CPU, or a CUDA device index */
@@ -42,7 +43,7 @@ typedef struct qv_load_opts {
 	size_t chunk_bytes;        /* bytes per read, multiple of 4096; 0: default */
 	int verify;                /* check every shard's XXH3 on the fly: QV_ECORRUPT */
 	unsigned cuda_streams;     /* copy streams of the CUDA sink; 0: default (4) */
-	unsigned decode_threads;   /* workers for cold frames; 0: default (cores, at most 16) */
+	unsigned decode_threads;   /* workers for cold frames; 0: default (cores); at most 16 */
 	qv_progress_fn progress;   /* called on the calling thread */
 	void *progress_arg;
 } qv_load_opts;
