@@ -19,19 +19,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include "quiver/codec.h"
 #include "stream_int.h"
 
-/* A read buffer holds any stored frame. Buffers start on a huge page and
- * the region asks for transparent huge pages: a frame read with O_DIRECT
- * then lands in physically contiguous memory, a few segments per request
- * instead of one per 4 KiB page. On the 2-vCPU box (virtio-blk) reads into
- * 4 KiB pages were split and slow: 16 readers with only read and no decode
- * ran at 0.88-1.23 GB/s against 1.24-1.39 on huge pages, interleaved runs
- * (docs/BENCHMARKS.md). */
+/* A read buffer holds any stored frame and starts on a huge page of
+ * qv_pinned_alloc's memory: a frame read with O_DIRECT lands in physically
+ * contiguous memory. On the 2-vCPU box (virtio-blk) 16 readers that only
+ * read ran at 0.88-1.23 GB/s into 4 KiB pages and 1.24-1.39 into huge
+ * pages, interleaved runs (docs/BENCHMARKS.md). */
 #define HUGE_PAGE ((size_t)2 << 20)
 /* qv_codec_header_read() bounds a frame's stored length by its raw length,
  * at most QV_CODEC_FRAME_MAX: an aligned read of it fits. */
@@ -255,7 +252,7 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sin
 	struct job_done *fly = malloc(n_bufs * sizeof(*fly));
 	unsigned fly_head = 0, fly_n = 0;
 	size_t rbufs_len;
-	void *rbufs_map = MAP_FAILED;
+	int rbufs_pinned = 0;
 	double t0 = qv__stream_now();
 	int rc = 0;
 
@@ -264,15 +261,11 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sin
 	if (n_threads > QV_COLD_THREADS_MAX)
 		n_threads = QV_COLD_THREADS_MAX;
 	c.n_rbufs = COLD_READS + n_threads;
-	rbufs_len = (size_t)c.n_rbufs * READ_STRIDE + HUGE_PAGE; /* room to align */
+	rbufs_len = (size_t)c.n_rbufs * READ_STRIDE;
 	c.free_list = malloc(n_bufs * sizeof(unsigned));
 	c.done = malloc(n_bufs * sizeof(*c.done));
-	rbufs_map = mmap(NULL, rbufs_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (rbufs_map != MAP_FAILED) {
-		c.rbufs = (char *)(((uintptr_t)rbufs_map + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
-		/* best effort: without THP the reads still work, split finer */
-		(void)madvise(c.rbufs, (size_t)c.n_rbufs * READ_STRIDE, MADV_HUGEPAGE);
-	}
+	if (qv_pinned_alloc(rbufs_len, 0, (void **)&c.rbufs, &rbufs_pinned))
+		c.rbufs = NULL;
 	if (!c.free_list || !c.done || !left || !fly || !c.rbufs) {
 		snprintf(err, errlen, "out of memory");
 		rc = -ENOMEM;
@@ -374,8 +367,7 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sin
 	pthread_cond_destroy(&c.cv_read);
 	pthread_mutex_destroy(&c.mu);
 out:
-	if (rbufs_map != MAP_FAILED)
-		munmap(rbufs_map, rbufs_len);
+	qv_pinned_free(c.rbufs, rbufs_len, rbufs_pinned);
 	free(left);
 	free(fly);
 	free(c.free_list);

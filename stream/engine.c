@@ -31,8 +31,7 @@ struct slot {
 	size_t req;        /* bytes asked for (aligned up for O_DIRECT) */
 	size_t got;        /* bytes read so far */
 	size_t best;       /* most bytes ever read into it (detects EOF on re-reads) */
-	char *buf;         /* the ring slot, or the destination itself (direct) */
-	int direct;
+	char *buf;         /* the ring slot */
 };
 
 double qv__stream_now(void)
@@ -54,8 +53,6 @@ struct engine {
 	size_t n;
 	qv_sink *sink;
 	char *ring;
-	char *host;        /* a host sink's destination, when reads may go straight there */
-	uint64_t host_bytes;
 	struct slot *slots;
 	unsigned *fifo;    /* slots in submission order */
 	unsigned head, count;
@@ -79,8 +76,7 @@ static int submit_slot(struct engine *e, unsigned s)
 	 * re-read from the aligned position below what we have. */
 	size_t have = e->cfg->direct ? sl->got / QV_IO_ALIGN * QV_IO_ALIGN : sl->got;
 	sl->got = have;
-	int rc = e->be->submit(e->be, s, t, sl->buf + have, sl->req - have, sl->off + have,
-	                       sl->direct);
+	int rc = e->be->submit(e->be, s, t, sl->buf + have, sl->req - have, sl->off + have);
 	if (rc) {
 		snprintf(e->err, e->errlen, "shard %s: cannot queue a read: %s", t->name, strerror(-rc));
 		sl->state = SLOT_READY; /* nothing in flight */
@@ -151,14 +147,12 @@ static int fill(struct engine *e)
 		sl->want = left < e->cfg->chunk_bytes ? (size_t)left : e->cfg->chunk_bytes;
 		sl->req = e->cfg->direct ? align_up(sl->want) : sl->want;
 		sl->got = sl->best = 0;
-		/* Host destination: read straight into place (no copy) when the
-		 * place is aligned for O_DIRECT and the aligned-up read stays
-		 * inside the destination (shards sit 4 KiB apart, so only the
-		 * very end of the arena can need the ring). */
-		uint64_t at = t->dest_off + sl->off;
-		sl->direct = e->host && at + sl->req <= e->host_bytes &&
-		             ((uintptr_t)(e->host + at) % QV_IO_ALIGN) == 0;
-		sl->buf = sl->direct ? e->host + at : e->ring + (size_t)s * e->cfg->chunk_bytes;
+		/* Always into the ring, host destinations too: its huge pages take
+		 * a read in a few segments, a fresh arena's 4 KiB pages in one
+		 * each, and the copy costs less than the split reads (hot loads to
+		 * host memory, interleaved runs: 2-vCPU box 1.18 vs 0.99 GB/s,
+		 * H200 box 2.35 vs 1.85; docs/BENCHMARKS.md). */
+		sl->buf = e->ring + (size_t)s * e->cfg->chunk_bytes;
 		rc = submit_slot(e, (unsigned)s);
 		if (rc)
 			return rc;
@@ -198,7 +192,7 @@ static int drain(struct engine *e)
 				return QV_ECORRUPT;
 			}
 		}
-		int rc = sl->direct ? 0 : qv_sink_put(e->sink, s, buf, sl->want, t->dest_off + sl->off);
+		int rc = qv_sink_put(e->sink, s, buf, sl->want, t->dest_off + sl->off);
 		if (rc) {
 			snprintf(e->err, e->errlen, "shard %s: copy to destination: %s", t->name,
 			         rc == -ERANGE ? "out of range" : qv_sink_errmsg(e->sink));
@@ -273,15 +267,6 @@ int qv__engine_run(const struct qv__engine_cfg *cfg, struct qv__backend *be,
 	e.slots = calloc(cfg->qd, sizeof(*e.slots));
 	e.fifo = calloc(cfg->qd, sizeof(*e.fifo));
 	e.xx = cfg->verify ? XXH3_createState() : NULL;
-	e.host = qv_sink_host_dest(sink, &e.host_bytes);
-	/* Direct reads may write the whole last 4 KiB block of a shard: keep
-	 * them inside the bytes the plan uses, never past its end. */
-	uint64_t used = 0;
-	for (size_t i = 0; i < n; i++)
-		if (t[i].dest_off + t[i].size > used)
-			used = t[i].dest_off + t[i].size;
-	if (used < e.host_bytes)
-		e.host_bytes = used;
 	if (!e.slots || !e.fifo || (cfg->verify && !e.xx)) {
 		snprintf(err, errlen, "out of memory");
 		rc = -ENOMEM;

@@ -62,9 +62,8 @@ static void *worker(void *arg)
 }
 
 static int p_submit(struct qv__backend *b, unsigned slot, const struct qv__target *t, void *buf,
-                    size_t len, uint64_t off, int direct)
+                    size_t len, uint64_t off)
 {
-	(void)direct;
 	struct pread_be *p = (struct pread_be *)b;
 	pthread_mutex_lock(&p->mu);
 	if (p->jcount + p->dcount >= p->cap) {

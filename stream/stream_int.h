@@ -26,10 +26,9 @@ struct qv__target {
 /* A read backend: io_uring or the pread pool. */
 struct qv__backend {
 	const char *name;
-	/* buf is ring slot `slot` (a registered buffer) unless direct: then it
-	 * is the destination itself. */
+	/* buf is in ring slot `slot` (a registered buffer). */
 	int (*submit)(struct qv__backend *b, unsigned slot, const struct qv__target *t, void *buf,
-	              size_t len, uint64_t off, int direct);
+	              size_t len, uint64_t off);
 	int (*flush)(struct qv__backend *b);
 	/* Blocks for one completion: its slot and result (bytes or -errno). */
 	int (*reap)(struct qv__backend *b, unsigned *slot, int64_t *res);

@@ -25,7 +25,7 @@ struct uring_be {
 };
 
 static int u_submit(struct qv__backend *b, unsigned slot, const struct qv__target *t, void *buf,
-                    size_t len, uint64_t off, int direct)
+                    size_t len, uint64_t off)
 {
 	struct uring_be *u = (struct uring_be *)b;
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
@@ -39,10 +39,7 @@ static int u_submit(struct qv__backend *b, unsigned slot, const struct qv__targe
 			return -EBUSY;
 	}
 	int fd = u->files_registered && t->fixed >= 0 ? t->fixed : t->fd;
-	if (direct) /* into the destination: not a registered buffer */
-		io_uring_prep_read(sqe, fd, buf, (unsigned)len, off);
-	else
-		io_uring_prep_read_fixed(sqe, fd, buf, (unsigned)len, off, (int)slot);
+	io_uring_prep_read_fixed(sqe, fd, buf, (unsigned)len, off, (int)slot);
 	if (fd == t->fixed)
 		sqe->flags |= IOSQE_FIXED_FILE;
 	io_uring_sqe_set_data64(sqe, slot);
