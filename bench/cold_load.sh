@@ -6,9 +6,7 @@
 # disk, another folder), then REPS times, caches dropped before each:
 #   (a) fio: raw O_DIRECT read rate of the cold tier's files (stored bytes/s),
 #       the better of two runs: buffers of 4 KiB pages, and buffers of huge
-#       pages (--iomem=shmhuge; the script reserves 16 for the run as root).
-#       A virtio disk reads much faster into physically contiguous buffers,
-#       so the 4 KiB figure alone understates the disk;
+#       pages (--iomem=shmhuge; bench/common.sh says why);
 #   (b) quiver load --device cpu of the cold version, in raw (decoded) bytes/s,
 #       into fresh memory that the kernel faults in as the decoders write it;
 #   (c) the same load into a host buffer already resident (bench/cold_into's
@@ -43,27 +41,12 @@ SHARDS=$R/cold/shards   # fio reads every file below it (opendir)
 eval "$("$Q" --root "$R" status --json | python3 -c '
 import json,sys; d=json.load(sys.stdin); c=[t for t in d["tiers"] if t["tier"]=="cold"][0]
 print("STORED=%d RAW=%d" % (c["used_bytes"], c["raw_bytes"]))')"
-# huge pages for fio's buffers, given back on exit
-HP0=$(cat /proc/sys/vm/nr_hugepages 2>/dev/null || echo 0) HUGE=no
-if [ "$HP0" -ge 16 ] || { echo 16 > /proc/sys/vm/nr_hugepages; } 2>/dev/null; then
-  [ "$(cat /proc/sys/vm/nr_hugepages)" -ge 16 ] && HUGE=yes
-  trap 'echo "$HP0" > /proc/sys/vm/nr_hugepages 2>/dev/null || true' EXIT
-fi
-DROPPED=no
-drop() { sync; if echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then DROPPED=yes; fi; }
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-fio_rate() {
-  drop
-  fio --name=cold --opendir="$SHARDS" --ioengine=io_uring --direct=1 --rw=read --bs=1M \
-    --iodepth=16 --file_service_type=sequential "$@" --output-format=json | sed -n '/^{/,$p' |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"]/1e9)'
-}
+source "$SRC/bench/common.sh"
+bench_hugepages
 fio_r=(); fio_4k=(); fio_huge=(); q_r=(); c_r=()
 for r in $(seq "$REPS"); do
-  f4=$(fio_rate) fh=0
-  [ "$HUGE" = yes ] && fh=$(fio_rate --iomem=shmhuge || echo 0)
-  fio_r+=("$(awk -v a="$f4" -v b="$fh" 'BEGIN {print (a > b ? a : b)}')")
-  fio_4k+=("$f4") fio_huge+=("$fh")
+  read -r fb f4 fh <<<"$(fio_best "$SHARDS")"
+  fio_r+=("$fb") fio_4k+=("$f4") fio_huge+=("$fh")
   drop
   q_r+=("$("$Q" --root "$R" load bench/cold@v1 --device cpu --io direct --json |
     python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["cold_bytes"]/d["seconds"]/1e9, d["decode_threads"])')")
@@ -73,7 +56,7 @@ done
 mf=$(median "${fio_r[@]}"); mq=$(median "$(printf '%s\n' "${q_r[@]}" | cut -d' ' -f1)")
 mc=$(median "${c_r[@]}")
 threads=$(echo "${q_r[0]}" | cut -d' ' -f2)
-echo "machine: $(nproc) cores, $(df -T "$W" | awk 'NR==2 {print $2}') on $(df "$W" | awk 'NR==2 {print $1}'), kernel $(uname -r); caches dropped: $DROPPED; fio on huge pages: $HUGE"
+echo "machine: $(nproc) cores, $(df -T "$W" | awk 'NR==2 {print $2}') on $(df "$W" | awk 'NR==2 {print $1}'), kernel $(uname -r); caches dropped: $DROPPED; fio on huge pages: $FIO_HUGE"
 awk -v s="$STORED" -v r="$RAW" -v f="$mf" -v q="$mq" -v c="$mc" -v t="$threads" 'BEGIN {
   ratio = s / r; limit = f / ratio
   printf "cold tier: %d raw bytes stored in %d (stored/raw %.3f)\n", r, s, ratio

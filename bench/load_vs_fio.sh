@@ -4,7 +4,8 @@
 # Publishes a generated ~2 GB bf16 model, then REPS times each, with the page
 # cache dropped before every measurement (when the machine permits):
 #   (a) fio reading the same shard files: io_uring, O_DIRECT, fixed buffers and
-#       files, the same queue depth and block size as quiver;
+#       files, the same queue depth and block size as quiver; the better of
+#       4 KiB and huge-page buffers (bench/common.sh);
 #   (b) quiver load --device cpu --io direct.
 # Prints each run and the ratio of the medians (b)/(a) (target >= 0.95).
 # QD and CHUNK sweep: QDS="4 16 64" CHUNKS="256K 1M 4M" prints one line each.
@@ -29,21 +30,18 @@ if ! "$Q" --root "$W/store" show bench/model >/dev/null 2>&1; then
   "$Q" --root "$W/store" publish bench/model "$W/model" >/dev/null
 fi
 SHARDS=$W/store/shards   # fio reads every file below it (opendir)
-DROPPED=no
-drop() { sync; if echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then DROPPED=yes; fi; }
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+source "$SRC/bench/common.sh"
+bench_hugepages
 tobytes() { case $1 in *K) echo $(( ${1%K} << 10 ));; *M) echo $(( ${1%M} << 20 ));; *) echo "$1";; esac; }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(df -T "$W" | awk 'NR==2 {print $2}') on $(df "$W" | awk 'NR==2 {print $1}'), kernel $(uname -r)"
 for qd in $QDS; do
   for chunk in $CHUNKS; do
-    fio_r=(); q_r=(); first=()
+    fio_r=(); fio_4k=(); fio_huge=(); q_r=(); first=()
     for r in $(seq "$REPS"); do
-      drop
-      fio_r+=("$(fio --name=disk --opendir="$SHARDS" --ioengine=io_uring --direct=1 --rw=read \
-        --bs="$(tobytes "$chunk")" --iodepth="$qd" --fixedbufs=1 --registerfiles=1 \
-        --file_service_type=sequential --output-format=json | sed -n '/^{/,$p' |
-        python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"]/1e9)')")
+      read -r fb f4 fh <<<"$(fio_best "$SHARDS" --bs="$(tobytes "$chunk")" --iodepth="$qd" \
+        --fixedbufs=1 --registerfiles=1)"
+      fio_r+=("$fb") fio_4k+=("$f4") fio_huge+=("$fh")
       drop
       out=$("$Q" --root "$W/store" load bench/model --device cpu --io direct --qd "$qd" \
         --chunk "$chunk" --json)
@@ -54,6 +52,7 @@ for qd in $QDS; do
     printf 'qd %3s chunk %4s: fio %.3f GB/s  quiver load %.3f GB/s  ratio %.3f  (first tensor %.3f s; runs fio %s / quiver %s)\n' \
       "$qd" "$chunk" "$mf" "$mq" "$(echo "$mq / $mf" | bc -l)" "$(median "${first[@]}")" \
       "$(printf '%.2f,' "${fio_r[@]}")" "$(printf '%.2f,' "${q_r[@]}")"
+    echo "  fio 4 KiB buffers: $(printf '%.2f,' "${fio_4k[@]}") huge-page buffers: $(printf '%.2f,' "${fio_huge[@]}")"
   done
 done
-echo "caches dropped before each run: $DROPPED; bytes: $(du -sb "$W/store/shards" | cut -f1)"
+echo "caches dropped before each run: $DROPPED; fio on huge pages: $FIO_HUGE; bytes: $(du -sb "$W/store/shards" | cut -f1)"
