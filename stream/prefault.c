@@ -1,14 +1,16 @@
-/* Faulting in a host destination ahead of O_DIRECT reads, on a thread of
- * its own.
+/* Faulting in a host destination ahead of an O_DIRECT hot load, on a
+ * thread of its own.
  *
- * A fresh arena's pages are zeroed by the kernel on first touch. When the
- * first touch is an O_DIRECT read, that zeroing runs on the thread that
- * submits the reads: on the 2-vCPU box it was 93% of a hot load's CPU
+ * A fresh arena's pages are zeroed by the kernel on first touch. Without
+ * this thread that zeroing runs on the thread that submits the reads (it
+ * first touched the arena with O_DIRECT reads then; since 2a870df with the
+ * copies out of the ring): on the 2-vCPU box it was 93% of a hot load's CPU
  * (perf: clear_page_erms) and loads ran at 1.1-1.25 GB/s against fio's
- * 1.3-1.7. This thread walks the destination in the order the plan fills
- * it, with MADV_POPULATE_WRITE, so the zeroing runs on another core while
- * the reads are in flight (1.5-1.8 GB/s). Content is never changed (the
- * kernel populates page tables without writing data).
+ * 1.3-1.7 (fio into 4 KiB buffers). This thread walks the destination in
+ * the order the plan fills it, with MADV_POPULATE_WRITE, so the zeroing
+ * runs on another core while the reads are in flight (1.5-1.8 GB/s).
+ * Content is never changed (the kernel populates page tables without
+ * writing data).
  *
  * Only for reads from the disk: when the data comes faster than pages can
  * be zeroed (the page cache, many cores) a thread populating beside the
