@@ -26,11 +26,13 @@ int qv_gpu_built_with_cuda(void);
  * GPU or driver is present (*why, if not NULL, says why; static string). */
 int qv_gpu_device_count(const char **why);
 
-/* Page-aligned host memory of bytes. With for_cuda, pinned for DMA when CUDA
- * is built in and a driver is present (mmap + cudaHostRegister: pages that
- * io_uring can also register as fixed buffers; faulted in at once);
- * otherwise plain page-aligned memory, faulted in as it is used, which costs
- * no CUDA start-up. Free with qv_pinned_free(). *pinned tells which it is. */
+/* Host memory of bytes for reads to land in: aligned to 2 MiB and asking
+ * for transparent huge pages (best effort), so an O_DIRECT read reaches the
+ * disk as a few physically contiguous segments. With for_cuda, pinned for
+ * DMA when CUDA is built in and a driver is present (mmap + cudaHostRegister:
+ * pages that io_uring can also register as fixed buffers; faulted in at
+ * once); otherwise faulted in as it is used, which costs no CUDA start-up.
+ * Free with qv_pinned_free(). *pinned tells which it is. */
 int qv_pinned_alloc(size_t bytes, int for_cuda, void **out, int *pinned);
 void qv_pinned_free(void *p, size_t bytes, int pinned);
 
