@@ -18,7 +18,6 @@
 
 #include "gpu_int.h"
 
-#define HUGE_PAGE ((size_t)2 << 20)
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14; older headers lack it */
 #endif
@@ -27,14 +26,14 @@ int qv_pinned_alloc(size_t bytes, int for_cuda, void **out, int *pinned)
 {
 	*out = NULL;
 	*pinned = 0;
-	if (bytes == 0 || bytes > SIZE_MAX - HUGE_PAGE)
+	if (bytes == 0 || bytes > SIZE_MAX - QV_PINNED_ALIGN)
 		return -EINVAL;
-	size_t len = bytes + HUGE_PAGE;
+	size_t len = bytes + QV_PINNED_ALIGN;
 	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (m == MAP_FAILED)
 		return -errno;
 	/* keep [p, p + bytes), huge-page aligned: qv_pinned_free unmaps just that */
-	char *p = (char *)(((uintptr_t)m + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+	char *p = (char *)(((uintptr_t)m + QV_PINNED_ALIGN - 1) & ~(uintptr_t)(QV_PINNED_ALIGN - 1));
 	if (p > m)
 		munmap(m, (size_t)(p - m));
 	if (m + len > p + bytes)

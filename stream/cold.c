@@ -15,7 +15,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,10 +28,10 @@
  * contiguous memory. On the 2-vCPU box (virtio-blk) 16 readers that only
  * read ran at 0.88-1.23 GB/s into 4 KiB pages and 1.24-1.39 into huge
  * pages, interleaved runs (docs/BENCHMARKS.md). */
-#define HUGE_PAGE ((size_t)2 << 20)
 /* qv_codec_header_read() bounds a frame's stored length by its raw length,
  * at most QV_CODEC_FRAME_MAX: an aligned read of it fits. */
-#define READ_STRIDE (((size_t)QV_CODEC_FRAME_MAX + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1))
+#define READ_STRIDE \
+	(((size_t)QV_CODEC_FRAME_MAX + QV_PINNED_ALIGN - 1) & ~(QV_PINNED_ALIGN - 1))
 _Static_assert(QV_CODEC_FRAME_MAX % QV_CODEC_ALIGN == 0, "an aligned frame read fits a buffer");
 
 /* Frames read ahead: reader threads. As many bytes in flight as the hot

@@ -34,6 +34,7 @@ int qv_gpu_device_count(const char **why);
  * once); otherwise faulted in as it is used, which costs no CUDA start-up.
  * Free with qv_pinned_free(). *pinned tells which it is. */
 int qv_pinned_alloc(size_t bytes, int for_cuda, void **out, int *pinned);
+#define QV_PINNED_ALIGN ((size_t)2 << 20) /* qv_pinned_alloc's alignment: a huge page */
 void qv_pinned_free(void *p, size_t bytes, int pinned);
 
 /* Pins memory the caller mapped (e.g. a shared memfd) for DMA: 0, or
