@@ -196,8 +196,8 @@ int qv_load_size(qv_store *s, const char *model, const char *ref, uint64_t *byte
 
 /* ---- files and the page cache ---------------------------------------------------------- */
 /* Opens a cold target: a buffered descriptor for the header (and as the
- * fallback), and with direct an O_DIRECT one for the frames where the file
- * system allows. */
+ * fallback; open_cold_files may have opened it already), and with direct an
+ * O_DIRECT one for the frames where the file system allows. */
 static int open_cold(qv_store *s, struct plan *p, size_t i, struct qv__cold_target *ct,
                      int direct)
 {
@@ -209,7 +209,8 @@ static int open_cold(qv_store *s, struct plan *p, size_t i, struct qv__cold_targ
 	ct->dest_off = t->dest_off;
 	memcpy(ct->name, t->name, sizeof(ct->name));
 	qv_shard_path_tier(s, p->digest[i], QV_TIER_COLD, path, sizeof(path));
-	t->fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (t->fd < 0)
+		t->fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (t->fd < 0)
 		return qv_store_fail(s, errno == ENOENT ? QV_ECORRUPT : -errno, "cold shard %s: %s: %s",
 		                     t->name, path, strerror(errno));
@@ -227,22 +228,25 @@ static int open_cold(qv_store *s, struct plan *p, size_t i, struct qv__cold_targ
 	return 0;
 }
 
-/* Asks the kernel to read every cold file's first page (header and frame
- * table) at once, before open_cold reads them one by one: the disk (an HDD,
- * for the cold tier) sorts the requests instead of seeking for each file in
- * turn. Best effort. */
-static void prefetch_cold_headers(qv_store *s, const struct plan *p)
+/* Closes what an earlier pass opened, then opens every cold file and asks
+ * the kernel for its first page (header and frame table) at once, before
+ * open_cold reads the headers one by one: the disk (an HDD, for the cold
+ * tier) sorts the requests instead of seeking for each file in turn. A file
+ * that does not open here is left to open_cold, which reports it. */
+static void open_cold_files(qv_store *s, struct plan *p)
 {
 	for (size_t i = 0; i < p->n; i++) {
+		struct qv__target *t = &p->t[i];
 		char path[PATH_MAX];
-		if (p->t[i].tier != QV_TIER_COLD)
+		if (t->fd >= 0)
+			close(t->fd);
+		t->fd = -1;
+		if (t->tier != QV_TIER_COLD)
 			continue;
 		qv_shard_path_tier(s, p->digest[i], QV_TIER_COLD, path, sizeof(path));
-		int fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
-			continue;
-		(void)posix_fadvise(fd, 0, QV_CODEC_ALIGN, POSIX_FADV_WILLNEED);
-		close(fd);
+		t->fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (t->fd >= 0)
+			(void)posix_fadvise(t->fd, 0, QV_CODEC_ALIGN, POSIX_FADV_WILLNEED);
 	}
 }
 
@@ -269,14 +273,10 @@ static int open_targets(qv_store *s, struct plan *p, int direct)
 	p->cold = malloc((p->n ? p->n : 1) * sizeof(*p->cold));
 	if (!p->hot || !p->cold)
 		return qv_store_fail(s, -ENOMEM, "out of memory");
-	prefetch_cold_headers(s, p);
+	open_cold_files(s, p);
 	for (size_t i = 0; i < p->n; i++) {
 		struct qv__target *t = &p->t[i];
 		char path[PATH_MAX];
-		if (t->fd >= 0) {
-			close(t->fd);
-			t->fd = -1;
-		}
 		for (int attempt = 0;; attempt++) {
 			int rc = 0;
 			if (t->tier == QV_TIER_COLD) {
