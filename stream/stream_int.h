@@ -70,7 +70,8 @@ struct qv__prefault;
 int qv__prefault_start(void *dest, size_t len, struct qv__prefault **out);
 void qv__prefault_stop(struct qv__prefault *pf);
 /* Faults in the whole pages of [dest, dest + len) on the calling thread, in
- * one MADV_POPULATE_WRITE (best effort: before Linux 5.14 the writes fault). */
+ * one MADV_POPULATE_WRITE, unless every one is resident already (best
+ * effort: before Linux 5.14 the writes fault). */
 void qv__fault_in(void *dest, size_t len);
 
 /* A cold shard for the decode path (cold.c). */
