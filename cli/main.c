@@ -837,13 +837,16 @@ static int cmd_load(int argc, char **argv)
 	const qv_load_stats *st = qv_load_get_stats(l);
 	double gbps = st->seconds > 0 ? (double)st->bytes / st->seconds / 1e9 : 0;
 	const char *io = st->io == QV_IO_DIRECT ? "direct" : "buffered";
+	const char *cold_io = st->cold_io == QV_IO_DIRECT     ? "direct"
+	                      : st->cold_io == QV_IO_BUFFERED ? "buffered"
+	                                                      : "none";
 	char dev[32], a[32];
 	if (st->device == QV_DEVICE_CPU)
 		snprintf(dev, sizeof(dev), "cpu");
 	else
 		snprintf(dev, sizeof(dev), "cuda:%d", st->device);
 	if (o.json)
-		cli_json_print(json_pack("{s:s, s:s, s:I, s:I, s:f, s:f, s:f, s:f, s:s, s:s, s:s, s:i, s:I, s:I, s:b, s:I, s:i}",
+		cli_json_print(json_pack("{s:s, s:s, s:I, s:I, s:f, s:f, s:f, s:f, s:s, s:s, s:s, s:i, s:I, s:I, s:b, s:I, s:i, s:s}",
 		                         "model", model, "version", ref ? ref : "current", "bytes",
 		                         (json_int_t)st->bytes, "tensors", (json_int_t)st->tensors,
 		                         "seconds", st->seconds, "gbps", gbps, "device_init_seconds", st->device_init_seconds, "first_tensor_seconds",
@@ -851,17 +854,18 @@ static int cmd_load(int argc, char **argv)
 		                         st->engine, "qd", (int)st->qd, "chunk_bytes",
 		                         (json_int_t)st->chunk_bytes, "reads", (json_int_t)st->reads,
 		                         "verified", lo.verify, "cold_bytes", (json_int_t)st->cold_bytes,
-		                         "decode_threads", (int)st->decode_threads));
+		                         "decode_threads", (int)st->decode_threads, "cold_io", cold_io));
 	else
-		cli_printf("loaded %s@%s to %s: %s, %llu tensors in %.3f s (%.2f GB/s), first tensor after %.3f s\n"
-		       "  io %s (%s), qd %u, chunk %zu KiB, %llu reads%s\n",
+		cli_printf("loaded %s@%s to %s: %s, %llu tensors in %.3f s (%.2f GB/s), first tensor after %.3f s\n",
 		       model, ref ? ref : "current", dev, cli_bytes(st->bytes, a, sizeof(a)),
-		       (unsigned long long)st->tensors, st->seconds, gbps, st->first_tensor_seconds, io,
+		       (unsigned long long)st->tensors, st->seconds, gbps, st->first_tensor_seconds);
+	if (!o.json && st->bytes > st->cold_bytes) /* the hot engine ran */
+		cli_printf("  hot shards: io %s (%s), qd %u, chunk %zu KiB, %llu reads%s\n", io,
 		       st->engine, st->qd, st->chunk_bytes >> 10, (unsigned long long)st->reads,
 		       lo.verify ? ", every shard's checksum verified" : "");
 	if (!o.json && st->cold_bytes)
-		cli_printf("  %s decoded from the cold tier on %u threads (every frame's checksum checked)\n",
-		       cli_bytes(st->cold_bytes, a, sizeof(a)), st->decode_threads);
+		cli_printf("  cold frames: io %s, %s decoded on %u threads (every frame's checksum checked)\n",
+		       cold_io, cli_bytes(st->cold_bytes, a, sizeof(a)), st->decode_threads);
 	rc = EXIT_OK;
 	if (o.promote && st->cold_bytes) {
 		qv_migrate_result m;
@@ -1250,7 +1254,11 @@ static const struct cmd cmds[] = {
 	 "               (cold frames are always checked)\n"
 	 "  --promote    also move the version's cold shards back to the hot tier\n"
 	 "  --json       print the result as JSON (keys bytes, tensors, seconds, gbps,\n"
-	 "               first_tensor_seconds, device, io, engine, qd, chunk_bytes)"},
+	 "               device_init_seconds, first_tensor_seconds, device, io, engine,\n"
+	 "               qd, chunk_bytes, reads, verified, cold_bytes, decode_threads,\n"
+	 "               cold_io: direct, buffered or none)\n"
+	 "io, engine, qd, chunk_bytes and reads describe the hot shards' reads; cold_io\n"
+	 "how the cold frames were read (buffered where O_DIRECT was refused)."},
 	{"init", cmd_init,
 	 "quiver init [--hot DIR] [--cold DIR] [--hot-capacity SIZE] [--high 0.90] [--low 0.75]",
 	 "Configure the tiers (writes ROOT/config.ini): the hot tier (fast disk, raw\n"

@@ -78,6 +78,7 @@ struct cold {
 	size_t next_t;              /* next frame to read */
 	uint32_t next_f;
 	uint64_t frames_total, frames_taken; /* taken: by a decoder */
+	uint64_t buffered_frames;   /* read through the page cache */
 	int stop;
 };
 
@@ -95,15 +96,21 @@ static int take_job(struct cold *c, size_t *t, uint32_t *f)
 	return 1;
 }
 
-static int read_frame(struct qv__cold_target *ct, const struct qv_codec_frame *fr, char *rbuf)
+/* Reads a frame into rbuf; *buffered set when any of it went through the
+ * page cache (no O_DIRECT descriptor, or O_DIRECT refused). */
+static int read_frame(struct qv__cold_target *ct, const struct qv_codec_frame *fr, char *rbuf,
+                      int *buffered)
 {
 	size_t len = (size_t)qv_codec_align(fr->stored_bytes);
 	int fd = ct->direct_fd >= 0 ? ct->direct_fd : ct->fd;
+
+	*buffered = fd != ct->direct_fd;
 
 	for (size_t got = 0; got < fr->stored_bytes;) {
 		ssize_t r = pread(fd, rbuf + got, len - got, (off_t)(fr->offset + got));
 		if (r < 0 && errno == EINVAL && fd == ct->direct_fd) {
 			fd = ct->fd; /* O_DIRECT refused: buffered from here on */
+			*buffered = 1;
 			continue;
 		}
 		if (r < 0 && errno == EINTR)
@@ -113,8 +120,10 @@ static int read_frame(struct qv__cold_target *ct, const struct qv_codec_frame *f
 		if (r == 0)
 			return QV_ECORRUPT; /* shorter than its frame table says */
 		got += (size_t)r;
-		if (fd == ct->direct_fd && got % QV_CODEC_ALIGN)
+		if (fd == ct->direct_fd && got % QV_CODEC_ALIGN) {
 			fd = ct->fd; /* continue an odd tail buffered */
+			*buffered = 1;
+		}
 	}
 	return 0;
 }
@@ -146,8 +155,11 @@ static void *reader(void *arg)
 		if (take_free(c, c->rfree, &c->n_rfree, &c->cv_rfree, &rb))
 			break;
 		pthread_mutex_unlock(&c->mu);
-		int rc = read_frame(&c->t[t], &c->t[t].hdr->frames[f], c->rbufs + (size_t)rb * READ_STRIDE);
+		int buffered = 0;
+		int rc = read_frame(&c->t[t], &c->t[t].hdr->frames[f], c->rbufs + (size_t)rb * READ_STRIDE,
+		                    &buffered);
 		pthread_mutex_lock(&c->mu);
+		c->buffered_frames += (uint64_t)buffered;
 		c->read[(c->rhead + c->rcount) % c->n_rbufs] = (struct job_read){ t, f, rb, rc };
 		c->rcount++;
 		pthread_cond_signal(&c->cv_read);
@@ -360,6 +372,7 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sin
 	pthread_mutex_unlock(&c.mu);
 	for (unsigned i = 0; i < started; i++)
 		pthread_join(th[i], NULL);
+	st->buffered_frames = c.buffered_frames;
 	pthread_cond_destroy(&c.cv_free);
 	pthread_cond_destroy(&c.cv_done);
 	pthread_cond_destroy(&c.cv_rfree);

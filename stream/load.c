@@ -486,6 +486,7 @@ static int run_cold(qv_store *s, const qv_load_opts *o, struct plan *p, qv_sink 
 	stats->bytes += cs.bytes;
 	stats->cold_bytes = cs.bytes;
 	stats->decode_threads = threads;
+	stats->cold_io = cs.buffered_frames ? QV_IO_BUFFERED : QV_IO_DIRECT;
 	if (p->t[0].tier == QV_TIER_COLD)
 		stats->first_tensor_seconds = t_engine + cs.first_done_s;
 	return 0;

@@ -74,6 +74,9 @@ typedef struct qv_load_stats {
 	unsigned qd;
 	size_t chunk_bytes;
 	int device;
+	enum qv_io_mode cold_io;   /* how cold frames were read: QV_IO_BUFFERED if any went
+	                              through the page cache (files cached under QV_IO_AUTO, or
+	                              O_DIRECT refused), else QV_IO_DIRECT; 0 with no cold frames */
 } qv_load_stats;
 
 typedef struct qv_load qv_load;

@@ -79,6 +79,7 @@ class LoadStats(ctypes.Structure):  # qv_load_stats
         ("qd", ctypes.c_uint),
         ("chunk_bytes", ctypes.c_size_t),
         ("device", ctypes.c_int),
+        ("cold_io", ctypes.c_int),
     ]
 
 

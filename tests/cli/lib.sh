@@ -109,8 +109,9 @@ expect_ok() { expect_rc 0 "$@"; }
 out() { cat "$OUT_FILE"; }
 err() { cat "$ERR_FILE"; }
 
-# out_has / err_has REGEX (grep -E, case-insensitive)
+# out_has / out_lacks / err_has REGEX (grep -E, case-insensitive)
 out_has() { grep -Eiq -- "$1" "$OUT_FILE" || fail "stdout lacks /$1/"; }
+out_lacks() { ! grep -Eiq -- "$1" "$OUT_FILE" || fail "stdout has /$1/"; }
 err_has() { grep -Eiq -- "$1" "$ERR_FILE" || fail "stderr lacks /$1/"; }
 
 # err_one_line: the last command wrote exactly one non-empty line to stderr

@@ -90,7 +90,11 @@ t_publish_demote() {
 	out_has "saved by compression"
 	# the cold version loads and exports byte for byte
 	expect_ok q load $M@v3
-	out_has "decoded from the cold tier"
+	out_has "cold frames: io"
+	out_has "decoded on"
+	out_lacks "hot shards:" # v3 is all cold: the hot engine did not run
+	expect_ok q load $M@v3 --io buffered --json
+	jcheck "$OUT_FILE" 'd["cold_io"] == "buffered"' "load --io buffered of a cold version: cold_io"
 	expect_ok q export $M@v3 exp3
 	cmp -s c.safetensors exp3/c.safetensors || fail "export of cold v3 differs from its source"
 	expect_ok q verify $M@v3
@@ -136,7 +140,7 @@ soft t_rollback
 # ---- load --promote --------------------------------------------------------------------------
 t_load_promote() {
 	expect_ok q load $M@v3
-	out_has "decoded from the cold tier"
+	out_has "decoded on"
 	expect_ok q show $M@v3 --json
 	jcheck "$OUT_FILE" 'd["tier"] == "cold"' "a plain load changed the tier of v3"
 	expect_ok q load $M@v3 --promote
