@@ -16,7 +16,7 @@ struct qv_client {
 	int fd;
 };
 
-int qv_client_socket_path(const char *root, char *buf, size_t len)
+static int socket_path(const char *root, char *buf, size_t len)
 {
 	char def[PATH_MAX];
 	if (!root) {
@@ -38,7 +38,7 @@ int qv_client_connect(const char *root, qv_client **out)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	*out = NULL;
-	int rc = qv_client_socket_path(root, sa.sun_path, sizeof(sa.sun_path));
+	int rc = socket_path(root, sa.sun_path, sizeof(sa.sun_path));
 	if (rc)
 		return rc;
 	if (access(sa.sun_path, F_OK) != 0)
@@ -67,9 +67,9 @@ int qv_client_call(qv_client *c, const char *request, char **response, int *fd_o
 	*response = NULL;
 	if (fd_out)
 		*fd_out = -1;
-	int rc = qv_proto_send(c->fd, request, strlen(request), -1);
+	int rc = qv__proto_send(c->fd, request, strlen(request), -1);
 	if (rc == 0)
-		rc = qv_proto_recv(c->fd, QV_PROTO_RESPONSE_MAX, response, &len, fd_out);
+		rc = qv__proto_recv(c->fd, QV_PROTO_RESPONSE_MAX, response, &len, fd_out);
 	return rc;
 }
 

@@ -184,7 +184,7 @@ static int reply(int fd, json_t *j, int pass_fd)
 	json_decref(j);
 	if (!txt)
 		return -ENOMEM;
-	int rc = qv_proto_send(fd, txt, strlen(txt), pass_fd);
+	int rc = qv__proto_send(fd, txt, strlen(txt), pass_fd);
 	free(txt);
 	return rc;
 }
@@ -620,7 +620,7 @@ static void *client_main(void *arg)
 		char *buf = NULL, err[256];
 		size_t len;
 		int pfd = -1;
-		int rc = qv_proto_recv(c.fd, QV_PROTO_REQUEST_MAX, &buf, &len, &pfd);
+		int rc = qv__proto_recv(c.fd, QV_PROTO_REQUEST_MAX, &buf, &len, &pfd);
 		if (pfd >= 0)
 			close(pfd); /* clients send no descriptors */
 		if (rc == QV_EFORMAT || rc == QV_ELIMIT || rc == QV_ESCHEMA) {
@@ -633,7 +633,7 @@ static void *client_main(void *arg)
 		}
 		if (rc)
 			break; /* gone */
-		json_t *req = qv_proto_request_parse(buf, len, err, sizeof(err));
+		json_t *req = qv__proto_request_parse(buf, len, err, sizeof(err));
 		free(buf);
 		if (!req)
 			rc = reply_err(c.fd, "protocol", QV_EFORMAT, err);

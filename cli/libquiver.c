@@ -5,5 +5,5 @@
 
 const char *qv_version_string(void)
 {
-	return "0.1.0";
+	return QUIVER_VERSION;
 }

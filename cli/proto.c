@@ -10,7 +10,7 @@
  * The payload is one JSON object. Parsing is bounded and total: every field
  * is checked before anything is allocated, so malformed, truncated and
  * oversized frames get an error, never a crash (tests/daemon has a libFuzzer
- * target over qv_proto_header_parse and qv_proto_request_parse). */
+ * target over qv__proto_header_parse and qv__proto_request_parse). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +20,7 @@
 
 #include "proto.h"
 
-int qv_proto_header_parse(const uint8_t *h, size_t n, size_t max, uint32_t *len, int *has_fd)
+int qv__proto_header_parse(const uint8_t *h, size_t n, size_t max, uint32_t *len, int *has_fd)
 {
 	if (n < QV_PROTO_HEADER)
 		return QV_EFORMAT;
@@ -42,7 +42,7 @@ int qv_proto_header_parse(const uint8_t *h, size_t n, size_t max, uint32_t *len,
 	return 0;
 }
 
-json_t *qv_proto_request_parse(const char *buf, size_t len, char *err, size_t errlen)
+json_t *qv__proto_request_parse(const char *buf, size_t len, char *err, size_t errlen)
 {
 	json_error_t jerr;
 	json_t *j = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
@@ -90,7 +90,7 @@ static int write_all(int fd, const void *buf, size_t n, int pass_fd)
 	return 0;
 }
 
-int qv_proto_send(int fd, const char *json, size_t len, int pass_fd)
+int qv__proto_send(int fd, const char *json, size_t len, int pass_fd)
 {
 	uint8_t h[QV_PROTO_HEADER] = {0};
 	uint32_t magic = QV_PROTO_MAGIC, l = (uint32_t)len;
@@ -142,7 +142,7 @@ static int read_all(int fd, void *buf, size_t n, int *got_fd)
 	return 0;
 }
 
-int qv_proto_recv(int fd, size_t max, char **json, size_t *len, int *fd_out)
+int qv__proto_recv(int fd, size_t max, char **json, size_t *len, int *fd_out)
 {
 	uint8_t h[QV_PROTO_HEADER];
 	int got_fd = -1, has_fd = 0;
@@ -151,7 +151,7 @@ int qv_proto_recv(int fd, size_t max, char **json, size_t *len, int *fd_out)
 	*json = NULL;
 	int rc = read_all(fd, h, sizeof(h), &got_fd);
 	if (rc == 0)
-		rc = qv_proto_header_parse(h, sizeof(h), max, &l, &has_fd);
+		rc = qv__proto_header_parse(h, sizeof(h), max, &l, &has_fd);
 	if (rc == 0) {
 		buf = malloc((size_t)l + 1);
 		rc = buf ? read_all(fd, buf, l, &got_fd) : -ENOMEM;

@@ -17,17 +17,17 @@
 
 /* Parses a frame header of n bytes: 0, QV_EFORMAT (bad magic, flags or
  * reserved bits, short), QV_ESCHEMA (other version) or QV_ELIMIT (over max). */
-int qv_proto_header_parse(const uint8_t *h, size_t n, size_t max, uint32_t *len, int *has_fd);
+int qv__proto_header_parse(const uint8_t *h, size_t n, size_t max, uint32_t *len, int *has_fd);
 
 /* Parses a request payload: a JSON object with a string "op" (NULL and a
  * message in err otherwise). The caller owns the result. */
-json_t *qv_proto_request_parse(const char *buf, size_t len, char *err, size_t errlen);
+json_t *qv__proto_request_parse(const char *buf, size_t len, char *err, size_t errlen);
 
 /* Sends one frame (pass_fd >= 0: with that descriptor). */
-int qv_proto_send(int fd, const char *json, size_t len, int pass_fd);
+int qv__proto_send(int fd, const char *json, size_t len, int pass_fd);
 
 /* Receives one frame of at most max payload bytes: *json is malloc'd and
  * NUL-terminated; *fd_out a passed descriptor or -1 (closed if fd_out NULL). */
-int qv_proto_recv(int fd, size_t max, char **json, size_t *len, int *fd_out);
+int qv__proto_recv(int fd, size_t max, char **json, size_t *len, int *fd_out);
 
 #endif

@@ -7,4 +7,8 @@
 #include "quiver/gpu.h"
 #include "quiver/tier.h"
 #include "quiver/client.h"
+
+/* The version of libquiver.so in use, such as "0.1.0" (the project's
+ * version, as `quiver --version` prints it). */
+const char *qv_version_string(void);
 #endif

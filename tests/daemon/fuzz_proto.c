@@ -1,6 +1,6 @@
 /* libFuzzer target over the daemon protocol's parsers (cli/proto.c):
- * qv_proto_header_parse on the first 16 bytes, then, as the daemon does,
- * qv_proto_request_parse on the payload the header announces (or on the
+ * qv__proto_header_parse on the first 16 bytes, then, as the daemon does,
+ * qv__proto_request_parse on the payload the header announces (or on the
  * rest of the input when the header is not valid, so the JSON parser sees
  * arbitrary bytes too).
  *
@@ -25,7 +25,7 @@ static void parse_payload(const uint8_t *p, size_t n)
 		return;
 	if (n)
 		memcpy(buf, p, n);
-	json_t *j = qv_proto_request_parse(buf, n, err, sizeof(err));
+	json_t *j = qv__proto_request_parse(buf, n, err, sizeof(err));
 	if (j) {
 		/* the contract: an object with a string "op" of <= 32 bytes */
 		json_t *op = json_object_get(j, "op");
@@ -44,7 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int has_fd = -1;
 	/* the header parser over every prefix length up to 16 and two limits */
 	for (size_t n = 0; n <= QV_PROTO_HEADER && n <= size; n++) {
-		int rc = qv_proto_header_parse(data, n, QV_PROTO_REQUEST_MAX, &len, &has_fd);
+		int rc = qv__proto_header_parse(data, n, QV_PROTO_REQUEST_MAX, &len, &has_fd);
 		if (n < QV_PROTO_HEADER && rc == 0)
 			abort(); /* a short header must be refused */
 	}
@@ -54,7 +54,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	len = 0xdeadbeef;
 	has_fd = -1;
-	int rc = qv_proto_header_parse(data, size, QV_PROTO_REQUEST_MAX, &len, &has_fd);
+	int rc = qv__proto_header_parse(data, size, QV_PROTO_REQUEST_MAX, &len, &has_fd);
 	if (rc == 0) {
 		if (len > QV_PROTO_REQUEST_MAX || (has_fd != 0 && has_fd != 1))
 			abort();
@@ -67,7 +67,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		parse_payload(data + QV_PROTO_HEADER, size - QV_PROTO_HEADER);
 	}
 	/* a tighter limit: 0 accepts only empty payloads */
-	if (qv_proto_header_parse(data, size, 0, &len, &has_fd) == 0 && len != 0)
+	if (qv__proto_header_parse(data, size, 0, &len, &has_fd) == 0 && len != 0)
 		abort();
 	return 0;
 }
