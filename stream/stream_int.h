@@ -69,10 +69,11 @@ int qv__engine_run(const struct qv__engine_cfg *cfg, struct qv__backend *be,
 struct qv__prefault;
 int qv__prefault_start(void *dest, size_t len, struct qv__prefault **out);
 void qv__prefault_stop(struct qv__prefault *pf);
+/* 1 if every whole page of [dest, dest + len) is resident (mincore). */
+int qv__resident(void *dest, size_t len);
 /* Faults in the whole pages of [dest, dest + len) on the calling thread, in
- * one MADV_POPULATE_WRITE, unless every one is resident already (best
- * effort: before Linux 5.14 the writes fault). */
-void qv__fault_in(void *dest, size_t len);
+ * one MADV_POPULATE_WRITE (best effort: before Linux 5.14 the writes fault). */
+void qv__populate(void *dest, size_t len);
 
 /* A cold shard for the decode path (cold.c). */
 struct qv_codec_header;

@@ -56,6 +56,9 @@ struct qv_codec_ctx {
 	XXH3_state_t *xxh;
 	unsigned char *ebuf;   /* MERGE_PIECE_VALUES exponents of a BF16 pairs frame */
 	int avx2;              /* decode BF16 with AVX2 (qv_codec_ctx_set_simd) */
+	qv_codec_prepare_fn prepare; /* called before dst is first written (set_prepare) */
+	void *prepare_arg;
+	size_t prepare_step;
 };
 
 enum qv_codec_dtype qv_codec_dtype_from_name(const char *name)
@@ -108,6 +111,27 @@ void qv_codec_ctx_set_simd(struct qv_codec_ctx *ctx, int on)
 	(void)on;
 	ctx->avx2 = 0;
 #endif
+}
+
+void qv_codec_ctx_set_prepare(struct qv_codec_ctx *ctx, qv_codec_prepare_fn fn, void *arg,
+			      size_t step)
+{
+	ctx->prepare = fn;
+	ctx->prepare_arg = arg;
+	ctx->prepare_step = step ? step : QV_CODEC_FRAME_MAX;
+}
+
+/* Calls the prepare hook for dst[*ready, upto) in steps: the range the
+ * decoder is about to write first. */
+static void prepare_upto(struct qv_codec_ctx *ctx, unsigned char *dst, size_t *ready, size_t upto,
+			 size_t end)
+{
+	while (ctx->prepare && *ready < upto) {
+		size_t n = end - *ready < ctx->prepare_step ? end - *ready : ctx->prepare_step;
+
+		ctx->prepare(ctx->prepare_arg, dst + *ready, n);
+		*ready += n;
+	}
 }
 
 void qv_codec_ctx_destroy(struct qv_codec_ctx *ctx)
@@ -750,9 +774,12 @@ static int decode_planes(struct qv_codec_ctx *ctx, uint32_t method, const unsign
 	 * instead of two (XXH3's streaming form gives the one-shot digest). */
 	if (XXH3_64bits_reset(ctx->xxh) != XXH_OK)
 		return -EINVAL;
+	size_t ready = 0;
 	for (size_t i = 0; i < n; i += MERGE_PIECE_VALUES) {
 		size_t m = n - i < MERGE_PIECE_VALUES ? n - i : MERGE_PIECE_VALUES;
 		const unsigned char *at[PLANES_MAX];
+
+		prepare_upto(ctx, dst, &ready, (i + m) * elem, raw_len);
 
 		for (size_t p = 0; p < planes; p++)
 			at[p] = pl[p] + i;
@@ -763,6 +790,7 @@ static int decode_planes(struct qv_codec_ctx *ctx, uint32_t method, const unsign
 		}
 		hash_update(ctx, dst + i * elem, m * elem);
 	}
+	prepare_upto(ctx, dst, &ready, raw_len, raw_len); /* the tail */
 	finish_digest(ctx, src + pos, len - pos, dst + n * elem, digest);
 	return 0;
 }
@@ -850,10 +878,13 @@ static int decode_bf16_pairs(struct qv_codec_ctx *ctx, const unsigned char *src,
 		lut[b] = (uint16_t)(tab[b & 15] | tab[b >> 4] << 8);
 	if (XXH3_64bits_reset(ctx->xxh) != XXH_OK)
 		return -EINVAL;
+	size_t ready = 0;
 	for (size_t i = 0; i < n; i += MERGE_PIECE_VALUES) {
 		size_t m = n - i < MERGE_PIECE_VALUES ? n - i : MERGE_PIECE_VALUES, k = 0, k0;
 		const unsigned char *p = pk + i / 2;
 		unsigned char *e = ctx->ebuf;
+
+		prepare_upto(ctx, dst, &ready, 2 * (i + m), raw_len);
 
 #ifdef CODEC_AVX2
 		if (ctx->avx2) {
@@ -904,6 +935,7 @@ static int decode_bf16_pairs(struct qv_codec_ctx *ctx, const unsigned char *src,
 	}
 	if (ei != ne)
 		return QV_ECORRUPT;
+	prepare_upto(ctx, dst, &ready, raw_len, raw_len); /* the tail byte */
 	finish_digest(ctx, src + pos, len - pos, dst + 2 * n, digest);
 	return 0;
 }
@@ -928,6 +960,11 @@ int qv_codec_frame_decode(struct qv_codec_ctx *ctx, const struct qv_codec_frame 
 	rc = QV_ECORRUPT;
 	if (raw_len > QV_CODEC_FRAME_MAX || f->stored_bytes > raw_len || !method_valid(f->method))
 		goto out;
+	if (f->method == QV_CODEC_METHOD_RAW || f->method == QV_CODEC_METHOD_ZSTD) {
+		size_t ready = 0; /* the planes methods call it piece by piece */
+
+		prepare_upto(ctx, dst, &ready, raw_len, raw_len);
+	}
 	switch (f->method) {
 	case QV_CODEC_METHOD_RAW:
 		if (f->stored_bytes != raw_len)

@@ -143,6 +143,14 @@ void qv_codec_ctx_destroy(struct qv_codec_ctx *ctx);
  * the same bytes and refuse the same frames (the tests run both). */
 void qv_codec_ctx_set_simd(struct qv_codec_ctx *ctx, int on);
 
+/* A hook qv_codec_frame_decode() calls on ctx before it first writes each
+ * range of its destination, in order, `step` bytes at a time (the last one
+ * shorter): a loader faults fresh memory in there, so the kernel's zeroing
+ * is still in cache when the decoder writes. NULL: none (the default). */
+typedef void (*qv_codec_prepare_fn)(void *arg, void *dst, size_t len);
+void qv_codec_ctx_set_prepare(struct qv_codec_ctx *ctx, qv_codec_prepare_fn fn, void *arg,
+			      size_t step);
+
 /* The capacity a frame's stored bytes need: raw_len (a frame that would not
  * shrink is stored raw, so stored <= raw always). */
 size_t qv_codec_frame_bound(size_t raw_len);

@@ -122,6 +122,26 @@ static int setup(void **state)
 	return 0;
 }
 
+struct prep_check {
+	unsigned char *base;
+	size_t next;  /* bytes prepared so far */
+	size_t step;
+	int bad;      /* a range out of order, too long, or written before */
+};
+
+static void prep_hook(void *arg, void *dst, size_t len)
+{
+	struct prep_check *pc = arg;
+	const unsigned char *p = dst;
+
+	if (p != pc->base + pc->next || len == 0 || len > pc->step)
+		pc->bad = 1;
+	for (size_t i = 0; i < len; i++)
+		if (p[i] != 0xa5)
+			pc->bad = 1;
+	pc->next += len;
+}
+
 /* ---- frames ---- */
 
 static void frame_round_trip(struct qv_codec_ctx *ctx, enum qv_codec_dtype dtype,
@@ -151,6 +171,22 @@ static void frame_round_trip(struct qv_codec_ctx *ctx, enum qv_codec_dtype dtype
 			assert_memory_equal(src, back, len);
 	}
 	qv_codec_ctx_set_simd(ctx, 1);
+	/* With a prepare hook: called for the whole frame, in order, before any
+	 * byte of each range is written (the sentinel is still there). */
+	for (size_t step = 8192; step <= 2 * QV_CODEC_FRAME_MAX; step *= 1024) {
+		struct prep_check pc = { back, 0, step, 0 };
+
+		memset(back, 0xa5, len + 1);
+		qv_codec_ctx_set_prepare(ctx, prep_hook, &pc, step);
+		assert_int_equal(qv_codec_frame_decode(ctx, f, stored, f->stored_bytes, back, len,
+						       scratch, scratch_len),
+				 0);
+		qv_codec_ctx_set_prepare(ctx, NULL, NULL, 0);
+		assert_int_equal(pc.bad, 0);
+		assert_int_equal(pc.next, len);
+		if (len > 0)
+			assert_memory_equal(src, back, len);
+	}
 	free(stored);
 	free(back);
 	free(scratch);
