@@ -49,19 +49,20 @@ for r in $(seq "$REPS"); do
   fio_r+=("$fb") fio_4k+=("$f4") fio_huge+=("$fh")
   drop
   q_r+=("$("$Q" --root "$R" load bench/cold@v1 --device cpu --io direct --json |
-    python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["cold_bytes"]/d["seconds"]/1e9, d["decode_threads"])')")
+    python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["cold_bytes"]/d["seconds"]/1e9, d["decode_threads"], d["cpu_seconds"]/(d["cold_bytes"]/1e9))')")
   c_r+=("$(QV_IO=direct "$CI" "$R" bench/cold@v1 2 | tail -1 |
     python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["cold_bytes"]/d["seconds"]/1e9)')")
 done
 mf=$(median "${fio_r[@]}"); mq=$(median "$(printf '%s\n' "${q_r[@]}" | cut -d' ' -f1)")
 mc=$(median "${c_r[@]}")
 threads=$(echo "${q_r[0]}" | cut -d' ' -f2)
+mcpu=$(median "$(printf '%s\n' "${q_r[@]}" | cut -d' ' -f3)")
 echo "machine: $(nproc) cores, $(df -T "$W" | awk 'NR==2 {print $2}') on $(df "$W" | awk 'NR==2 {print $1}'), kernel $(uname -r); caches dropped: $DROPPED; fio on huge pages: $FIO_HUGE"
-awk -v s="$STORED" -v r="$RAW" -v f="$mf" -v q="$mq" -v c="$mc" -v t="$threads" 'BEGIN {
+awk -v s="$STORED" -v r="$RAW" -v f="$mf" -v q="$mq" -v c="$mc" -v t="$threads" -v u="$mcpu" 'BEGIN {
   ratio = s / r; limit = f / ratio
   printf "cold tier: %d raw bytes stored in %d (stored/raw %.3f)\n", r, s, ratio
   printf "(a) raw O_DIRECT read of the cold files (fio, the better buffers each run): %.3f GB/s stored -> %.3f GB/s raw equivalent\n", f, limit
-  printf "(b) quiver load of the cold version, fresh memory: %.3f GB/s raw (%d decode threads)\n", q, t
+  printf "(b) quiver load of the cold version, fresh memory: %.3f GB/s raw (%d decode threads, %.3f CPU-seconds per GB raw)\n", q, t, u
   printf "(c) the same load into a resident buffer: %.3f GB/s raw\n", c
   printf "ratio (b) / ((a) / (stored/raw)): %.3f (target >= 0.90)\n", q / limit
   printf "ratio (c) / ((a) / (stored/raw)): %.3f\n", c / limit }'

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "cli.h"
 #include "daemon.h"
@@ -766,6 +767,16 @@ static int cmd_gc(int argc, char **argv)
 
 /* ---- load ------------------------------------------------------------------------------------- */
 
+/* User + system CPU seconds this process has used (every thread). */
+static double cpu_seconds(void)
+{
+	struct rusage ru;
+	if (getrusage(RUSAGE_SELF, &ru) != 0)
+		return 0;
+	return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+	       (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
 static int cmd_load(int argc, char **argv)
 {
 	static const struct option extra[] = {{"device", required_argument, NULL, OPT_DEVICE},
@@ -827,7 +838,9 @@ static int cmd_load(int argc, char **argv)
 	lo.progress = cli_progress_cb;
 	lo.progress_arg = &pg;
 	qv_load *l;
+	double cpu0 = cpu_seconds();
 	int rc = qv_load_run(s, model, ref, NULL, 0, &lo, &l);
+	double cpu = cpu_seconds() - cpu0; /* this process does nothing else meanwhile */
 	cli_progress_end(&pg);
 	if (rc) {
 		rc = cli_fail(s, rc);
@@ -846,7 +859,7 @@ static int cmd_load(int argc, char **argv)
 	else
 		snprintf(dev, sizeof(dev), "cuda:%d", st->device);
 	if (o.json)
-		cli_json_print(json_pack("{s:s, s:s, s:I, s:I, s:f, s:f, s:f, s:f, s:s, s:s, s:s, s:i, s:I, s:I, s:b, s:I, s:i, s:s}",
+		cli_json_print(json_pack("{s:s, s:s, s:I, s:I, s:f, s:f, s:f, s:f, s:s, s:s, s:s, s:i, s:I, s:I, s:b, s:I, s:i, s:s, s:f}",
 		                         "model", model, "version", ref ? ref : "current", "bytes",
 		                         (json_int_t)st->bytes, "tensors", (json_int_t)st->tensors,
 		                         "seconds", st->seconds, "gbps", gbps, "device_init_seconds", st->device_init_seconds, "first_tensor_seconds",
@@ -854,11 +867,13 @@ static int cmd_load(int argc, char **argv)
 		                         st->engine, "qd", (int)st->qd, "chunk_bytes",
 		                         (json_int_t)st->chunk_bytes, "reads", (json_int_t)st->reads,
 		                         "verified", lo.verify, "cold_bytes", (json_int_t)st->cold_bytes,
-		                         "decode_threads", (int)st->decode_threads, "cold_io", cold_io));
+		                         "decode_threads", (int)st->decode_threads, "cold_io", cold_io,
+		                         "cpu_seconds", cpu));
 	else
-		cli_printf("loaded %s@%s to %s: %s, %llu tensors in %.3f s (%.2f GB/s), first tensor after %.3f s\n",
+		cli_printf("loaded %s@%s to %s: %s, %llu tensors in %.3f s (%.2f GB/s, %.2f s of CPU), "
+		           "first tensor after %.3f s\n",
 		       model, ref ? ref : "current", dev, cli_bytes(st->bytes, a, sizeof(a)),
-		       (unsigned long long)st->tensors, st->seconds, gbps, st->first_tensor_seconds);
+		       (unsigned long long)st->tensors, st->seconds, gbps, cpu, st->first_tensor_seconds);
 	if (!o.json && st->bytes > st->cold_bytes) /* the hot engine ran */
 		cli_printf("  hot shards: io %s (%s), qd %u, chunk %zu KiB, %llu reads%s\n", io,
 		       st->engine, st->qd, st->chunk_bytes >> 10, (unsigned long long)st->reads,
@@ -1256,7 +1271,8 @@ static const struct cmd cmds[] = {
 	 "  --json       print the result as JSON (keys bytes, tensors, seconds, gbps,\n"
 	 "               device_init_seconds, first_tensor_seconds, device, io, engine,\n"
 	 "               qd, chunk_bytes, reads, verified, cold_bytes, decode_threads,\n"
-	 "               cold_io: direct, buffered or none)\n"
+	 "               cold_io: direct, buffered or none, cpu_seconds: user + system\n"
+	 "               CPU time of the load, every thread)\n"
 	 "io, engine, qd, chunk_bytes and reads describe the hot shards' reads; cold_io\n"
 	 "how the cold frames were read (buffered where O_DIRECT was refused)."},
 	{"init", cmd_init,

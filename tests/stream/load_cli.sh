@@ -33,7 +33,7 @@ load_json() { # REF ARGS...: load --json, check keys and bytes
 	local tensors
 	tensors=$(jget "$OUT_FILE" 'len(d["tensors"])')
 	expect_ok q load "$M@$ref" --json "$@"
-	for k in bytes tensors seconds gbps first_tensor_seconds device io cold_io; do
+	for k in bytes tensors seconds gbps first_tensor_seconds device io cold_io cpu_seconds; do
 		jcheck "$OUT_FILE" "'$k' in d" "load --json $* lacks key '$k'"
 	done
 	jcheck "$OUT_FILE" "d['bytes'] == $want" "load $* reports bytes $(jget "$OUT_FILE" 'd["bytes"]'), the distinct shards hold $want"
@@ -42,6 +42,7 @@ load_json() { # REF ARGS...: load --json, check keys and bytes
 	jcheck "$OUT_FILE" 'd["io"] in ("direct", "buffered")' "io is not direct or buffered"
 	jcheck "$OUT_FILE" 'd["cold_io"] == "none"' "cold_io is not none for a store without a cold tier"
 	jcheck "$OUT_FILE" 'd["seconds"] > 0 and d["gbps"] > 0' "seconds or gbps not positive"
+	jcheck "$OUT_FILE" '0 < d["cpu_seconds"] < 2 * d["seconds"] * 64 + 1' "cpu_seconds not positive, or absurd"
 	jcheck "$OUT_FILE" '0 <= d["first_tensor_seconds"] <= d["seconds"]' \
 		"first_tensor_seconds not within [0, seconds]"
 	note "load $M@$ref $*: $(jget "$OUT_FILE" 'd["bytes"]') bytes, $(jget "$OUT_FILE" 'd["io"]')/$(jget "$OUT_FILE" 'd["engine"]')"
