@@ -104,20 +104,18 @@ static int take_job(struct cold *c, size_t *t, uint32_t *f)
 }
 
 /* Reads a frame into rbuf; *buffered set when any of it went through the
- * page cache (no O_DIRECT descriptor, or O_DIRECT refused). */
+ * page cache (no O_DIRECT descriptor, O_DIRECT refused, or an odd tail):
+ * the descriptor only ever falls back from O_DIRECT, never returns to it. */
 static int read_frame(struct qv__cold_target *ct, const struct qv_codec_frame *fr, char *rbuf,
                       int *buffered)
 {
 	size_t len = (size_t)qv_codec_align(fr->stored_bytes);
 	int fd = ct->direct_fd >= 0 ? ct->direct_fd : ct->fd;
 
-	*buffered = fd != ct->direct_fd;
-
 	for (size_t got = 0; got < fr->stored_bytes;) {
 		ssize_t r = pread(fd, rbuf + got, len - got, (off_t)(fr->offset + got));
 		if (r < 0 && errno == EINVAL && fd == ct->direct_fd) {
 			fd = ct->fd; /* O_DIRECT refused: buffered from here on */
-			*buffered = 1;
 			continue;
 		}
 		if (r < 0 && errno == EINTR)
@@ -127,11 +125,10 @@ static int read_frame(struct qv__cold_target *ct, const struct qv_codec_frame *f
 		if (r == 0)
 			return QV_ECORRUPT; /* shorter than its frame table says */
 		got += (size_t)r;
-		if (fd == ct->direct_fd && got % QV_CODEC_ALIGN) {
+		if (fd == ct->direct_fd && got % QV_CODEC_ALIGN)
 			fd = ct->fd; /* continue an odd tail buffered */
-			*buffered = 1;
-		}
 	}
+	*buffered = fd != ct->direct_fd;
 	return 0;
 }
 
