@@ -767,6 +767,12 @@ static int cmd_gc(int argc, char **argv)
 
 /* ---- load ------------------------------------------------------------------------------------- */
 
+/* A load's io mode as `load` prints it; "none" for reads that did not happen. */
+static const char *io_mode_name(enum qv_io_mode m)
+{
+	return m == QV_IO_DIRECT ? "direct" : m == QV_IO_BUFFERED ? "buffered" : "none";
+}
+
 /* User + system CPU seconds this process has used (every thread). */
 static double cpu_seconds(void)
 {
@@ -849,10 +855,7 @@ static int cmd_load(int argc, char **argv)
 	}
 	const qv_load_stats *st = qv_load_get_stats(l);
 	double gbps = st->seconds > 0 ? (double)st->bytes / st->seconds / 1e9 : 0;
-	const char *io = st->io == QV_IO_DIRECT ? "direct" : "buffered";
-	const char *cold_io = st->cold_io == QV_IO_DIRECT     ? "direct"
-	                      : st->cold_io == QV_IO_BUFFERED ? "buffered"
-	                                                      : "none";
+	const char *io = io_mode_name(st->io), *cold_io = io_mode_name(st->cold_io);
 	char dev[32], a[32];
 	if (st->device == QV_DEVICE_CPU)
 		snprintf(dev, sizeof(dev), "cpu");
