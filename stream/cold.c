@@ -68,7 +68,8 @@ struct cold {
 	size_t n;
 	qv_sink *sink;
 	unsigned slot_base;
-	char *bufs;                 /* n_bufs pinned buffers of QV_CODEC_FRAME_MAX */
+	char *bufs;                 /* n_bufs pinned buffers of buf_bytes */
+	size_t buf_bytes;
 	char *host;                 /* a host sink's destination: decode straight into it */
 	uint64_t host_bytes;
 	unsigned n_bufs;
@@ -219,7 +220,7 @@ static void *decoder(void *arg)
 		struct qv__cold_target *ct = &c->t[r.target];
 		const struct qv_codec_frame *fr = &ct->hdr->frames[r.frame];
 		uint64_t at = ct->dest_off + (uint64_t)r.frame * ct->hdr->frame_bytes;
-		char *own = c->bufs + (size_t)b * QV_CODEC_FRAME_MAX;
+		char *own = c->bufs + (size_t)b * c->buf_bytes;
 		/* host destination: decode in place, no copy (frames never overlap) */
 		char *dst = c->host && at + fr->raw_bytes <= c->host_bytes ? c->host + at : own;
 		int rc = r.rc ? r.rc : init_rc;
@@ -239,7 +240,7 @@ static void *decoder(void *arg)
 		if (rc == 0)
 			rc = qv_codec_frame_decode(ctx, fr, c->rbufs + (size_t)r.rbuf * READ_STRIDE,
 			                           fr->stored_bytes, dst,
-			                           dst == own ? QV_CODEC_FRAME_MAX : fr->raw_bytes,
+			                           dst == own ? c->buf_bytes : fr->raw_bytes,
 			                           scratch, scratch_len);
 		pthread_mutex_lock(&c->mu);
 		c->rfree[c->n_rfree++] = r.rbuf;
@@ -278,12 +279,13 @@ static void frame_landed(struct cold *c, const struct job_done *j, struct qv__co
 }
 
 int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sink *sink,
-                 unsigned slot_base, unsigned n_bufs, char *bufs, struct qv__cold_stats *st,
+                 unsigned slot_base, unsigned n_bufs, char *bufs, size_t buf_bytes,
+                 struct qv__cold_stats *st,
                  qv_progress_fn progress, void *progress_arg, uint64_t done0, uint64_t total,
                  char *err, size_t errlen)
 {
 	struct cold c = {.t = t, .n = n, .sink = sink, .slot_base = slot_base, .bufs = bufs,
-	                 .n_bufs = n_bufs};
+	                 .buf_bytes = buf_bytes, .n_bufs = n_bufs};
 	c.host = qv_sink_host_dest(sink, &c.host_bytes);
 	pthread_t th[QV_COLD_THREADS_MAX + COLD_READS];
 	unsigned started = 0, decoders = 0, readers = 0;
@@ -382,7 +384,7 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sin
 			             left);
 		} else {
 			uint64_t off = ct->dest_off + (uint64_t)j.frame * ct->hdr->frame_bytes;
-			rc = qv_sink_put(sink, slot_base + j.buf, bufs + (size_t)j.buf * QV_CODEC_FRAME_MAX,
+			rc = qv_sink_put(sink, slot_base + j.buf, bufs + (size_t)j.buf * buf_bytes,
 			                 fr->raw_bytes, off);
 			if (rc)
 				snprintf(err, errlen, "cold shard %s: copy to destination: %s", ct->name,
