@@ -1,12 +1,14 @@
 /* direct_read: the raw O_DIRECT read rate of a folder of files, for machines
- * without fio (the lent GPU machine). S threads take the files in turn and
- * read each one whole with O_DIRECT in B-byte requests into buffers on
- * transparent huge pages (2 MiB aligned, MADV_HUGEPAGE, faulted in before
- * the clock starts), or on 4 KiB pages with --small-pages: a virtio disk
- * splits a request into one segment per physically contiguous piece, so
- * 4 KiB-page buffers understate it (docs/BENCHMARKS.md). Prints one line of
- * JSON: bytes, seconds, gb_per_s, streams, block_bytes, huge_pages.
- * Drop the page cache before running it.
+ * without fio (the lent GPU machine). S threads take B-byte requests in
+ * order from one cursor over the files, one after another (as fio's
+ * --file_service_type=sequential does with S requests in flight), so S
+ * requests are in flight whatever the number of files; each reads with
+ * O_DIRECT into a buffer on transparent huge pages (2 MiB aligned,
+ * MADV_HUGEPAGE, faulted in before the clock starts), or on 4 KiB pages with
+ * --small-pages: a virtio disk splits a request into one segment per
+ * physically contiguous piece, so 4 KiB-page buffers understate it
+ * (docs/BENCHMARKS.md). Prints one line of JSON: bytes, seconds, gb_per_s,
+ * streams, block_bytes, huge_pages. Drop the page cache before running it.
  *
  * usage: direct_read [--streams S] [--block SIZE_MIB] [--small-pages] DIR
  *   (defaults: 16 streams, 16 MiB requests)
@@ -30,6 +32,8 @@
 
 struct files {
 	char **path;
+	int *fd;              /* O_DIRECT, opened before the clock starts */
+	off_t *size;
 	size_t n, cap;
 };
 
@@ -38,7 +42,8 @@ struct run {
 	size_t block;
 	int huge;
 	pthread_mutex_t mu;
-	size_t next;          /* next file to read */
+	size_t next;          /* the cursor: next request in file `next`, at `at` */
+	off_t at;
 	unsigned long long bytes;
 	int err;
 	char errmsg[PATH_MAX + 64];
@@ -137,35 +142,28 @@ static void *stream(void *arg)
 
 	for (;;) {
 		pthread_mutex_lock(&r->mu);
-		size_t i = r->next++;
+		while (r->next < r->f->n && r->at >= r->f->size[r->next]) {
+			r->next++;
+			r->at = 0;
+		}
+		size_t i = r->next;
+		off_t at = r->at;
 		int stop = r->err || i >= r->f->n;
+		r->at += (off_t)r->block;
 		pthread_mutex_unlock(&r->mu);
 		if (stop)
 			break;
-		const char *path = r->f->path[i];
-		int fd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
-		unsigned long long got = 0;
+		ssize_t n;
 
-		if (fd < 0) {
-			fail(r, path, errno);
+		do
+			n = pread(r->f->fd[i], buf, r->block, at);
+		while (n < 0 && errno == EINTR);
+		if (n < 0) {
+			fail(r, r->f->path[i], errno);
 			break;
 		}
-		for (;;) {
-			ssize_t n = pread(fd, buf, r->block, (off_t)got);
-
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n < 0) {
-				fail(r, path, errno);
-				break;
-			}
-			got += (unsigned long long)n;
-			if ((size_t)n < r->block)
-				break; /* end of file (its last, short request) */
-		}
-		close(fd);
 		pthread_mutex_lock(&r->mu);
-		r->bytes += got;
+		r->bytes += (unsigned long long)n;
 		pthread_mutex_unlock(&r->mu);
 	}
 	return NULL;
@@ -210,6 +208,22 @@ int main(int argc, char **argv)
 		fprintf(stderr, "direct_read: no files below %s\n", dir);
 		return 1;
 	}
+	f.fd = calloc(f.n, sizeof(*f.fd));
+	f.size = calloc(f.n, sizeof(*f.size));
+	if (f.fd == NULL || f.size == NULL) {
+		fprintf(stderr, "direct_read: out of memory\n");
+		return 1;
+	}
+	for (size_t i = 0; i < f.n; i++) {
+		struct stat st;
+
+		f.fd[i] = open(f.path[i], O_RDONLY | O_DIRECT | O_CLOEXEC);
+		if (f.fd[i] < 0 || fstat(f.fd[i], &st) != 0) {
+			fprintf(stderr, "direct_read: %s: %s\n", f.path[i], strerror(errno));
+			return 1;
+		}
+		f.size[i] = st.st_size;
+	}
 	r.f = &f;
 	r.block = block_mib << 20;
 	r.huge = huge;
@@ -235,8 +249,12 @@ int main(int argc, char **argv)
 	printf("{\"bytes\": %llu, \"seconds\": %.6f, \"gb_per_s\": %.4f, \"streams\": %u, "
 	       "\"block_bytes\": %zu, \"huge_pages\": %s}\n",
 	       r.bytes, s, (double)r.bytes / s / 1e9, started, r.block, huge ? "true" : "false");
-	for (size_t i = 0; i < f.n; i++)
+	for (size_t i = 0; i < f.n; i++) {
+		close(f.fd[i]);
 		free(f.path[i]);
+	}
 	free(f.path);
+	free(f.fd);
+	free(f.size);
 	return 0;
 }

@@ -68,8 +68,8 @@ import json,sys; print("raw_direct_read_huge_pages_gbps_stored %.3f" % json.load
       [ "$cpus" = all ] || run=(taskset -c "$cpus" "${run[@]}")
       "${run[@]}" | python3 -c '
 import json,sys; d=json.load(sys.stdin); s=d["seconds"]-d["device_init_seconds"]
-print("cpus %-6s %-6s threads %-7s cold %.3f GB/s raw (%.3f s after device init), %d decode threads" %
-      (sys.argv[1], sys.argv[2], sys.argv[3], d["cold_bytes"]/s/1e9, s, d["decode_threads"]))' \
+print("cpus %-6s %-6s threads %-7s cold %.3f GB/s raw (%.3f s after device init), %d decode threads, %.3f CPU-s per GB raw" %
+      (sys.argv[1], sys.argv[2], sys.argv[3], d["cold_bytes"]/s/1e9, s, d["decode_threads"], d["cpu_seconds"]/(d["cold_bytes"]/1e9)))' \
         "$cpus" "$dev" "$th" | tee -a "$RES"
     done
   done
