@@ -29,9 +29,7 @@
 
 #include "quiver/codec.h"
 #include "quiver/error.h"
-#ifdef CODEC_AVX2
 #include "xxh_avx2.h"
-#endif
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the cold codec assumes a little-endian host"
@@ -166,6 +164,17 @@ static void hash_update(struct qv_codec_ctx *ctx, const void *p, size_t n)
 	}
 #endif
 	(void)XXH3_64bits_update(ctx->xxh, p, n);
+}
+
+void qv__xxh3_update(XXH3_state_t *st, const void *p, size_t n)
+{
+#ifdef CODEC_AVX2
+	if (__builtin_cpu_supports("avx2")) {
+		qv__xxh3_update_avx2(st, p, n);
+		return;
+	}
+#endif
+	(void)XXH3_64bits_update(st, p, n);
 }
 
 /* ---- little-endian fields ---- */
