@@ -337,7 +337,10 @@ static uint64_t ipc_clock;
 
 /* The opened allocation of handle on device, marked busy; -1 if it cannot be
  * opened (or every entry is busy). */
-static int ipc_get(int device, const uint8_t *handle, void **dptr)
+/* The slot of the allocation behind handle on device, opened if it was not
+ * (busy from now until ipc_put); -1 with *why set when it cannot be opened,
+ * -2 when another request is loading into it. */
+static int ipc_get(int device, const uint8_t *handle, void **dptr, const char **why)
 {
 	int slot = -1, rc = 0;
 	pthread_mutex_lock(&ipc_mu);
@@ -358,11 +361,13 @@ static int ipc_get(int device, const uint8_t *handle, void **dptr)
 			if (slot < 0 || ipc[i].used < ipc[slot].used) /* else the least recently used */
 				slot = i;
 		}
+		if (slot < 0)
+			*why = "every cached CUDA IPC mapping is in use by a request";
 		if (slot >= 0) {
 			if (ipc[slot].dptr)
 				qv_gpu_ipc_close(ipc[slot].device, ipc[slot].dptr);
 			memset(&ipc[slot], 0, sizeof(ipc[slot]));
-			rc = qv_gpu_ipc_open(device, handle, &ipc[slot].dptr);
+			rc = qv_gpu_ipc_open(device, handle, &ipc[slot].dptr, why);
 			if (rc == 0) {
 				memcpy(ipc[slot].handle, handle, QV_GPU_IPC_HANDLE_BYTES);
 				ipc[slot].device = device;
@@ -371,8 +376,6 @@ static int ipc_get(int device, const uint8_t *handle, void **dptr)
 				slot = -1;
 			}
 		}
-	} else if (slot == -2) {
-		slot = -1; /* the same allocation is being loaded by another request */
 	}
 	if (slot >= 0) {
 		ipc[slot].busy = 1;
@@ -541,10 +544,17 @@ static int op_load_cuda(struct conn *c, json_t *req)
 		goto out;
 	}
 	double t_open = now_s();
-	slot = ipc_get(device, handle, &dptr);
+	const char *why = "no reason given";
+	slot = ipc_get(device, handle, &dptr, &why);
 	if (slot < 0) {
-		rc = reply_err(c->fd, "load_cuda", -EBUSY,
-		               "cannot open the CUDA IPC handle on that device (or it is being loaded)");
+		char msg[256];
+		if (slot == -2)
+			snprintf(msg, sizeof(msg), "another request is loading into that allocation");
+		else
+			snprintf(msg, sizeof(msg), "cannot open the CUDA IPC handle on cuda:%d: %s", device,
+			         why);
+		slot = -1;
+		rc = reply_err(c->fd, "load_cuda", -EBUSY, msg);
 		goto out;
 	}
 	t_open = now_s() - t_open;

@@ -105,15 +105,22 @@ int qv_gpu_mem_info(int device, size_t *free_bytes, size_t *total_bytes)
 	return cudaMemGetInfo(free_bytes, total_bytes) == cudaSuccess ? 0 : -EIO;
 }
 
-int qv_gpu_ipc_open(int device, const void *handle, void **dptr)
+int qv_gpu_ipc_open(int device, const void *handle, void **dptr, const char **why)
 {
 	cudaIpcMemHandle_t h;
 	*dptr = NULL;
-	if (cudaSetDevice(device) != cudaSuccess)
-		return -ENODEV;
-	memcpy(&h, handle, sizeof(h));
-	cudaError_t e = cudaIpcOpenMemHandle(dptr, h, cudaIpcMemLazyEnablePeerAccess);
+	cudaError_t e = cudaSetDevice(device);
 	if (e != cudaSuccess) {
+		if (why)
+			*why = cudaGetErrorString(e);
+		cudaGetLastError();
+		return -ENODEV;
+	}
+	memcpy(&h, handle, sizeof(h));
+	e = cudaIpcOpenMemHandle(dptr, h, cudaIpcMemLazyEnablePeerAccess);
+	if (e != cudaSuccess) {
+		if (why)
+			*why = cudaGetErrorString(e);
 		cudaGetLastError();
 		*dptr = NULL;
 		return -EINVAL;

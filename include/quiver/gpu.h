@@ -55,9 +55,10 @@ int qv_gpu_fill(int device, void *dptr, int byte, size_t bytes);
 int qv_gpu_mem_info(int device, size_t *free_bytes, size_t *total_bytes);
 
 /* CUDA IPC: opens another process's allocation (a cudaIpcMemHandle_t of
- * QV_GPU_IPC_HANDLE_BYTES bytes) on device; close with qv_gpu_ipc_close(). */
+ * QV_GPU_IPC_HANDLE_BYTES bytes) on device; close with qv_gpu_ipc_close().
+ * On failure *why (if not NULL) says why (a static string: CUDA's). */
 #define QV_GPU_IPC_HANDLE_BYTES 64
-int qv_gpu_ipc_open(int device, const void *handle, void **dptr);
+int qv_gpu_ipc_open(int device, const void *handle, void **dptr, const char **why);
 void qv_gpu_ipc_close(int device, void *dptr);
 
 /* Copies bytes from pinned host memory to device memory on n_streams

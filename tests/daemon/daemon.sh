@@ -168,6 +168,16 @@ t_abuse() {
 	expect_err_reply "$(hexframe $M 1 0 - '{"op":"load_host"}')" "load_host without model"
 	expect_err_reply "$(hexframe $M 1 0 - '{"op":"load_host","model":"nope"}')" "load_host unknown model"
 	expect_err_reply "$(hexframe $M 1 0 - '{"op":"load_cuda","model":"m","device":0,"bytes":1,"ipc_handle":"zz"}')" "load_cuda bad handle"
+	# a handle of no allocation: the reply says why CUDA refused it (no GPU
+	# here, a bogus handle on a GPU machine, a build without CUDA)
+	local r
+	r=$(qvd raw "$(hexframe $M 1 0 - "{\"op\":\"load_cuda\",\"model\":\"m\",\"device\":0,\"bytes\":$((1 << 30)),\"ipc_handle\":\"$(printf 'ab%.0s' $(seq 64))\"}")" --shut 2>&1) ||
+		fail "load_cuda unknown handle: client error: $r"
+	case "$r" in
+	*'"ok": false'*'cannot open the CUDA IPC handle on cuda:0: '[A-Za-z]*) ;;
+	*) fail "load_cuda unknown handle: expected the CUDA reason, got: $r" ;;
+	esac
+	kill -0 "$DPID" 2>/dev/null || fail "load_cuda unknown handle: quiverd died"
 	expect_closed "$(hexframe $M 1 0 - '{"op":"ping"}' | cut -c1-20)" "truncated header"
 	expect_closed "$(hexframe $M 1 0 100 '{"op":"ping"}')" "truncated payload"
 	expect_closed "" "connect and close"
