@@ -335,8 +335,6 @@ static struct ipc_ent {
 static pthread_mutex_t ipc_mu = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t ipc_clock;
 
-/* The opened allocation of handle on device, marked busy; -1 if it cannot be
- * opened (or every entry is busy). */
 /* The slot of the allocation behind handle on device, opened if it was not
  * (busy from now until ipc_put); -1 with *why set when it cannot be opened,
  * -2 when another request is loading into it. */

@@ -280,9 +280,8 @@ static void frame_landed(struct cold *c, const struct job_done *j, struct qv__co
 
 int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sink *sink,
                  unsigned slot_base, unsigned n_bufs, char *bufs, size_t buf_bytes,
-                 struct qv__cold_stats *st,
-                 qv_progress_fn progress, void *progress_arg, uint64_t done0, uint64_t total,
-                 char *err, size_t errlen)
+                 struct qv__cold_stats *st, qv_progress_fn progress, void *progress_arg,
+                 uint64_t done0, uint64_t total, char *err, size_t errlen)
 {
 	struct cold c = {.t = t, .n = n, .sink = sink, .slot_base = slot_base, .bufs = bufs,
 	                 .buf_bytes = buf_bytes, .n_bufs = n_bufs};

@@ -486,8 +486,7 @@ static int run_cold(qv_store *s, const qv_load_opts *o, struct plan *p, qv_sink 
 	uint64_t total = stats->bytes + p->cold_raw;
 	int rc = qv__cold_run(p->cold, p->n_cold, threads, sink, slot_base,
 	                      threads * COLD_BUFS_PER_THREAD, bufs, buf_bytes, &cs, o->progress,
-	                      o->progress_arg,
-	                      stats->bytes, total, err, sizeof(err));
+	                      o->progress_arg, stats->bytes, total, err, sizeof(err));
 	if (rc)
 		return qv_store_fail(s, rc, "%s", err);
 	stats->bytes += cs.bytes;

@@ -100,9 +100,8 @@ struct qv__cold_stats {
  * done0 of total. */
 int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sink *sink,
                  unsigned slot_base, unsigned n_bufs, char *bufs, size_t buf_bytes,
-                 struct qv__cold_stats *st,
-                 qv_progress_fn progress, void *progress_arg, uint64_t done0, uint64_t total,
-                 char *err, size_t errlen);
+                 struct qv__cold_stats *st, qv_progress_fn progress, void *progress_arg,
+                 uint64_t done0, uint64_t total, char *err, size_t errlen);
 
 /* The test hook (load.c): what to do with the read completion number k. */
 enum qv_fault_kind qv__fault_check(uint64_t k);
