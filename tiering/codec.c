@@ -154,27 +154,33 @@ size_t qv_codec_scratch_bytes(size_t raw_len)
 	return raw_len + raw_len / 2 + 1;
 }
 
-/* Adds n bytes at p to the frame's running hash. */
-static void hash_update(struct qv_codec_ctx *ctx, const void *p, size_t n)
+/* Adds n bytes at p to st: xxHash's AVX2 build if avx2 (only where the CPU
+ * has it), else the SSE2 one; the same hash either way. */
+static void xxh3_update(XXH3_state_t *st, const void *p, size_t n, int avx2)
 {
 #ifdef CODEC_AVX2
-	if (ctx->avx2) {
-		qv__xxh3_update_avx2(ctx->xxh, p, n);
+	if (avx2) {
+		qv__xxh3_update_avx2(st, p, n);
 		return;
 	}
 #endif
-	(void)XXH3_64bits_update(ctx->xxh, p, n);
+	(void)avx2;
+	(void)XXH3_64bits_update(st, p, n);
+}
+
+/* Adds n bytes at p to the frame's running hash (the path set_simd chose). */
+static void hash_update(struct qv_codec_ctx *ctx, const void *p, size_t n)
+{
+	xxh3_update(ctx->xxh, p, n, ctx->avx2);
 }
 
 void qv__xxh3_update(XXH3_state_t *st, const void *p, size_t n)
 {
 #ifdef CODEC_AVX2
-	if (__builtin_cpu_supports("avx2")) {
-		qv__xxh3_update_avx2(st, p, n);
-		return;
-	}
+	xxh3_update(st, p, n, __builtin_cpu_supports("avx2"));
+#else
+	xxh3_update(st, p, n, 0);
 #endif
-	(void)XXH3_64bits_update(st, p, n);
 }
 
 /* ---- little-endian fields ---- */
