@@ -60,7 +60,7 @@ mcpu=$(median "$(printf '%s\n' "${q_r[@]}" | cut -d' ' -f3)")
 echo "machine: $(nproc) cores, $(df -T "$W" | awk 'NR==2 {print $2}') on $(df "$W" | awk 'NR==2 {print $1}'), kernel $(uname -r); caches dropped: $DROPPED; fio on huge pages: $FIO_HUGE"
 awk -v s="$STORED" -v r="$RAW" -v f="$mf" -v q="$mq" -v c="$mc" -v t="$threads" -v u="$mcpu" 'BEGIN {
   ratio = s / r; limit = f / ratio
-  printf "cold tier: %d raw bytes stored in %d (stored/raw %.3f)\n", r, s, ratio
+  printf "cold tier: %.0f raw bytes stored in %.0f (stored/raw %.3f)\n", r, s, ratio
   printf "(a) raw O_DIRECT read of the cold files (fio, the better buffers each run): %.3f GB/s stored -> %.3f GB/s raw equivalent\n", f, limit
   printf "(b) quiver load of the cold version, fresh memory: %.3f GB/s raw (%d decode threads, %.3f CPU-seconds per GB raw)\n", q, t, u
   printf "(c) the same load into a resident buffer: %.3f GB/s raw\n", c
