@@ -5,8 +5,10 @@
 # weights (gen_model.py --values normal), demotes it to the cold tier (same
 # disk, another folder), then REPS times, caches dropped before each:
 #   (a) fio: raw O_DIRECT read rate of the cold tier's files (stored bytes/s),
-#       the better of two runs: buffers of 4 KiB pages, and buffers of huge
-#       pages (--iomem=shmhuge; bench/common.sh says why);
+#       the best of 1 MiB reads FIO_QDS deep (default 16, 4 and 2: some disks,
+#       the 2-vCPU box's among them, read faster with fewer in flight), each
+#       into buffers of 4 KiB pages and of huge pages (--iomem=shmhuge;
+#       bench/common.sh says why);
 #   (b) quiver load --device cpu of the cold version, in raw (decoded) bytes/s,
 #       into fresh memory that the kernel faults in as the decoders write it;
 #   (c) the same load into a host buffer already resident (bench/cold_into's
@@ -16,13 +18,14 @@
 # the default workers. Prints the ratios (b) / ((a) / (stored/raw)) and (c) / ...
 #
 #   bench/cold_load.sh [WORKDIR]   (QUIVER=path, COLD_INTO=path, REPS=3,
-#                                   HIDDEN/LAYERS/VOCAB, DTYPE=BF16)
+#                                   HIDDEN/LAYERS/VOCAB, DTYPE=BF16,
+#                                   FIO_QDS="16 4 2")
 set -euo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 Q=${QUIVER:-$SRC/build/cli/quiver}
 CI=${COLD_INTO:-$(dirname "$(dirname "$Q")")/bench/cold_into}
 W=${1:-$SRC/build/bench-cold}
-REPS=${REPS:-3}
+REPS=${REPS:-3} FIO_QDS=${FIO_QDS:-16 4 2}
 HIDDEN=${HIDDEN:-2048} LAYERS=${LAYERS:-6} VOCAB=${VOCAB:-32000} DTYPE=${DTYPE:-BF16}
 command -v fio >/dev/null || { echo "fio is not installed (./dev.sh deps)" >&2; exit 1; }
 [ -x "$CI" ] || { echo "no $CI: build the bench/ targets (COLD_INTO=path)" >&2; exit 1; }
@@ -43,27 +46,44 @@ import json,sys; d=json.load(sys.stdin); c=[t for t in d["tiers"] if t["tier"]==
 print("STORED=%d RAW=%d" % (c["used_bytes"], c["raw_bytes"]))')"
 source "$SRC/bench/common.sh"
 bench_hugepages
-fio_r=(); fio_4k=(); fio_huge=(); q_r=(); c_r=()
+fio_runs=(); q_r=(); c_r=()
+FIO=$(mktemp)   # one line per fio run: setting, GB/s
 for r in $(seq "$REPS"); do
-  read -r fb f4 fh <<<"$(fio_best "$SHARDS")"
-  fio_r+=("$fb") fio_4k+=("$f4") fio_huge+=("$fh")
+  runs=""
+  for qd in $FIO_QDS; do
+    read -r fb f4 fh <<<"$(fio_best "$SHARDS" --iodepth="$qd")"
+    echo "qd$qd-4k $f4" >>"$FIO"
+    [ "$FIO_HUGE" = yes ] && echo "qd$qd-huge $fh" >>"$FIO"
+    runs="$runs qd$qd:$(printf '%.3f/%.3f' "$f4" "$fh")"
+  done
+  fio_runs+=("[$runs ]")
   drop
   q_r+=("$("$Q" --root "$R" load bench/cold@v1 --device cpu --io direct --json |
-    python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["cold_bytes"]/d["seconds"]/1e9, d["decode_threads"], d["cpu_seconds"]/(d["cold_bytes"]/1e9))')")
+    python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["cold_bytes"]/d["seconds"]/1e9, d["decode_threads"], d["cpu_seconds"]/(d["cold_bytes"]/1e9), d["cold_reads"])')")
   c_r+=("$(QV_IO=direct "$CI" "$R" bench/cold@v1 2 | tail -1 |
     python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["cold_bytes"]/d["seconds"]/1e9)')")
 done
-mf=$(median "${fio_r[@]}"); mq=$(median "$(printf '%s\n' "${q_r[@]}" | cut -d' ' -f1)")
+# (a): each fio setting's median over the repetitions, the best setting's
+read -r mf fbest <<<"$(python3 -c '
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    k, v = line.split()
+    runs.setdefault(k, []).append(float(v))
+k = max(runs, key=lambda k: statistics.median(runs[k]))
+print(statistics.median(runs[k]), k)' "$FIO")"
+rm -f "$FIO"
+mq=$(median "$(printf '%s\n' "${q_r[@]}" | cut -d' ' -f1)")
 mc=$(median "${c_r[@]}")
-threads=$(echo "${q_r[0]}" | cut -d' ' -f2)
+threads=$(echo "${q_r[0]}" | cut -d' ' -f2) reads=$(echo "${q_r[0]}" | cut -d' ' -f4)
 mcpu=$(median "$(printf '%s\n' "${q_r[@]}" | cut -d' ' -f3)")
 echo "machine: $(nproc) cores, $(df -T "$W" | awk 'NR==2 {print $2}') on $(df "$W" | awk 'NR==2 {print $1}'), kernel $(uname -r); caches dropped: $DROPPED; fio on huge pages: $FIO_HUGE"
-awk -v s="$STORED" -v r="$RAW" -v f="$mf" -v q="$mq" -v c="$mc" -v t="$threads" -v u="$mcpu" 'BEGIN {
+awk -v s="$STORED" -v r="$RAW" -v f="$mf" -v q="$mq" -v c="$mc" -v t="$threads" -v u="$mcpu" -v n="$reads" -v qds="$FIO_QDS" -v fb="$fbest" 'BEGIN {
   ratio = s / r; limit = f / ratio
   printf "cold tier: %.0f raw bytes stored in %.0f (stored/raw %.3f)\n", r, s, ratio
-  printf "(a) raw O_DIRECT read of the cold files (fio, the better buffers each run): %.3f GB/s stored -> %.3f GB/s raw equivalent\n", f, limit
-  printf "(b) quiver load of the cold version, fresh memory: %.3f GB/s raw (%d decode threads, %.3f CPU-seconds per GB raw)\n", q, t, u
+  printf "(a) raw O_DIRECT read of the cold files (fio, 1 MiB reads %s deep; best median: %s): %.3f GB/s stored -> %.3f GB/s raw equivalent\n", qds, fb, f, limit
+  printf "(b) quiver load of the cold version, fresh memory: %.3f GB/s raw (%d decode threads, %d frames read at once, %.3f CPU-seconds per GB raw)\n", q, t, n, u
   printf "(c) the same load into a resident buffer: %.3f GB/s raw\n", c
   printf "ratio (b) / ((a) / (stored/raw)): %.3f (target >= 0.90)\n", q / limit
   printf "ratio (c) / ((a) / (stored/raw)): %.3f\n", c / limit }'
-echo "runs: fio 4 KiB pages ${fio_4k[*]} / fio huge pages ${fio_huge[*]} / quiver ${q_r[*]} / resident ${c_r[*]}"
+echo "runs: fio (4 KiB/huge-page buffers) ${fio_runs[*]} / quiver ${q_r[*]} / resident ${c_r[*]}"

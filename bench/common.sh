@@ -23,7 +23,8 @@ bench_hugepages() {
 }
 
 # fio_rate DIR [fio options]: GB/s of one O_DIRECT read of every file below
-# DIR, 1 MiB reads 16 deep, caches dropped first.
+# DIR, 1 MiB reads 16 deep (options after DIR override both), caches dropped
+# first.
 fio_rate() {
   local dir=$1
   shift

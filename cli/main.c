@@ -49,7 +49,7 @@ static void print_help(const struct cmd *c)
 /* Common option parsing: every command knows --root, --help and maybe --json. */
 enum { OPT_ROOT = 1000, OPT_JSON, OPT_VERSION, OPT_ALIAS, OPT_NO_ACTIVATE, OPT_MESSAGE,
        OPT_FORCE, OPT_DRY_RUN, OPT_TO, OPT_RM, OPT_DEVICE, OPT_IO, OPT_QD, OPT_CHUNK,
-       OPT_DECODERS, OPT_VERIFY, OPT_PROMOTE, OPT_HOT, OPT_COLD, OPT_CAPACITY, OPT_HIGH, OPT_LOW, OPT_APPLY };
+       OPT_DECODERS, OPT_COLD_READS, OPT_VERIFY, OPT_PROMOTE, OPT_HOT, OPT_COLD, OPT_CAPACITY, OPT_HIGH, OPT_LOW, OPT_APPLY };
 
 struct opts {
 	const char *root;
@@ -68,6 +68,7 @@ struct opts {
 	const char *qd;
 	const char *chunk;
 	const char *decoders;
+	const char *cold_reads;
 	int verify;
 	int promote;
 	const char *hot, *cold, *capacity, *high, *low;
@@ -119,6 +120,7 @@ static int parse_opts(const struct cmd *c, int argc, char **argv, const struct o
 		case OPT_QD: o->qd = optarg; break;
 		case OPT_CHUNK: o->chunk = optarg; break;
 		case OPT_DECODERS: o->decoders = optarg; break;
+		case OPT_COLD_READS: o->cold_reads = optarg; break;
 		case OPT_VERIFY: o->verify = 1; break;
 		case OPT_PROMOTE: o->promote = 1; break;
 		case OPT_HOT: o->hot = optarg; break;
@@ -790,6 +792,7 @@ static int cmd_load(int argc, char **argv)
 	                                      {"qd", required_argument, NULL, OPT_QD},
 	                                      {"chunk", required_argument, NULL, OPT_CHUNK},
 	                                      {"decode-threads", required_argument, NULL, OPT_DECODERS},
+	                                      {"cold-reads", required_argument, NULL, OPT_COLD_READS},
 	                                      {"verify", no_argument, NULL, OPT_VERIFY},
 	                                      {"promote", no_argument, NULL, OPT_PROMOTE},
 	                                      {"json", no_argument, NULL, OPT_JSON},
@@ -836,6 +839,13 @@ static int cmd_load(int argc, char **argv)
 			return usage_error(c, "--decode-threads must be 1 to 16, not '%s'", o.decoders);
 		lo.decode_threads = (unsigned)v;
 	}
+	if (o.cold_reads) {
+		char *end;
+		long v = strtol(o.cold_reads, &end, 10);
+		if (v < 1 || v > QV_LOAD_COLD_READS_MAX || *end || end == o.cold_reads)
+			return usage_error(c, "--cold-reads must be 1 to 64, not '%s'", o.cold_reads);
+		lo.cold_reads = (unsigned)v;
+	}
 	qv_store *s;
 	if (open_store(&o, &s))
 		return EXIT_FAIL;
@@ -862,7 +872,7 @@ static int cmd_load(int argc, char **argv)
 	else
 		snprintf(dev, sizeof(dev), "cuda:%d", st->device);
 	if (o.json)
-		cli_json_print(json_pack("{s:s, s:s, s:I, s:I, s:f, s:f, s:f, s:f, s:s, s:s, s:s, s:i, s:I, s:I, s:b, s:I, s:i, s:s, s:f}",
+		cli_json_print(json_pack("{s:s, s:s, s:I, s:I, s:f, s:f, s:f, s:f, s:s, s:s, s:s, s:i, s:I, s:I, s:b, s:I, s:i, s:i, s:s, s:f}",
 		                         "model", model, "version", ref ? ref : "current", "bytes",
 		                         (json_int_t)st->bytes, "tensors", (json_int_t)st->tensors,
 		                         "seconds", st->seconds, "gbps", gbps, "device_init_seconds", st->device_init_seconds, "first_tensor_seconds",
@@ -870,7 +880,8 @@ static int cmd_load(int argc, char **argv)
 		                         st->engine, "qd", (int)st->qd, "chunk_bytes",
 		                         (json_int_t)st->chunk_bytes, "reads", (json_int_t)st->reads,
 		                         "verified", lo.verify, "cold_bytes", (json_int_t)st->cold_bytes,
-		                         "decode_threads", (int)st->decode_threads, "cold_io", cold_io,
+		                         "decode_threads", (int)st->decode_threads, "cold_reads",
+		                         (int)st->cold_reads, "cold_io", cold_io,
 		                         "cpu_seconds", cpu));
 	else
 		cli_printf("loaded %s@%s to %s: %s, %llu tensors in %.3f s (%.2f GB/s, %.2f s of CPU), "
@@ -882,8 +893,9 @@ static int cmd_load(int argc, char **argv)
 		       st->engine, st->qd, st->chunk_bytes >> 10, (unsigned long long)st->reads,
 		       lo.verify ? ", every shard's checksum verified" : "");
 	if (!o.json && st->cold_bytes)
-		cli_printf("  cold frames: io %s, %s decoded on %u threads (every frame's checksum checked)\n",
-		       cold_io, cli_bytes(st->cold_bytes, a, sizeof(a)), st->decode_threads);
+		cli_printf("  cold frames: io %s, %u read at once, %s decoded on %u threads (every "
+		           "frame's checksum checked)\n",
+		       cold_io, st->cold_reads, cli_bytes(st->cold_bytes, a, sizeof(a)), st->decode_threads);
 	rc = EXIT_OK;
 	if (o.promote && st->cold_bytes) {
 		qv_migrate_result m;
@@ -1256,7 +1268,7 @@ static const struct cmd cmds[] = {
 	 "Recompute the SHA-256 of every shard of MODEL@REF (default: every version in\n"
 	 "the store). Damaged shards are listed with every version they break; exit 3."},
 	{"load", cmd_load,
-	 "quiver load MODEL[@REF] [--device cpu|cuda:N] [--io auto|direct|buffered] [--qd N] [--chunk SIZE] [--decode-threads N] [--verify] [--promote] [--json]",
+	 "quiver load MODEL[@REF] [--device cpu|cuda:N] [--io auto|direct|buffered] [--qd N] [--chunk SIZE] [--decode-threads N] [--cold-reads N] [--verify] [--promote] [--json]",
 	 "Stream a version's tensors from the store into memory: io_uring with O_DIRECT\n"
 	 "reads into a ring of pinned buffers, then into host memory or the GPU.\n"
 	 "Prints bytes, tensors, seconds, GB/s and the time to the first complete tensor.\n\n"
@@ -1268,14 +1280,16 @@ static const struct cmd cmds[] = {
 	 "  --chunk SIZE bytes per read, a multiple of 4K from 64K to 64M (default 1M)\n"
 	 "  --decode-threads N  workers decoding cold frames, 1 to 16 (default: one\n"
 	 "               per core this process may run on)\n"
+	 "  --cold-reads N  cold frames read at once, 1 to 64 (default: 4 when the\n"
+	 "               cold tier is on a rotational disk, else 16)\n"
 	 "  --verify     check every shard's XXH3 checksum on the way; damage exits 3\n"
 	 "               (cold frames are always checked)\n"
 	 "  --promote    also move the version's cold shards back to the hot tier\n"
 	 "  --json       print the result as JSON (keys bytes, tensors, seconds, gbps,\n"
 	 "               device_init_seconds, first_tensor_seconds, device, io, engine,\n"
 	 "               qd, chunk_bytes, reads, verified, cold_bytes, decode_threads,\n"
-	 "               cold_io: direct, buffered or none, cpu_seconds: user + system\n"
-	 "               CPU time of the load, every thread)\n"
+	 "               cold_reads, cold_io: direct, buffered or none, cpu_seconds:\n"
+	 "               user + system CPU time of the load, every thread)\n"
 	 "io, engine, qd, chunk_bytes and reads describe the hot shards' reads; cold_io\n"
 	 "how the cold frames were read (buffered where O_DIRECT was refused)."},
 	{"init", cmd_init,

@@ -1,14 +1,14 @@
 /* The cold read path: compressed frames -> readers -> decoders -> sink.
  *
  * A cold shard is a file of independent frames (tiering's codec), each 4 KiB
- * aligned and checksummed. COLD_READS reader threads take frames in order
+ * aligned and checksummed. n_readers reader threads take frames in order
  * and read each one with O_DIRECT (falling back to buffered reads where the
  * file system refuses it) into a read buffer of their own; a pool of decode
  * workers, one per core by default, decodes read frames straight into a
  * host destination, or into a pinned buffer from a small pool that the
  * calling thread, which alone talks to the sink (the sink is
  * single-threaded), hands on (CUDA). Reads and decodes are separate so the
- * disk always has COLD_READS frames asked for while every core decodes.
+ * disk always has n_readers frames asked for while every core decodes.
  * Frames are independent, so their order of arrival does not matter; every
  * frame's XXH3 is checked by the decoder, so damaged bytes never reach the
  * destination as good data. */
@@ -34,19 +34,18 @@
 	(((size_t)QV_CODEC_FRAME_MAX + QV_PINNED_ALIGN - 1) & ~(QV_PINNED_ALIGN - 1))
 _Static_assert(QV_CODEC_FRAME_MAX % QV_CODEC_ALIGN == 0, "an aligned frame read fits a buffer");
 
-/* Frames read ahead: reader threads. As many bytes in flight as the hot
- * path's 16 reads of 1 MiB, whatever the decoders do: there is a read buffer
- * for each reader and one more for each decoder, which holds the frame it
- * decodes (with one buffer per reader, 16 decoders left the disk idle).
- * COLD_QUEUED more hold frames read and waiting for a decoder, so the disk
- * keeps reading through a burst of slow decodes and the decoders through a
- * slow patch of the disk, where the two run at about the same rate. 2-vCPU
- * box, 1.07 GB cold loads into fresh memory, interleaved, against none:
- * 16 more 2.200 GB/s raw against 2.114 (medians of 10, faster in 6 of 10),
- * 32 more 2.104 against 1.995 (medians of 20, faster in 13). */
-#define COLD_READS 16u
+/* Frames read ahead: the caller picks how many readers (load.c: fewer on a
+ * rotational disk). There is a read buffer for each reader and one more for
+ * each decoder, which holds the frame it decodes (with one buffer per
+ * reader, 16 decoders left the disk idle). COLD_QUEUED more hold frames
+ * read and waiting for a decoder, so the disk keeps reading through a burst
+ * of slow decodes and the decoders through a slow patch of the disk, where
+ * the two run at about the same rate. 2-vCPU box, 1.07 GB cold loads into
+ * fresh memory, interleaved, against none: 16 more 2.200 GB/s raw against
+ * 2.114 (medians of 10, faster in 6 of 10), 32 more 2.104 against 1.995
+ * (medians of 20, faster in 13). */
 #define COLD_QUEUED 16u
-#define COLD_RBUFS_MAX (COLD_READS + QV_COLD_THREADS_MAX + COLD_QUEUED)
+#define COLD_RBUFS_MAX (QV_LOAD_COLD_READS_MAX + QV_COLD_THREADS_MAX + COLD_QUEUED)
 
 struct job_done {
 	size_t target;
@@ -74,7 +73,7 @@ struct cold {
 	uint64_t host_bytes;
 	unsigned n_bufs;
 	char *rbufs;                /* n_rbufs read buffers, READ_STRIDE apart */
-	unsigned n_rbufs;           /* COLD_READS + decoders + COLD_QUEUED */
+	unsigned n_rbufs;           /* readers + decoders + COLD_QUEUED */
 	pthread_mutex_t mu;
 	pthread_cond_t cv_free, cv_done, cv_rfree, cv_read;
 	unsigned *free_list, n_free;
@@ -278,15 +277,15 @@ static void frame_landed(struct cold *c, const struct job_done *j, struct qv__co
 		progress(progress_arg, *done, total);
 }
 
-int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sink *sink,
-                 unsigned slot_base, unsigned n_bufs, char *bufs, size_t buf_bytes,
+int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, unsigned n_readers,
+                 qv_sink *sink, unsigned slot_base, unsigned n_bufs, char *bufs, size_t buf_bytes,
                  struct qv__cold_stats *st, qv_progress_fn progress, void *progress_arg,
                  uint64_t done0, uint64_t total, char *err, size_t errlen)
 {
 	struct cold c = {.t = t, .n = n, .sink = sink, .slot_base = slot_base, .bufs = bufs,
 	                 .buf_bytes = buf_bytes, .n_bufs = n_bufs};
 	c.host = qv_sink_host_dest(sink, &c.host_bytes);
-	pthread_t th[QV_COLD_THREADS_MAX + COLD_READS];
+	pthread_t th[QV_COLD_THREADS_MAX + QV_LOAD_COLD_READS_MAX];
 	unsigned started = 0, decoders = 0, readers = 0;
 	uint64_t frames_left = 0, done = done0;
 	size_t *left = calloc(n ? n : 1, sizeof(size_t));
@@ -301,7 +300,11 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sin
 		n_threads = 1;
 	if (n_threads > QV_COLD_THREADS_MAX)
 		n_threads = QV_COLD_THREADS_MAX;
-	c.n_rbufs = COLD_READS + n_threads + COLD_QUEUED;
+	if (n_readers < 1)
+		n_readers = 1;
+	if (n_readers > QV_LOAD_COLD_READS_MAX)
+		n_readers = QV_LOAD_COLD_READS_MAX;
+	c.n_rbufs = n_readers + n_threads + COLD_QUEUED;
 	rbufs_len = (size_t)c.n_rbufs * READ_STRIDE;
 	c.free_list = malloc(n_bufs * sizeof(unsigned));
 	c.done = malloc(n_bufs * sizeof(*c.done));
@@ -329,7 +332,7 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sin
 	for (; decoders < n_threads; decoders++, started++)
 		if (pthread_create(&th[started], NULL, decoder, &c) != 0)
 			break;
-	for (; decoders > 0 && readers < COLD_READS; readers++, started++)
+	for (; decoders > 0 && readers < n_readers; readers++, started++)
 		if (pthread_create(&th[started], NULL, reader, &c) != 0)
 			break;
 	if (decoders == 0 || readers == 0) {

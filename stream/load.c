@@ -18,6 +18,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "quiver/codec.h"
@@ -34,6 +35,16 @@
  * (gpu/cuda.c; all still counting the driver's start as load time). Host
  * sinks decode in place and leave them untouched. */
 #define COLD_BUFS_PER_THREAD 4u
+/* Cold frames read at once. A rotational disk serves one sequential stream
+ * best, and it is where the cold tier is meant to live; flash wants many
+ * reads in flight. The 2-vCPU box's virtio disk says it is rotational, and
+ * it is: fio read its cold files at 2.06-2.55 GB/s with 2 or 4 reads of
+ * 1 MiB in flight against 1.44-1.76 with 16, and cold loads into a
+ * resident buffer ran 2.77-2.83 GB/s raw with 4 readers, 2.95-3.14 with 2
+ * and 2.19-2.37 with 8 or 16 (interleaved, medians of 6-8 rounds;
+ * docs/BENCHMARKS.md). 4 rather than 2 leaves room for striped arrays. */
+#define COLD_READS_ROTATIONAL 4u
+#define COLD_READS_FLASH 16u
 
 struct qv_load {
 	qv_version *v;           /* owns the names the tensor table points at */
@@ -474,6 +485,31 @@ static int run_engine(qv_store *s, const qv_load_opts *o, struct plan *p, qv_sin
 	return rc;
 }
 
+/* 1 if the file is on a disk the kernel calls rotational, 0 if on another
+ * block device, -1 if unknown (tmpfs, overlay, a file system over several
+ * devices: st_dev is then not a block device's). */
+static int on_rotational_disk(int fd)
+{
+	static const char *const queue[] = {"queue", "../queue"}; /* a disk, a partition */
+	struct stat st;
+
+	if (fstat(fd, &st) != 0 || major(st.st_dev) == 0)
+		return -1;
+	for (size_t i = 0; i < sizeof(queue) / sizeof(queue[0]); i++) {
+		char path[96];
+		snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/%s/rotational",
+		         major(st.st_dev), minor(st.st_dev), queue[i]);
+		FILE *f = fopen(path, "re");
+		if (!f)
+			continue;
+		int c = fgetc(f);
+		fclose(f);
+		if (c == '0' || c == '1')
+			return c == '1';
+	}
+	return -1;
+}
+
 /* Decodes the cold targets into the sink (slots after the ring's). */
 static int run_cold(qv_store *s, const qv_load_opts *o, struct plan *p, qv_sink *sink,
                     unsigned slot_base, unsigned threads, char *bufs, size_t buf_bytes,
@@ -484,7 +520,13 @@ static int run_cold(qv_store *s, const qv_load_opts *o, struct plan *p, qv_sink 
 	if (p->n_cold == 0)
 		return 0;
 	uint64_t total = stats->bytes + p->cold_raw;
-	int rc = qv__cold_run(p->cold, p->n_cold, threads, sink, slot_base,
+	/* the cold tier is one folder: its first file's disk holds them all */
+	unsigned readers = o->cold_reads                        ? o->cold_reads
+	                   : on_rotational_disk(p->cold[0].fd) == 1 ? COLD_READS_ROTATIONAL
+	                                                            : COLD_READS_FLASH;
+	if (readers > QV_LOAD_COLD_READS_MAX)
+		readers = QV_LOAD_COLD_READS_MAX;
+	int rc = qv__cold_run(p->cold, p->n_cold, threads, readers, sink, slot_base,
 	                      threads * COLD_BUFS_PER_THREAD, bufs, buf_bytes, &cs, o->progress,
 	                      o->progress_arg, stats->bytes, total, err, sizeof(err));
 	if (rc)
@@ -492,6 +534,7 @@ static int run_cold(qv_store *s, const qv_load_opts *o, struct plan *p, qv_sink 
 	stats->bytes += cs.bytes;
 	stats->cold_bytes = cs.bytes;
 	stats->decode_threads = threads;
+	stats->cold_reads = readers;
 	stats->cold_io = cs.buffered_frames ? QV_IO_BUFFERED : QV_IO_DIRECT;
 	if (p->t[0].tier == QV_TIER_COLD)
 		stats->first_tensor_seconds = t_engine + cs.first_done_s;

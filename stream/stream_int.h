@@ -95,11 +95,11 @@ struct qv__cold_stats {
 #define QV_COLD_THREADS_MAX QV_LOAD_DECODE_THREADS_MAX
 
 /* Decodes every frame of the cold targets on n_threads workers into the
- * sink, using n_bufs pinned buffers of buf_bytes (>= every target's
- * frame_bytes) at bufs as sink slots slot_base.. . Progress counts from
- * done0 of total. */
-int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, qv_sink *sink,
-                 unsigned slot_base, unsigned n_bufs, char *bufs, size_t buf_bytes,
+ * sink, n_readers frames read at once, using n_bufs pinned buffers of
+ * buf_bytes (>= every target's frame_bytes) at bufs as sink slots
+ * slot_base.. . Progress counts from done0 of total. */
+int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, unsigned n_readers,
+                 qv_sink *sink, unsigned slot_base, unsigned n_bufs, char *bufs, size_t buf_bytes,
                  struct qv__cold_stats *st, qv_progress_fn progress, void *progress_arg,
                  uint64_t done0, uint64_t total, char *err, size_t errlen);
 

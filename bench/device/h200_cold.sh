@@ -3,21 +3,26 @@
 # model with values shaped like trained weights (gen_model.py --values normal)
 # is published and demoted to the cold tier; then, caches dropped before each:
 #   raw O_DIRECT read rate of the cold files (dd, 4 and 16 streams, and
-#   bench/direct_read into huge-page and 4 KiB-page buffers);
+#   bench/direct_read into huge-page and 4 KiB-page buffers, with
+#   STREAMS x block MiB settings in flight: some disks read faster with
+#   fewer);
 #   quiver load of the cold version to cuda:0 and to host memory, on every
 #   core and pinned to 2 cores (taskset: one decoder per core it may use);
 #   one cold load to cuda:0 with --verify. Ends with each load's median
-#   against the median direct_read rate into huge pages, in raw bytes (the
-#   tiering issue's target: >= 0.90).
+#   against the limit, the best setting's median direct_read rate into huge
+#   pages, in raw bytes (the tiering issue's target: >= 0.90).
 # Usage (on the device machine, from the repo root): bench/device/h200_cold.sh
 #   (REPS=3, CPUSETS="all 0,1" for taskset -c, DEVICES="cuda:0 cpu",
-#    THREADS="default" or --decode-threads values, e.g. "2 4 8 16")
+#    THREADS="default" or --decode-threads values, e.g. "2 4 8 16",
+#    READS="default" or --cold-reads values, DR="16x16 4x4 2x4 2x1": direct_read
+#    settings, streams x MiB)
 set -euo pipefail
 source "$(dirname "$0")/build.sh"
 Q=$QV_BUILD/cli/quiver
 W=${W:-/tmp/qvcold}
 HIDDEN=${HIDDEN:-4096} LAYERS=${LAYERS:-4} VOCAB=${VOCAB:-32000} REPS=${REPS:-3}
 CPUSETS=${CPUSETS:-all 0,1} DEVICES=${DEVICES:-cuda:0 cpu} THREADS=${THREADS:-default}
+READS=${READS:-default} DR=${DR:-16x16 4x4 2x4 2x1}
 t() { date +%s.%N; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 mkdir -p "$W"
@@ -36,17 +41,21 @@ fi
 import json,sys; d=json.load(sys.stdin); c=[t for t in d["tiers"] if t["tier"]=="cold"][0]
 print("== machine: %s cores; cold tier %d raw bytes stored in %d (stored/raw %.3f)" %
       (sys.argv[1], c["raw_bytes"], c["used_bytes"], c["used_bytes"] / c["raw_bytes"]))' "$(nproc)"
+DISK=$(df "$R/cold" | awk 'NR==2 {print $1}')
+echo "cold tier on $DISK, rotational: $(cat "/sys/class/block/$(basename "$DISK")/queue/rotational" 2>/dev/null ||
+  cat "/sys/class/block/$(basename "$DISK")/../queue/rotational" 2>/dev/null || echo unknown)"
 STORED=$(du -sb "$R/cold/shards" | cut -f1)
 for p in 4 16; do
   drop; t0=$(t)
   find "$R/cold/shards" -type f -print0 | xargs -0 -P$p -I{} dd if={} of=/dev/null bs=16M iflag=direct status=none
   t1=$(t); echo "raw_dd_${p}streams_gbps_stored $(awk -v a="$t0" -v b="$t1" -v n="$STORED" 'BEGIN {printf "%.3f", n / (b - a) / 1e9}')"
 done
-# dd reads into 4 KiB pages; bench/direct_read (16 streams, 16 MiB O_DIRECT
-# reads, no fio here) reads into huge pages as well, as quiver's own read
-# buffers are. Each repetition measures it (huge pages, the better here)
-# before its loads, and the end prints each load's median against the
-# median limit, in raw bytes: (load raw GB/s) / (limit / (stored/raw)).
+# dd reads into 4 KiB pages; bench/direct_read (O_DIRECT reads, no fio
+# here) reads into huge pages as well, as quiver's own read buffers are.
+# Each repetition measures it (huge pages, the better here) in each DR
+# setting before its loads, and the end prints each load's median against
+# the best setting's median, in raw bytes: (load raw GB/s) / (limit /
+# (stored/raw)).
 RATIO=$(awk -v s="$STORED" -v r="$("$Q" --root "$R" status --json | python3 -c '
 import json,sys; d=json.load(sys.stdin); print([t for t in d["tiers"] if t["tier"]=="cold"][0]["raw_bytes"])')" \
   'BEGIN {print s / r}')
@@ -55,23 +64,28 @@ drop
   python3 -c 'import json,sys; print("raw_direct_read_small_pages_gbps_stored %.3f" % json.load(sys.stdin)["gb_per_s"])'
 RES=$(mktemp)
 for r in $(seq "$REPS"); do
- drop
- "$QV_BUILD/bench/direct_read" "$R/cold/shards" | python3 -c '
-import json,sys; print("raw_direct_read_huge_pages_gbps_stored %.3f" % json.load(sys.stdin)["gb_per_s"])' |
-   tee -a "$RES"
+ for dr in $DR; do
+  drop
+  "$QV_BUILD/bench/direct_read" --streams "${dr%x*}" --block "${dr#*x}" "$R/cold/shards" |
+    python3 -c 'import json,sys; print("raw_direct_read_%s %.3f GB/s stored" % (sys.argv[1], json.load(sys.stdin)["gb_per_s"]))' \
+      "$dr" | tee -a "$RES"
+ done
  for cpus in $CPUSETS; do
   for dev in $DEVICES; do
-    for th in $THREADS; do
+   for th in $THREADS; do
+    for rd in $READS; do
       drop
       run=("$Q" --root "$R" load bench/cold@v1 --device "$dev" --io direct --json)
       [ "$th" = default ] || run+=(--decode-threads "$th")
+      [ "$rd" = default ] || run+=(--cold-reads "$rd")
       [ "$cpus" = all ] || run=(taskset -c "$cpus" "${run[@]}")
       "${run[@]}" | python3 -c '
 import json,sys; d=json.load(sys.stdin); s=d["seconds"]-d["device_init_seconds"]
-print("cpus %-6s %-6s threads %-7s cold %.3f GB/s raw (%.3f s after device init), %d decode threads, %.3f CPU-s per GB raw" %
-      (sys.argv[1], sys.argv[2], sys.argv[3], d["cold_bytes"]/s/1e9, s, d["decode_threads"], d["cpu_seconds"]/(d["cold_bytes"]/1e9)))' \
-        "$cpus" "$dev" "$th" | tee -a "$RES"
+print("cpus %-6s %-6s threads %-7s reads %-7s cold %.3f GB/s raw (%.3f s after device init), %d decode threads, %d read at once, %.3f CPU-s per GB raw" %
+      (sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], d["cold_bytes"]/s/1e9, s, d["decode_threads"], d["cold_reads"], d["cpu_seconds"]/(d["cold_bytes"]/1e9)))' \
+        "$cpus" "$dev" "$th" "$rd" | tee -a "$RES"
     done
+   done
   done
  done
 done
@@ -79,18 +93,26 @@ python3 - "$RES" "$RATIO" <<'PY'
 import statistics, sys
 lines = open(sys.argv[1]).read().splitlines()
 ratio = float(sys.argv[2])
-limit = statistics.median(float(l.split()[1]) for l in lines if l.startswith("raw_direct_read"))
-print("limit: direct_read into huge pages, median %.3f GB/s stored = %.3f GB/s raw equivalent "
-      "(stored/raw %.3f)" % (limit, limit / ratio, ratio))
+dr = {}
+for l in lines:
+    if l.startswith("raw_direct_read_"):
+        w = l.split()
+        dr.setdefault(w[0][len("raw_direct_read_"):], []).append(float(w[1]))
+for k, v in dr.items():
+    print("direct_read %-6s (streams x MiB) median %.3f GB/s stored" % (k, statistics.median(v)))
+best = max(dr, key=lambda k: statistics.median(dr[k]))
+limit = statistics.median(dr[best])
+print("limit: direct_read %s into huge pages, median %.3f GB/s stored = %.3f GB/s raw equivalent "
+      "(stored/raw %.3f)" % (best, limit, limit / ratio, ratio))
 runs = {}
 for l in lines:
     if l.startswith("cpus"):
         w = l.split()
-        runs.setdefault((w[1], w[2], w[4]), []).append(float(w[6]))
-for (cpus, dev, th), v in runs.items():
+        runs.setdefault((w[1], w[2], w[4], w[6]), []).append(float(w[8]))
+for (cpus, dev, th, rd), v in runs.items():
     m = statistics.median(v)
-    print("cpus %-6s %-6s threads %-7s median %.3f GB/s raw = %.3f of the limit (target >= 0.90)" %
-          (cpus, dev, th, m, m / (limit / ratio)))
+    print("cpus %-6s %-6s threads %-7s reads %-7s median %.3f GB/s raw = %.3f of the limit (target >= 0.90)" %
+          (cpus, dev, th, rd, m, m / (limit / ratio)))
 PY
 rm -f "$RES"
 drop

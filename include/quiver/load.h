@@ -35,6 +35,7 @@ enum qv_io_mode {
 #define QV_LOAD_CHUNK_MIN (64u << 10)
 #define QV_LOAD_CHUNK_MAX (64u << 20)
 #define QV_LOAD_DECODE_THREADS_MAX 16u
+#define QV_LOAD_COLD_READS_MAX 64u
 
 typedef struct qv_load_opts {
 	int device;                /* QV_DEVICE_CPU, or a CUDA device index */
@@ -46,6 +47,8 @@ typedef struct qv_load_opts {
 	unsigned decode_threads;   /* workers for cold frames; 0: default (cores); at most 16 */
 	qv_progress_fn progress;   /* called on the calling thread */
 	void *progress_arg;
+	unsigned cold_reads;       /* cold frames read at once; 0: default (4 when the cold
+	                              files are on a rotational disk, else 16); at most 64 */
 } qv_load_opts;
 
 typedef struct qv_load_tensor {
@@ -77,6 +80,7 @@ typedef struct qv_load_stats {
 	enum qv_io_mode cold_io;   /* how cold frames were read: QV_IO_BUFFERED if any went
 	                              through the page cache (files cached under QV_IO_AUTO, or
 	                              O_DIRECT refused), else QV_IO_DIRECT; 0 with no cold frames */
+	unsigned cold_reads;       /* cold frames that were read at once (0: none needed) */
 } qv_load_stats;
 
 typedef struct qv_load qv_load;

@@ -39,6 +39,7 @@ class LoadOpts(ctypes.Structure):  # qv_load_opts
         ("decode_threads", ctypes.c_uint),
         ("progress", _progress_fn),
         ("progress_arg", ctypes.c_void_p),
+        ("cold_reads", ctypes.c_uint),
     ]
 
 
@@ -80,6 +81,7 @@ class LoadStats(ctypes.Structure):  # qv_load_stats
         ("chunk_bytes", ctypes.c_size_t),
         ("device", ctypes.c_int),
         ("cold_io", ctypes.c_int),
+        ("cold_reads", ctypes.c_uint),
     ]
 
 

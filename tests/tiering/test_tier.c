@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -552,6 +553,29 @@ static void test_demote_load_promote(void **state)
 }
 
 /* The stats of a load of an entirely cold version name what was used. */
+/* The cold readers quiver should pick for files in dir, found another way
+ * than load.c does: sysfs's device folder, its parent when it is a
+ * partition (it has a "partition" file). 16 when unknown. */
+static unsigned want_default_cold_reads(const char *dir)
+{
+	struct stat st;
+	char link[64], dev[PATH_MAX], path[PATH_MAX + 32];
+	if (stat(dir, &st) != 0 || major(st.st_dev) == 0)
+		return 16;
+	snprintf(link, sizeof(link), "/sys/dev/block/%u:%u", major(st.st_dev), minor(st.st_dev));
+	if (!realpath(link, dev))
+		return 16;
+	snprintf(path, sizeof(path), "%s/partition", dev);
+	if (access(path, F_OK) == 0)
+		*strrchr(dev, '/') = '\0';
+	snprintf(path, sizeof(path), "%s/queue/rotational", dev);
+	FILE *f = fopen(path, "r");
+	int c = f ? fgetc(f) : EOF;
+	if (f)
+		fclose(f);
+	return c == '1' ? 4 : 16;
+}
+
 static void test_cold_load_stats(void **state)
 {
 	struct env *e = *state;
@@ -563,11 +587,13 @@ static void test_cold_load_stats(void **state)
 	demote(e, "v1");
 	assert_int_equal(tier_of(e, "v1"), QV_TIER_COLD);
 	enum qv_io_mode modes[] = {QV_IO_AUTO, QV_IO_DIRECT, QV_IO_BUFFERED};
-	for (int k = 0; k < 3; k++) {
-		qv_load_opts o = {.device = QV_DEVICE_CPU, .io = modes[k], .decode_threads = 2};
+	unsigned reads[] = {0, 1, QV_LOAD_COLD_READS_MAX}; /* 0: the default */
+	for (int k = 0; k < 9; k++) {
+		qv_load_opts o = {.device = QV_DEVICE_CPU, .io = modes[k % 3], .decode_threads = 2,
+		                  .cold_reads = reads[k / 3]};
 		qv_load *l = NULL;
 		int rc = qv_load_run(e->s, MODEL, "v1", NULL, 0, &o, &l);
-		LT_CHECK(rc == 0, "qv_load_run(cold v1, io %s): %d %s", lt_io_name(modes[k]), rc,
+		LT_CHECK(rc == 0, "qv_load_run(cold v1, io %s): %d %s", lt_io_name(modes[k % 3]), rc,
 		         qv_store_errmsg(e->s));
 		lt_check_table(&e->m[0], l, qv_load_arena(l), "cold v1");
 		const qv_load_stats *st = qv_load_get_stats(l);
@@ -575,10 +601,13 @@ static void test_cold_load_stats(void **state)
 		uint64_t raw = lt_distinct_shard_bytes(e->s, MODEL, "v1", &n);
 		LT_CHECK(st->cold_bytes == st->bytes && st->bytes == raw,
 		         "cold v1 (io %s): cold_bytes %llu, bytes %llu, shard bytes %llu",
-		         lt_io_name(modes[k]), (unsigned long long)st->cold_bytes,
+		         lt_io_name(modes[k % 3]), (unsigned long long)st->cold_bytes,
 		         (unsigned long long)st->bytes, (unsigned long long)raw);
 		LT_CHECK(st->decode_threads >= 1 && st->decode_threads <= 8, "decode_threads %u",
 		         st->decode_threads);
+		unsigned want = reads[k / 3] ? reads[k / 3] : want_default_cold_reads(e->cold);
+		LT_CHECK(st->cold_reads == want, "cold v1 (io %s, cold_reads %u): %u read at once, want %u",
+		         lt_io_name(modes[k % 3]), reads[k / 3], st->cold_reads, want);
 		LT_CHECK(st->tensors == lt_model_tensors(&e->m[0]), "tensors %llu",
 		         (unsigned long long)st->tensors);
 		LT_CHECK(st->io == QV_IO_DIRECT || st->io == QV_IO_BUFFERED, "stats io %d", st->io);
@@ -590,7 +619,7 @@ static void test_cold_load_stats(void **state)
 		qv_load_destroy(l); /* before a failing check, which leaves the function */
 		LT_CHECK(engine_ok,
 		         "qv_load_get_stats()->engine of an entirely cold load (io %s) is %s, want "
-		         "\"none\"", lt_io_name(modes[k]), engine);
+		         "\"none\"", lt_io_name(modes[k % 3]), engine);
 	}
 }
 
