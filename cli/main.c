@@ -37,6 +37,17 @@ static int usage_error(const struct cmd *c, const char *fmt, const char *arg)
 	return EXIT_USAGE;
 }
 
+/* A whole number from 1 to max into *out: 0, or -1 if s is not one. */
+static int parse_count(const char *s, unsigned max, unsigned *out)
+{
+	char *end;
+	long v = strtol(s, &end, 10);
+	if (end == s || *end || v < 1 || v > (long)max)
+		return -1;
+	*out = (unsigned)v;
+	return 0;
+}
+
 static void print_help(const struct cmd *c)
 {
 	cli_printf("usage: %s\n\n%s\n", c->usage, c->help);
@@ -832,20 +843,10 @@ static int cmd_load(int argc, char **argv)
 			                   o.chunk);
 		lo.chunk_bytes = (size_t)v;
 	}
-	if (o.decoders) {
-		char *end;
-		long v = strtol(o.decoders, &end, 10);
-		if (v < 1 || v > QV_LOAD_DECODE_THREADS_MAX || *end || end == o.decoders)
-			return usage_error(c, "--decode-threads must be 1 to 16, not '%s'", o.decoders);
-		lo.decode_threads = (unsigned)v;
-	}
-	if (o.cold_reads) {
-		char *end;
-		long v = strtol(o.cold_reads, &end, 10);
-		if (v < 1 || v > QV_LOAD_COLD_READS_MAX || *end || end == o.cold_reads)
-			return usage_error(c, "--cold-reads must be 1 to 64, not '%s'", o.cold_reads);
-		lo.cold_reads = (unsigned)v;
-	}
+	if (o.decoders && parse_count(o.decoders, QV_LOAD_DECODE_THREADS_MAX, &lo.decode_threads))
+		return usage_error(c, "--decode-threads must be 1 to 16, not '%s'", o.decoders);
+	if (o.cold_reads && parse_count(o.cold_reads, QV_LOAD_COLD_READS_MAX, &lo.cold_reads))
+		return usage_error(c, "--cold-reads must be 1 to 64, not '%s'", o.cold_reads);
 	qv_store *s;
 	if (open_store(&o, &s))
 		return EXIT_FAIL;
