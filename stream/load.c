@@ -38,10 +38,10 @@
 /* Cold frames read at once. A rotational disk serves one sequential stream
  * best, and it is where the cold tier is meant to live; flash wants many
  * reads in flight. The 2-vCPU box's virtio disk says it is rotational, and
- * it is: fio read its cold files at 2.06-2.55 GB/s with 2 or 4 reads of
- * 1 MiB in flight against 1.44-1.76 with 16, and cold loads into a
+ * it is: fio read its cold files at 2.06-2.56 GB/s with 2 or 4 reads of
+ * 1 MiB in flight against 1.44-1.83 with 16, and cold loads into a
  * resident buffer ran 2.77-2.83 GB/s raw with 4 readers, 2.95-3.14 with 2
- * and 2.19-2.37 with 8 or 16 (interleaved, medians of 6-8 rounds;
+ * and 2.19-2.37 with 8 or 16 (interleaved, medians of 6-10 rounds;
  * docs/BENCHMARKS.md). 4 rather than 2 leaves room for striped arrays. */
 #define COLD_READS_ROTATIONAL 4u
 #define COLD_READS_FLASH 16u
