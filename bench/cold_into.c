@@ -9,7 +9,8 @@
  * usage: cold_into ROOT MODEL@REF [PASSES]
  *   QV_IO=direct|buffered|auto (default direct); QV_DROP=0 keeps the page
  *   cache (with QV_IO=buffered and the files cached: no disk at all, the
- *   CPU's own ceiling for reading and decoding). */
+ *   CPU's own ceiling for reading and decoding); QV_COLD_READS=N sets
+ *   qv_load_opts.cold_reads (load --cold-reads), else the default. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -43,7 +44,7 @@ int main(int argc, char **argv)
 	uint64_t need = 0;
 	void *dest = MAP_FAILED;
 	int passes = argc > 3 ? atoi(argv[3]) : 2, rc = 1;
-	const char *io = getenv("QV_IO"), *drop = getenv("QV_DROP");
+	const char *io = getenv("QV_IO"), *drop = getenv("QV_DROP"), *reads = getenv("QV_COLD_READS");
 	qv_load_opts o = { .device = QV_DEVICE_CPU, .io = QV_IO_DIRECT };
 
 	if (argc < 3 || argc > 4 || passes < 1 || (at = strrchr(argv[2], '@')) == NULL) {
@@ -54,6 +55,8 @@ int main(int argc, char **argv)
 		o.io = strcmp(io, "buffered") == 0 ? QV_IO_BUFFERED
 		       : strcmp(io, "auto") == 0  ? QV_IO_AUTO
 						  : QV_IO_DIRECT;
+	if (reads)
+		o.cold_reads = (unsigned)atoi(reads);
 	*at = '\0';
 	if (qv_store_open(argv[1], &s, err, sizeof(err)) != 0) {
 		fprintf(stderr, "cold_into: %s\n", err);
@@ -79,9 +82,9 @@ int main(int argc, char **argv)
 		const qv_load_stats *st = qv_load_get_stats(l);
 		printf("{\"pass\": %d, \"destination\": \"%s\", \"caches_dropped\": %s, "
 		       "\"bytes\": %" PRIu64 ", \"cold_bytes\": %" PRIu64 ", \"seconds\": %.6f, "
-		       "\"decode_threads\": %u, \"gb_per_s\": %.4f}\n",
+		       "\"decode_threads\": %u, \"cold_reads\": %u, \"gb_per_s\": %.4f}\n",
 		       p, p == 1 ? "fresh" : "resident", dropped ? "true" : "false", st->bytes,
-		       st->cold_bytes, st->seconds, st->decode_threads,
+		       st->cold_bytes, st->seconds, st->decode_threads, st->cold_reads,
 		       st->seconds > 0 ? (double)st->bytes / st->seconds / 1e9 : 0.0);
 		qv_load_destroy(l);
 	}

@@ -1281,7 +1281,7 @@ static const struct cmd cmds[] = {
 	 "  --chunk SIZE bytes per read, a multiple of 4K from 64K to 64M (default 1M)\n"
 	 "  --decode-threads N  workers decoding cold frames, 1 to 16 (default: one\n"
 	 "               per core this process may run on)\n"
-	 "  --cold-reads N  cold frames read at once, 1 to 64 (default: 4 when the\n"
+	 "  --cold-reads N  cold frames read at once, 1 to 64 (default: 2 when the\n"
 	 "               cold tier is on a rotational disk, else 16)\n"
 	 "  --verify     check every shard's XXH3 checksum on the way; damage exits 3\n"
 	 "               (cold frames are always checked)\n"

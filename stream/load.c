@@ -40,10 +40,13 @@
  * reads in flight. The 2-vCPU box's virtio disk says it is rotational, and
  * it is: fio read its cold files at 2.06-2.56 GB/s with 2 or 4 reads of
  * 1 MiB in flight against 1.44-1.83 with 16, and cold loads into a
- * resident buffer ran 2.77-2.83 GB/s raw with 4 readers, 2.95-3.14 with 2
- * and 2.19-2.37 with 8 or 16 (interleaved, medians of 6-10 rounds;
- * docs/BENCHMARKS.md). 4 rather than 2 leaves room for striped arrays. */
-#define COLD_READS_ROTATIONAL 4u
+ * resident buffer ran 2.95-3.14 GB/s raw with 2 readers, 2.77-2.83 with 4
+ * and 2.19-2.37 with 8 or 16 (interleaved, medians of 6-10 rounds), and
+ * again 2.77 with 2 against 2.49 with 4 (10 rounds, 2026-11-30; the H200
+ * machine's disk: 3.11 against 2.95 to cuda:0; docs/BENCHMARKS.md). A frame
+ * is 1-4 MiB stored, so 2 reads still span several chunks of a striped
+ * array. */
+#define COLD_READS_ROTATIONAL 2u
 #define COLD_READS_FLASH 16u
 
 struct qv_load {

@@ -47,7 +47,7 @@ typedef struct qv_load_opts {
 	unsigned decode_threads;   /* workers for cold frames; 0: default (cores); at most 16 */
 	qv_progress_fn progress;   /* called on the calling thread */
 	void *progress_arg;
-	unsigned cold_reads;       /* cold frames read at once; 0: default (4 when the cold
+	unsigned cold_reads;       /* cold frames read at once; 0: default (2 when the cold
 	                              files are on a rotational disk, else 16); at most 64 */
 } qv_load_opts;
 

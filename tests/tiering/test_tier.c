@@ -573,7 +573,7 @@ static unsigned want_default_cold_reads(const char *dir)
 	int c = f ? fgetc(f) : EOF;
 	if (f)
 		fclose(f);
-	return c == '1' ? 4 : 16;
+	return c == '1' ? 2 : 16;
 }
 
 static void test_cold_load_stats(void **state)

@@ -124,7 +124,7 @@ t_cold_load_json() {
 	expect_ok q load $M@v3 --json --cold-reads 1
 	jcheck "$OUT_FILE" 'd["cold_reads"] == 1' "load --cold-reads 1"
 	expect_ok q load $M@v3 --json
-	jcheck "$OUT_FILE" 'd["cold_reads"] in (4, 16)' "load's default cold_reads"
+	jcheck "$OUT_FILE" 'd["cold_reads"] in (2, 16)' "load's default cold_reads"
 	expect_rc 2 q load $M@v3 --cold-reads 0
 	expect_rc 2 q load $M@v3 --cold-reads 65
 	expect_rc 2 q load $M@v3 --cold-reads two
