@@ -10,7 +10,8 @@
  *   QV_IO=direct|buffered|auto (default direct); QV_DROP=0 keeps the page
  *   cache (with QV_IO=buffered and the files cached: no disk at all, the
  *   CPU's own ceiling for reading and decoding); QV_COLD_READS=N sets
- *   qv_load_opts.cold_reads (load --cold-reads), else the default. */
+ *   qv_load_opts.cold_reads (load --cold-reads), else the default;
+ *   QV_VERIFY=1 checks every shard's XXH3 (load --verify). */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -18,10 +19,22 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "quiver/load.h"
 #include "quiver/store.h"
+
+/* CPU seconds this process has used, user and system. */
+static double cpu_seconds(void)
+{
+	struct rusage ru;
+
+	if (getrusage(RUSAGE_SELF, &ru) != 0)
+		return 0;
+	return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+	       (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
+}
 
 /* 1 if the page cache was dropped, 0 if not allowed. */
 static int drop_caches(void)
@@ -44,7 +57,8 @@ int main(int argc, char **argv)
 	uint64_t need = 0;
 	void *dest = MAP_FAILED;
 	int passes = argc > 3 ? atoi(argv[3]) : 2, rc = 1;
-	const char *io = getenv("QV_IO"), *drop = getenv("QV_DROP"), *reads = getenv("QV_COLD_READS");
+	const char *io = getenv("QV_IO"), *drop = getenv("QV_DROP"), *reads = getenv("QV_COLD_READS"),
+		   *verify = getenv("QV_VERIFY");
 	qv_load_opts o = { .device = QV_DEVICE_CPU, .io = QV_IO_DIRECT };
 
 	if (argc < 3 || argc > 4 || passes < 1 || (at = strrchr(argv[2], '@')) == NULL) {
@@ -57,6 +71,7 @@ int main(int argc, char **argv)
 						  : QV_IO_DIRECT;
 	if (reads)
 		o.cold_reads = (unsigned)atoi(reads);
+	o.verify = verify && strcmp(verify, "1") == 0;
 	*at = '\0';
 	if (qv_store_open(argv[1], &s, err, sizeof(err)) != 0) {
 		fprintf(stderr, "cold_into: %s\n", err);
@@ -75,16 +90,20 @@ int main(int argc, char **argv)
 		qv_load *l = NULL;
 		int dropped = drop && strcmp(drop, "0") == 0 ? 0 : drop_caches();
 
+		double cpu0 = cpu_seconds();
+
 		if (qv_load_run(s, argv[2], at + 1, dest, need, &o, &l) != 0) {
 			fprintf(stderr, "cold_into: pass %d: %s\n", p, qv_store_errmsg(s));
 			goto out;
 		}
+		double cpu = cpu_seconds() - cpu0;
 		const qv_load_stats *st = qv_load_get_stats(l);
 		printf("{\"pass\": %d, \"destination\": \"%s\", \"caches_dropped\": %s, "
 		       "\"bytes\": %" PRIu64 ", \"cold_bytes\": %" PRIu64 ", \"seconds\": %.6f, "
-		       "\"decode_threads\": %u, \"cold_reads\": %u, \"gb_per_s\": %.4f}\n",
+		       "\"decode_threads\": %u, \"cold_reads\": %u, \"cpu_seconds\": %.3f, "
+		       "\"gb_per_s\": %.4f}\n",
 		       p, p == 1 ? "fresh" : "resident", dropped ? "true" : "false", st->bytes,
-		       st->cold_bytes, st->seconds, st->decode_threads, st->cold_reads,
+		       st->cold_bytes, st->seconds, st->decode_threads, st->cold_reads, cpu,
 		       st->seconds > 0 ? (double)st->bytes / st->seconds / 1e9 : 0.0);
 		qv_load_destroy(l);
 	}
