@@ -513,7 +513,7 @@ static void test_demote_load_promote(void **state)
 	              direct_share, buffered_share);
 
 	/* export of a cold and a mixed version: byte for byte */
-	char out[700], want[700], got[800];
+	char out[PATH_MAX], want[PATH_MAX], got[PATH_MAX + 32];
 	for (int i = 0; i < 2; i++) {
 		const char *ref = i ? "v1" : "v3";
 		int mi = i ? 0 : 2;
