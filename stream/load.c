@@ -44,8 +44,8 @@
  * and 2.19-2.37 with 8 or 16 (interleaved, medians of 6-10 rounds), and
  * again 2.77 with 2 against 2.49 with 4 (10 rounds, 2026-11-30; the H200
  * machine's disk: 3.11 against 2.95 to cuda:0; docs/BENCHMARKS.md). A frame
- * is 1-4 MiB stored, so 2 reads still span several chunks of a striped
- * array. */
+ * holds 1-4 MiB raw, about two thirds of that stored, so 2 reads still span
+ * a few chunks of a striped array. */
 #define COLD_READS_ROTATIONAL 2u
 #define COLD_READS_FLASH 16u
 
