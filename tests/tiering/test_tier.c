@@ -552,7 +552,6 @@ static void test_demote_load_promote(void **state)
 	tmp_empty(e);
 }
 
-/* The stats of a load of an entirely cold version name what was used. */
 /* The cold readers quiver should pick for files in dir, found another way
  * than load.c does: sysfs's device folder, its parent when it is a
  * partition (it has a "partition" file). 16 when unknown. */
@@ -576,6 +575,7 @@ static unsigned want_default_cold_reads(const char *dir)
 	return c == '1' ? 2 : 16;
 }
 
+/* The stats of a load of an entirely cold version name what was used. */
 static void test_cold_load_stats(void **state)
 {
 	struct env *e = *state;
