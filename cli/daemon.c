@@ -283,6 +283,31 @@ static int op_cli(int fd, json_t *req)
 			}
 		}
 	}
+	/* a pin or an alias protects a version: bring its cold shards back */
+	const char *pos[3] = {NULL, NULL, NULL};
+	size_t npos = 0;
+	int rm = 0;
+	for (size_t i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--root") == 0)
+			i++; /* and its value */
+		else if (argv[i][0] != '-' && npos < 3)
+			pos[npos++] = argv[i];
+		else
+			rm |= strcmp(argv[i], "--rm") == 0;
+	}
+	qv_store_config cfg;
+	qv_store_config_get(G.s, &cfg);
+	if (rc == 0 && cfg.cold_dir && strcmp(argv[0], "pin") == 0 && npos == 1) {
+		char m[2 * QV_NAME_MAX + 2];
+		snprintf(m, sizeof(m), "%s", pos[0]);
+		char *at = strchr(m, '@');
+		if (at) {
+			*at = 0;
+			task_push(TASK_PROMOTE, m, at + 1);
+		}
+	}
+	if (rc == 0 && cfg.cold_dir && strcmp(argv[0], "alias") == 0 && !rm && npos == 3)
+		task_push(TASK_PROMOTE, pos[0], pos[2]);
 	if (rc == 0 && (strcmp(argv[0], "demote") == 0 || strcmp(argv[0], "promote") == 0))
 		metrics_migration(1);
 	rc = reply(fd, json_pack("{s:b, s:i, s:s, s:s}", "ok", 1, "exit", rc, "stdout", out ? out : "",

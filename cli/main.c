@@ -215,7 +215,8 @@ static const char *version_tier(qv_store *s, const char *model, const char *labe
 	return rc ? "?" : tier_name(tier);
 }
 
-/* After a switch to a version with cold shards: bring them back hot. */
+/* After a switch to, an alias for or a pin of a version with cold shards
+ * (which protects it): bring them back hot. */
 static int promote_if_cold(qv_store *s, const char *model, const char *label, int json,
                            double *secs)
 {
@@ -586,13 +587,14 @@ static int cmd_alias(int argc, char **argv)
 	qv_store *s;
 	if (open_store(&o, &s))
 		return EXIT_FAIL;
+	double promo;
 	int rc = o.rm ? qv_alias_rm(s, argv[first], argv[first + 1])
 	              : qv_alias_set(s, argv[first], argv[first + 1], argv[first + 2]);
 	if (rc)
 		rc = cli_fail(s, rc);
 	else if (o.rm)
 		cli_printf("%s: removed alias %s\n", argv[first], argv[first + 1]);
-	else
+	else if ((rc = promote_if_cold(s, argv[first], argv[first + 2], 0, &promo)) == 0)
 		cli_printf("%s: %s -> %s\n", argv[first], argv[first + 1], argv[first + 2]);
 	close_store(s);
 	return rc;
@@ -968,10 +970,11 @@ static int cmd_pin_common(int argc, char **argv, int pin)
 	qv_store *s;
 	if ((pr = ref_and_store(c, &o, argv[first], 1, buf, &model, &ref, &s)) >= 0)
 		return pr;
+	double promo;
 	int rc = qv_version_pin(s, model, ref, pin);
 	if (rc)
 		rc = cli_fail(s, rc);
-	else
+	else if (!pin || (rc = promote_if_cold(s, model, ref, 0, &promo)) == 0)
 		cli_printf("%s@%s %s\n", model, ref, pin ? "pinned: it stays on the hot tier" : "unpinned");
 	close_store(s);
 	return rc;
@@ -1259,7 +1262,8 @@ static const struct cmd cmds[] = {
 	 "REF with --to. Two rollbacks in a row return to where they started; use --to\n"
 	 "to go further back (see 'quiver history')."},
 	{"alias", cmd_alias, "quiver alias MODEL NAME REF | quiver alias --rm MODEL NAME",
-	 "Point alias NAME of MODEL at REF (e.g. prod, canary, blue, green), or remove it."},
+	 "Point alias NAME of MODEL at REF (e.g. prod, canary, blue, green), or remove it.\n"
+	 "An aliased version stays hot: if REF has cold shards, they are promoted."},
 	{"history", cmd_history, "quiver history MODEL [--json]",
 	 "Every switch of MODEL's current version: time, action, from, to."},
 	{"export", cmd_export, "quiver export MODEL[@REF] OUTDIR [--json]",
@@ -1299,7 +1303,9 @@ static const struct cmd cmds[] = {
 	 "shards; default ROOT), the cold tier (large disk, compressed shards) and the\n"
 	 "hot tier's capacity and watermarks for the placement policy. Each tier keeps\n"
 	 "its own temp folder. Tiers that already hold shards cannot be moved."},
-	{"pin", cmd_pin, "quiver pin MODEL@REF", "Keep MODEL@REF on the hot tier whatever the policy says."},
+	{"pin", cmd_pin, "quiver pin MODEL@REF",
+	 "Keep MODEL@REF on the hot tier whatever the policy says; if it has cold shards,\n"
+	 "they are promoted now."},
 	{"unpin", cmd_unpin, "quiver unpin MODEL@REF", "Undo 'quiver pin'."},
 	{"demote", cmd_demote, "quiver demote MODEL@REF [--json]",
 	 "Move MODEL@REF's shards to the cold tier, compressed; shards that a version\n"

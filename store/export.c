@@ -138,11 +138,17 @@ static int pack_checked(struct exporter *x, const uint8_t d[QV_DIGEST_LEN])
 	return 0;
 }
 
-/* Copies len bytes of shard d at off into out@out_off. A copy that is the
- * whole shard is hashed on the way; a piece of a pack is copied after the
- * pack has been checked once in full. */
-static int copy_shard(struct exporter *x, const char *fname, const uint8_t d[QV_DIGEST_LEN],
-                      uint64_t off, uint64_t len, int out, uint64_t out_off)
+/* Whether shard d has left tier `tier` since it was looked up: a migration
+ * moved it, and a missing or short file there is no damage. */
+static int shard_moved(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int tier)
+{
+	qv_shard_info now;
+	return qv_shard_info_get(s, d, &now) == 0 && now.tier != tier;
+}
+
+/* copy_shard() from the tier the index names now; *tier: that tier. */
+static int copy_shard_once(struct exporter *x, const char *fname, const uint8_t d[QV_DIGEST_LEN],
+                           uint64_t off, uint64_t len, int out, uint64_t out_off, int *tier)
 {
 	char path[PATH_MAX], hex[QV_HEX_LEN + 1];
 	qv_shard_info info;
@@ -153,6 +159,7 @@ static int copy_shard(struct exporter *x, const char *fname, const uint8_t d[QV_
 	if (rc)
 		return qv__err(x->s, rc == QV_ENOTFOUND ? QV_ECORRUPT : rc,
 		               "%s: shard %.16s is not in the index", fname, hex);
+	*tier = info.tier;
 	uint64_t size = info.size;
 	if (info.tier == QV_TIER_HOT) {
 		struct stat st;
@@ -233,6 +240,23 @@ out:
 	EVP_MD_CTX_free(md);
 	if (fd >= 0)
 		close(fd);
+	return rc;
+}
+
+/* Copies len bytes of shard d at off into out@out_off. A copy that is the
+ * whole shard is hashed on the way; a piece of a pack is copied after the
+ * pack has been checked once in full. A shard that a migration moved while
+ * it was read is read again from its new tier. */
+static int copy_shard(struct exporter *x, const char *fname, const uint8_t d[QV_DIGEST_LEN],
+                      uint64_t off, uint64_t len, int out, uint64_t out_off)
+{
+	uint64_t done = x->done;
+	int tier = -1;
+	int rc = copy_shard_once(x, fname, d, off, len, out, out_off, &tier);
+	if ((rc == QV_ECORRUPT || rc == -ENOENT) && tier >= 0 && shard_moved(x->s, d, tier)) {
+		x->done = done;
+		rc = copy_shard_once(x, fname, d, off, len, out, out_off, &tier);
+	}
 	return rc;
 }
 
@@ -482,6 +506,11 @@ int qv_verify(qv_store *s, const char *model, const char *ref, qv_verify_report 
 		}
 		if (rc == 0 && !why) {
 			int c = shard_check(s, uses[i].d, tier, size, buf, &why);
+			qv_shard_info now; /* moved since this snapshot: check it there */
+			if (c && qv_shard_info_get(s, uses[i].d, &now) == 0 && now.tier != tier) {
+				why = NULL;
+				c = shard_check(s, uses[i].d, now.tier, size, buf, &why);
+			}
 			if (c && c != QV_ECORRUPT)
 				why = "unreadable";
 			b->r.shards++;

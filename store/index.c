@@ -511,6 +511,47 @@ int qv__history_add(qv_store *s, MDB_txn *txn, const char *model, const char *ac
 	return model_counters_put(s, txn, model, sq, hist + 1);
 }
 
+/* ---- the protection epoch (meta "protect_epoch", u64 LE) ------------------------ */
+static const char epoch_key[] = "protect_epoch";
+
+int qv__protect_epoch_get(qv_store *s, MDB_txn *txn, uint64_t *epoch)
+{
+	MDB_val k = {sizeof(epoch_key) - 1, (void *)epoch_key}, v;
+	int rc = mdb_get(txn, s->db_meta, &k, &v);
+	*epoch = 0;
+	if (rc == MDB_NOTFOUND)
+		return 0;
+	if (rc)
+		return qv__mdb_fail(s, rc, "read protection epoch");
+	if (v.mv_size != sizeof(*epoch))
+		return qv__err(s, QV_ECORRUPT, "the index's protection epoch is damaged");
+	memcpy(epoch, v.mv_data, sizeof(*epoch));
+	return 0;
+}
+
+int qv__protect_bump(qv_store *s, MDB_txn *txn)
+{
+	uint64_t e;
+	int rc = qv__protect_epoch_get(s, txn, &e);
+	if (rc)
+		return rc;
+	e++;
+	MDB_val k = {sizeof(epoch_key) - 1, (void *)epoch_key}, v = {sizeof(e), &e};
+	rc = mdb_put(txn, s->db_meta, &k, &v, 0);
+	return rc ? qv__mdb_fail(s, rc, "write protection epoch") : 0;
+}
+
+int qv_store_protect_epoch(qv_store *s, uint64_t *epoch)
+{
+	MDB_txn *txn;
+	int rc = qv__txn_begin(s, MDB_RDONLY, &txn);
+	if (rc)
+		return rc;
+	rc = qv__protect_epoch_get(s, txn, epoch);
+	mdb_txn_abort(txn);
+	return rc;
+}
+
 int qv__alias_put(qv_store *s, MDB_txn *txn, const char *model, const char *name,
                   const char *label, const char *action)
 {
@@ -532,6 +573,11 @@ int qv__alias_put(qv_store *s, MDB_txn *txn, const char *model, const char *name
 	if (*label) {
 		MDB_val v = {strlen(label), (void *)label};
 		rc = mdb_put(txn, s->db_aliases, &k, &v, 0);
+		if (rc == 0 && strcmp(prev, label) != 0) {
+			rc = qv__protect_bump(s, txn); /* label's version is protected now */
+			if (rc)
+				return rc;
+		}
 	} else {
 		rc = mdb_del(txn, s->db_aliases, &k, NULL);
 		if (rc == MDB_NOTFOUND)

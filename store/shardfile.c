@@ -227,7 +227,7 @@ int qv_shard_info_get(qv_store *s, const uint8_t d[QV_DIGEST_LEN], qv_shard_info
 }
 
 int qv_shard_relocate(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int from, int to,
-                      uint64_t stored_size, int codec)
+                      uint64_t epoch, uint64_t stored_size, int codec)
 {
 	MDB_txn *txn;
 	char hex[QV_HEX_LEN + 1];
@@ -251,6 +251,15 @@ int qv_shard_relocate(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int from, int
 	if (rec.tier != from) {
 		rc = qv__err(s, QV_ECHANGED, "shard %.16s: moved by someone else", hex);
 		goto out;
+	}
+	if (epoch != QV_EPOCH_ANY) {
+		uint64_t now;
+		rc = qv__protect_epoch_get(s, txn, &now);
+		if (rc == 0 && now != epoch)
+			rc = qv__err(s, QV_ECHANGED, "a version was protected while shard %.16s moved",
+			             hex);
+		if (rc)
+			goto out;
 	}
 	rec.tier = (uint8_t)to;
 	rec.codec = (uint8_t)codec;

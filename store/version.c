@@ -773,11 +773,14 @@ static int version_update(qv_store *s, const char *model, const char *ref, int p
 	if (rc == 0)
 		rc = qv__version_rec_get(s, txn, model, label, &rec);
 	if (rc == 0) {
+		if (pin == 1 && !rec.pinned)
+			rc = qv__protect_bump(s, txn);
 		if (pin >= 0)
 			rec.pinned = pin;
 		if (touch)
 			rec.last_load_ns = qv__now_ns();
-		rc = qv__version_rec_put(s, txn, model, label, &rec);
+		if (rc == 0)
+			rc = qv__version_rec_put(s, txn, model, label, &rec);
 	}
 	return qv__txn_end(s, txn, rc);
 }

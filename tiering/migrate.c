@@ -5,14 +5,20 @@
  * system, fsync, rename, fsync the folder, commit), and the old copy goes
  * only after the commit. So at every instant the index points at a complete
  * copy; a crash leaves at most one extra copy, which gc removes. Migrations
- * hold the store's writer lock, so gc never runs between a rename and its
- * commit. */
+ * hold the store's writer lock (shared), so gc never runs between a rename
+ * and its commit, and root/migrate.lock (exclusive), so no other migration
+ * moves a shard between this one's look at it and its unlink of the old
+ * copy. Which shards must stay hot is decided under that lock, at a
+ * protection epoch the commit checks (qv_shard_relocate): a version
+ * protected meanwhile (activate, alias, pin) makes the migration decide
+ * again. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -98,27 +104,7 @@ int qv__dlist_has(const struct qv__dlist *l, const uint8_t d[QV_DIGEST_LEN])
 
 /* ---- moving one shard ----------------------------------------------------------------- */
 
-static int make_fanout(const char *shard_path)
-{
-	char dir[PATH_MAX];
-	snprintf(dir, sizeof(dir), "%s", shard_path);
-	char *slash = strrchr(dir, '/');
-	if (!slash)
-		return -EINVAL;
-	*slash = 0;
-	struct stat st;
-	if (stat(dir, &st) == 0)
-		return 0;
-	char parent[PATH_MAX];
-	snprintf(parent, sizeof(parent), "%s", dir);
-	*strrchr(parent, '/') = 0;
-	if (mkdir(parent, 0755) < 0 && errno != EEXIST)
-		return -errno;
-	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
-		return -errno;
-	return 0;
-}
-
+/* fsyncs the folder that holds path. */
 static int fsync_path_dir(const char *path)
 {
 	char dir[PATH_MAX];
@@ -133,6 +119,34 @@ static int fsync_path_dir(const char *path)
 	int rc = fsync(fd) < 0 ? -errno : 0;
 	close(fd);
 	return rc;
+}
+
+/* mkdir dir; if it made it, fsyncs its parent so the new entry is durable. */
+static int mkdir_durable(const char *dir)
+{
+	if (mkdir(dir, 0755) < 0)
+		return errno == EEXIST ? 0 : -errno;
+	return fsync_path_dir(dir);
+}
+
+/* Makes the two fan-out folders above shard_path (shards/ab/cd), each
+ * durable before the shard is renamed into it. */
+static int make_fanout(const char *shard_path)
+{
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s", shard_path);
+	char *slash = strrchr(dir, '/');
+	if (!slash)
+		return -EINVAL;
+	*slash = 0;
+	struct stat st;
+	if (stat(dir, &st) == 0)
+		return 0;
+	char parent[PATH_MAX];
+	snprintf(parent, sizeof(parent), "%s", dir);
+	*strrchr(parent, '/') = 0;
+	int rc = mkdir_durable(parent);
+	return rc ? rc : mkdir_durable(dir);
 }
 
 /* Writes the decoded raw bytes of cold file in_fd (header hdr) to out_fd,
@@ -183,9 +197,10 @@ static int decode_to_fd(int in_fd, const struct qv_codec_header *hdr, int out_fd
 	return rc;
 }
 
-/* Moves shard d from tier `from` to tier `to`; dtype guides the codec. */
+/* Moves shard d from tier `from` to tier `to`; dtype guides the codec. The
+ * caller holds the migration lock; epoch as for qv_shard_relocate(). */
 static int move_shard(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int dtype, int from, int to,
-                      qv_migrate_result *r)
+                      uint64_t epoch, qv_migrate_result *r)
 {
 	char src[PATH_MAX], dst[PATH_MAX], tmp[PATH_MAX + 64], hex[QV_HEX_LEN + 1];
 	qv_shard_info info;
@@ -249,9 +264,12 @@ static int move_shard(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int dtype, in
 		goto out;
 	}
 	/* the new copy is durable: move the index, then drop the old copy */
-	rc = qv_shard_relocate(s, d, from, to, stored, to == QV_TIER_COLD ? QV_CODEC_FRAMES : QV_CODEC_RAW);
+	rc = qv_shard_relocate(s, d, from, to, epoch, stored,
+	                       to == QV_TIER_COLD ? QV_CODEC_FRAMES : QV_CODEC_RAW);
 	if (rc) {
-		unlink(dst); /* still unreferenced on this tier */
+		/* unreferenced: the index still names `from`, and no other
+		 * migration can have moved it there (the migration lock) */
+		unlink(dst);
 		goto out;
 	}
 	unlink(src);
@@ -329,14 +347,65 @@ int qv__hot_keep_set(qv_store *s, const char *const *leaving, struct qv__dlist *
 	return 0;
 }
 
-static int migrate_version(qv_store *s, const char *model, const char *ref, int to,
+/* Takes root/migrate.lock exclusively: one migration at a time, across
+ * processes. Returns the lock's descriptor (close it to release) or a
+ * negative error, reported on s. */
+static int migrate_lock(qv_store *s)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/migrate.lock", qv_store_root(s));
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return qv_store_fail(s, -errno, "%s: %s", path, strerror(errno));
+	while (flock(fd, LOCK_EX) < 0) {
+		if (errno != EINTR) {
+			int rc = qv_store_fail(s, -errno, "%s: %s", path, strerror(errno));
+			close(fd);
+			return rc;
+		}
+	}
+	return fd;
+}
+
+/* What a demotion must leave alone, decided at one protection epoch: the
+ * shards other versions keep hot and, for the policy, whether the version
+ * is protected itself. */
+static int decide(qv_store *s, const qv_version *v, int policy, uint64_t *epoch,
+                  struct qv__dlist *keep, int *skip)
+{
+	char name[2 * QV_NAME_MAX + 2];
+	const char *leaving[] = {name, NULL};
+	qv_version *now = NULL;
+	qv__dlist_free(keep);
+	*skip = 0;
+	int rc = qv_store_protect_epoch(s, epoch);
+	if (rc == 0 && policy) {
+		rc = qv_version_get(s, v->model, v->label, 0, &now);
+		if (rc == 0 && (now->n_aliases > 0 || now->pinned))
+			*skip = 1;
+		qv_version_free(now);
+	}
+	snprintf(name, sizeof(name), "%s@%s", v->model, v->label);
+	if (rc == 0 && !*skip) {
+		rc = qv__hot_keep_set(s, leaving, keep);
+		if (rc == -ENOMEM)
+			rc = qv_store_fail(s, rc, "out of memory");
+	}
+	return rc;
+}
+
+/* Moves model@ref's shards to tier `to`. policy: a demotion by the placement
+ * policy, which leaves the version alone if it is protected by the time the
+ * migration lock is taken or becomes protected during the move. */
+static int migrate_version(qv_store *s, const char *model, const char *ref, int to, int policy,
                            qv_migrate_result *res)
 {
 	qv_migrate_result r = {0};
 	qv_version *v = NULL;
 	struct qv__dlist mine = {0}, keep = {0};
 	double t0 = qv__tier_now();
-	int rc, locked = 0;
+	uint64_t epoch = QV_EPOCH_ANY;
+	int rc, locked = 0, lock_fd = -1, skip = 0;
 
 	if (!qv_store_tmp_dir(s, QV_TIER_COLD)) {
 		rc = qv_store_fail(s, -ENOTSUP, "this store has no cold tier (see 'quiver init --cold')");
@@ -346,30 +415,41 @@ static int migrate_version(qv_store *s, const char *model, const char *ref, int 
 	if (rc)
 		goto out;
 	rc = qv__version_shards(v, &mine);
-	if (rc == 0 && to == QV_TIER_COLD) {
-		char name[2 * QV_NAME_MAX + 2];
-		snprintf(name, sizeof(name), "%s@%s", v->model, v->label);
-		const char *leaving[] = {name, NULL};
-		rc = qv__hot_keep_set(s, leaving, &keep);
-	}
 	if (rc) {
-		rc = rc == -ENOMEM ? qv_store_fail(s, rc, "out of memory") : rc;
+		rc = qv_store_fail(s, rc, "out of memory");
 		goto out;
 	}
+	lock_fd = rc = migrate_lock(s);
+	if (rc < 0)
+		goto out;
 	rc = qv_store_writer_lock(s);
 	if (rc)
 		goto out;
 	locked = 1;
-	for (size_t i = 0; i < mine.n && rc == 0; i++) {
+	if (to == QV_TIER_COLD)
+		rc = decide(s, v, policy, &epoch, &keep, &skip);
+	/* a version protected during the move makes it decide again; a bound
+	 * on how often, against a loop that protects versions without end */
+	for (size_t i = 0, again = 0; rc == 0 && !skip && i < mine.n;) {
 		if (to == QV_TIER_COLD && qv__dlist_has(&keep, mine.d[i])) {
 			r.kept++;
+			i++;
 			continue;
 		}
-		rc = move_shard(s, mine.d[i], mine.dtype[i], 1 - to, to, &r);
+		rc = move_shard(s, mine.d[i], mine.dtype[i], 1 - to, to, epoch, &r);
+		uint64_t now;
+		if (rc == QV_ECHANGED && to == QV_TIER_COLD && again++ < 1000 &&
+		    qv_store_protect_epoch(s, &now) == 0 && now != epoch) {
+			rc = decide(s, v, policy, &epoch, &keep, &skip);
+			continue; /* the same shard, under the new decision */
+		}
+		i++;
 	}
 out:
 	if (locked)
 		qv_store_writer_unlock(s);
+	if (lock_fd >= 0)
+		close(lock_fd);
 	r.seconds = qv__tier_now() - t0;
 	if (res)
 		*res = r;
@@ -381,12 +461,18 @@ out:
 
 int qv_tier_demote(qv_store *s, const char *model, const char *ref, qv_migrate_result *res)
 {
-	return migrate_version(s, model, ref, QV_TIER_COLD, res);
+	return migrate_version(s, model, ref, QV_TIER_COLD, 0, res);
+}
+
+int qv__tier_demote_policy(qv_store *s, const char *model, const char *label,
+                           qv_migrate_result *res)
+{
+	return migrate_version(s, model, label, QV_TIER_COLD, 1, res);
 }
 
 int qv_tier_promote(qv_store *s, const char *model, const char *ref, qv_migrate_result *res)
 {
-	return migrate_version(s, model, ref, QV_TIER_HOT, res);
+	return migrate_version(s, model, ref, QV_TIER_HOT, 0, res);
 }
 
 int qv_tier_of_version(qv_store *s, const qv_version *v, int *tier)

@@ -125,7 +125,7 @@ int qv_tier_apply(qv_store *s, qv_policy_result *res)
 	double low = cfg.low * (double)cfg.hot_capacity;
 	for (size_t i = 0; rc == 0 && i < n && (double)r.hot_after > low; i++) {
 		qv_migrate_result m;
-		rc = qv_tier_demote(s, c[i].model, c[i].label, &m);
+		rc = qv__tier_demote_policy(s, c[i].model, c[i].label, &m);
 		if (rc)
 			break;
 		r.versions++;

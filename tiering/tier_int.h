@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "quiver/store.h"
+#include "quiver/tier.h"
 
 /* A sorted list of distinct shard digests (and, for a version's own list,
  * the codec dtype class of each). */
@@ -23,5 +24,10 @@ void qv__dlist_free(struct qv__dlist *l);
  * NULL-terminated) go cold. */
 int qv__hot_keep_set(qv_store *s, const char *const *leaving, struct qv__dlist *keep);
 double qv__tier_now(void);
+/* qv_tier_demote() for the placement policy: leaves model@label alone if it
+ * is protected (current, aliased, pinned) once the migration lock is held,
+ * or becomes protected during the move. */
+int qv__tier_demote_policy(qv_store *s, const char *model, const char *label,
+                           qv_migrate_result *res);
 
 #endif

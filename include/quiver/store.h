@@ -323,12 +323,20 @@ int qv_shard_foreach(qv_store *s, qv_shard_visit_fn fn, void *arg);
 int qv_shard_path_tier(const qv_store *s, const uint8_t d[QV_DIGEST_LEN], int tier, char *buf,
                        size_t len);
 
+/* The protection epoch: a counter that every transaction which protects a
+ * version (sets an alias, "current" included, or pins one) advances. A
+ * migration that decided which shards must stay hot at epoch E moves a shard
+ * only if the epoch is still E when it commits (qv_shard_relocate). */
+#define QV_EPOCH_ANY UINT64_MAX
+int qv_store_protect_epoch(qv_store *s, uint64_t *epoch);
+
 /* Moves shard d's location in the index from tier `from` to tier `to`, with
  * its stored size and codec there, in one transaction. The new file must be
  * durable in place before; the old one may be unlinked after. QV_ECHANGED if
- * the index no longer has it on `from`, QV_ENOTFOUND if no version uses it. */
+ * the index no longer has it on `from`, or if epoch is not QV_EPOCH_ANY and
+ * the protection epoch has moved past it; QV_ENOTFOUND if no version uses it. */
 int qv_shard_relocate(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int from, int to,
-                      uint64_t stored_size, int codec);
+                      uint64_t epoch, uint64_t stored_size, int codec);
 
 /* Looks up shard d in the index. QV_ENOTFOUND if the index does not know it. */
 int qv_shard_info_get(qv_store *s, const uint8_t d[QV_DIGEST_LEN], qv_shard_info *out);

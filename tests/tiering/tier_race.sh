@@ -1,0 +1,166 @@
+# Migrations racing other commands, each race forced at one instant by an
+# LD_PRELOAD shim (race_shim.c, QV_RACE_SHIM) that holds one call of the
+# first command until the test releases it:
+#   - two demotes of the same version (the second must not delete the
+#     first's committed copy);
+#   - a promote while a demote is about to unlink the hot copy;
+#   - activate of the version the policy is demoting (it must stay hot);
+#   - verify and export while a promote moves the shard they look at (no
+#     false damage);
+#   - pin and alias of a cold version promote it.
+# After each, every version verifies and exports byte for byte.
+. "$QV_SRC/tests/cli/lib.sh"
+qv_setup
+
+SHIM=${QV_RACE_SHIM:-}
+[ -f "$SHIM" ] || fail "QV_RACE_SHIM does not name the shim library: '$SHIM'"
+# an ASan build wants its runtime first among the preloaded libraries
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0"
+
+M=org/race
+N=0
+expect_ok "$QV_PYTHON" "$GEN" m1 --layers 2 --hidden 256 --vocab 1000 --shards 1 --values normal --seed 1
+expect_ok "$QV_PYTHON" "$GEN" m2 --layers 2 --hidden 256 --vocab 1000 --shards 1 --values normal --seed 2
+
+# fresh_store NAME: a store of its own for one race (ROOT, HOT, COLD), with
+# v1 and v2 published hot, v2 current
+fresh_store() {
+	ROOT="$QV_SCRATCH/$1/root" HOT="$QV_SCRATCH/$1/hot" COLD="$QV_SCRATCH/$1/cold"
+	expect_ok q init --hot "$HOT" --cold "$COLD"
+	expect_ok q publish $M m1 --version v1
+	expect_ok q publish $M m2 --version v2
+}
+
+# held HOLD MATCH CMD...: starts CMD in the background under the shim and
+# returns once the shim holds the call; HELD_PID, GO for release.
+held() {
+	local hold=$1 match=$2
+	shift 2
+	N=$((N + 1))
+	local mark="$QV_SCRATCH/mark$N"
+	GO="$QV_SCRATCH/go$N"
+	rm -f "$mark" "$GO"
+	LD_PRELOAD="$SHIM" QV_RACE_HOLD=$hold QV_RACE_MATCH=$match QV_RACE_MARK=$mark \
+		QV_RACE_GO=$GO "$@" >"$QV_SCRATCH/held$N.out" 2>"$QV_SCRATCH/held$N.err" &
+	HELD_PID=$!
+	for _ in $(seq 3000); do
+		[ -e "$mark" ] && return 0
+		kill -0 $HELD_PID 2>/dev/null || break
+		sleep 0.01
+	done
+	cat "$QV_SCRATCH/held$N.err" >&2
+	fail "the shim never held $hold of '$match' in: $*"
+}
+
+# release: lets the held command go on and waits for it; HELD_RC
+release() {
+	touch "$GO"
+	wait $HELD_PID
+	HELD_RC=$?
+}
+
+# all_intact: every version verifies, and exports as it was published
+all_intact() {
+	expect_ok q verify $M@v1
+	expect_ok q verify $M@v2
+	rm -rf e1 e2
+	expect_ok q export $M@v1 e1
+	expect_ok q export $M@v2 e2
+	diff -r m1 e1 >/dev/null || fail "export of v1 differs from what was published ($1)"
+	diff -r m2 e2 >/dev/null || fail "export of v2 differs from what was published ($1)"
+}
+
+# tier_of LABEL: hot, cold or mixed, by the version's tensors (m1 and m2
+# share their config files, which stay hot while the other version is hot)
+tier_of() {
+	q show $M@"$1" --json | "$QV_PYTHON" -c '
+import json, sys
+t = {x["tier"] for x in json.load(sys.stdin)["tensors"]}
+print(t.pop() if len(t) == 1 else "mixed")'
+}
+
+# ---- two demotes of one version ------------------------------------------------------------
+t_two_demotes() {
+	fresh_store two_demotes
+	held rename /mig- q demote $M@v1
+	q demote $M@v1 >second.out 2>second.err &
+	SECOND=$!
+	sleep 0.5 # time for the second one to run into the first, were they not serialized
+	release
+	wait $SECOND || fail "the second demote failed: $(cat second.err)"
+	[ "$HELD_RC" -eq 0 ] || fail "the first demote failed: $(cat "$QV_SCRATCH/held$N.err")"
+	[ "$(tier_of v1)" = cold ] || fail "v1 is $(tier_of v1) after two demotes"
+	all_intact "two demotes"
+}
+soft t_two_demotes
+
+# ---- a promote while a demote is about to unlink the hot copy -------------------------------
+t_promote_during_demote() {
+	fresh_store promote_during_demote
+	held unlink /hot/shards/ q demote $M@v1
+	q promote $M@v1 >second.out 2>second.err &
+	SECOND=$!
+	sleep 0.5
+	release
+	wait $SECOND || fail "the promote failed: $(cat second.err)"
+	[ "$HELD_RC" -eq 0 ] || fail "the demote failed: $(cat "$QV_SCRATCH/held$N.err")"
+	[ "$(tier_of v1)" = hot ] || fail "v1 is $(tier_of v1) after demote then promote"
+	all_intact "promote after demote"
+}
+soft t_promote_during_demote
+
+# ---- activate of the version the policy is demoting -----------------------------------------
+t_activate_during_policy() {
+	fresh_store activate_during_policy
+	# v1 is the only candidate (v2 is current); a hot capacity of 1 byte puts
+	# the tier over its high watermark.
+	expect_ok q init --hot "$HOT" --cold "$COLD" --hot-capacity 1
+	expect_ok q status --json
+	jcheck "$OUT_FILE" 'd["tiers"][0]["capacity"] == 1' "the test could not set the hot capacity"
+	held rename /mig- q tier --apply
+	expect_ok q activate $M@v1
+	release
+	[ "$HELD_RC" -eq 0 ] || fail "tier --apply failed: $(cat "$QV_SCRATCH/held$N.err")"
+	[ "$(tier_of v1)" = hot ] || fail "v1, made current while the policy demoted it, is $(tier_of v1)"
+	all_intact "activate during the policy"
+	# the policy now demotes v2, no longer protected
+	expect_ok q tier --apply
+	[ "$(tier_of v2)" = cold ] || fail "the policy left v2 $(tier_of v2)"
+	[ "$(tier_of v1)" = hot ] || fail "the policy moved current v1 to $(tier_of v1)"
+}
+soft t_activate_during_policy
+
+# ---- verify and export while a promote moves their shard ------------------------------------
+t_readers_during_promote() {
+	fresh_store readers_during_promote
+	expect_ok q demote $M@v2
+	held open /cold/shards/ q verify $M@v2
+	expect_ok q promote $M@v2
+	release
+	[ "$HELD_RC" -eq 0 ] || fail "verify during a promote: exit $HELD_RC: $(cat "$QV_SCRATCH/held$N.out" "$QV_SCRATCH/held$N.err")"
+	expect_ok q demote $M@v2
+	rm -rf e3
+	held open /cold/shards/ q export $M@v2 e3
+	expect_ok q promote $M@v2
+	release
+	[ "$HELD_RC" -eq 0 ] || fail "export during a promote: exit $HELD_RC: $(cat "$QV_SCRATCH/held$N.err")"
+	diff -r m2 e3 >/dev/null || fail "export during a promote differs from what was published"
+}
+soft t_readers_during_promote
+
+# ---- pin and alias protect a version: its cold shards come back -----------------------------
+t_pin_alias() {
+	fresh_store pin_alias
+	expect_ok q demote $M@v2
+	expect_ok q pin $M@v2
+	out_has "was cold: promoted [0-9]+ shards"
+	[ "$(tier_of v2)" = hot ] || fail "pinned v2 is $(tier_of v2)"
+	expect_ok q unpin $M@v2
+	expect_ok q demote $M@v2
+	expect_ok q alias $M stable v2
+	out_has "was cold: promoted [0-9]+ shards"
+	[ "$(tier_of v2)" = hot ] || fail "aliased v2 is $(tier_of v2)"
+	all_intact "pin and alias"
+}
+soft t_pin_alias
+qv_finish
