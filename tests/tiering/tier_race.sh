@@ -59,6 +59,18 @@ release() {
 	HELD_RC=$?
 }
 
+# into_held CMD...: runs CMD in the background while the held command waits,
+# gives it time to run into the held one (were the two not serialized),
+# releases the held one, and fails unless both exit 0.
+into_held() {
+	"$@" >second.out 2>second.err &
+	local second=$!
+	sleep 0.5
+	release
+	wait $second || fail "the second command failed: $* : $(cat second.err)"
+	[ "$HELD_RC" -eq 0 ] || fail "the held command failed: $(cat "$QV_SCRATCH/held$N.err")"
+}
+
 # all_intact: every version verifies, and exports as it was published
 all_intact() {
 	expect_ok q verify $M@v1
@@ -83,12 +95,7 @@ print(t.pop() if len(t) == 1 else "mixed")'
 t_two_demotes() {
 	fresh_store two_demotes
 	held rename /mig- q demote $M@v1
-	q demote $M@v1 >second.out 2>second.err &
-	SECOND=$!
-	sleep 0.5 # time for the second one to run into the first, were they not serialized
-	release
-	wait $SECOND || fail "the second demote failed: $(cat second.err)"
-	[ "$HELD_RC" -eq 0 ] || fail "the first demote failed: $(cat "$QV_SCRATCH/held$N.err")"
+	into_held q demote $M@v1
 	[ "$(tier_of v1)" = cold ] || fail "v1 is $(tier_of v1) after two demotes"
 	all_intact "two demotes"
 }
@@ -98,12 +105,7 @@ soft t_two_demotes
 t_promote_during_demote() {
 	fresh_store promote_during_demote
 	held unlink /hot/shards/ q demote $M@v1
-	q promote $M@v1 >second.out 2>second.err &
-	SECOND=$!
-	sleep 0.5
-	release
-	wait $SECOND || fail "the promote failed: $(cat second.err)"
-	[ "$HELD_RC" -eq 0 ] || fail "the demote failed: $(cat "$QV_SCRATCH/held$N.err")"
+	into_held q promote $M@v1
 	[ "$(tier_of v1)" = hot ] || fail "v1 is $(tier_of v1) after demote then promote"
 	all_intact "promote after demote"
 }
