@@ -217,6 +217,67 @@ static const char *const forwardable[] = {"publish", "activate", "rollback", "al
                                           "rm",      "gc",       "demote",   "promote",
                                           "pin",     "unpin",    "tier",     NULL};
 
+/* The positional arguments of a forwarded command (the values of the
+ * options that take one skipped), at most max of them; returns how many. */
+static size_t positionals(size_t argc, char **argv, const char **pos, size_t max, int *rm)
+{
+	static const char *const valued[] = {"--root", "--version", "--alias", "--message",
+	                                     "--to",   NULL};
+	size_t n = 0;
+	*rm = 0;
+	for (size_t i = 1; i < argc; i++) {
+		int takes = 0;
+		for (const char *const *v = valued; *v; v++)
+			takes |= strcmp(argv[i], *v) == 0;
+		if (takes)
+			i++;
+		else if (argv[i][0] != '-' && n < max)
+			pos[n++] = argv[i];
+		else
+			*rm |= strcmp(argv[i], "--rm") == 0;
+	}
+	return n;
+}
+
+/* What the daemon does in the background after a command that succeeded,
+ * to keep the tiers and DRAM coherent: the policy after a publish; a
+ * version made current, aliased or pinned promoted if it has cold shards
+ * (a publish's too: it may have found its shards cold), and a new current
+ * version warmed into DRAM. */
+static void after_command(size_t argc, char **argv)
+{
+	const char *pos[3] = {NULL, NULL, NULL};
+	int rm;
+	size_t npos = positionals(argc, argv, pos, 3, &rm);
+	const char *cmd = argv[0];
+	qv_store_config cfg;
+	qv_store_config_get(G.s, &cfg);
+	if (npos == 0)
+		return;
+	char m[2 * QV_NAME_MAX + 2];
+	snprintf(m, sizeof(m), "%s", pos[0]);
+	char *at = strchr(m, '@');
+	if (at)
+		*at++ = 0;
+	if (strcmp(cmd, "publish") == 0 || strcmp(cmd, "activate") == 0 ||
+	    strcmp(cmd, "rollback") == 0) {
+		qv_version *v;
+		if (qv_version_get(G.s, m, NULL, 0, &v) == 0) { /* the current version */
+			if (cfg.cold_dir)
+				task_push(TASK_PROMOTE, m, v->label);
+			if (strcmp(cmd, "publish") != 0)
+				task_push(TASK_WARM, m, v->label);
+			qv_version_free(v);
+		}
+		if (strcmp(cmd, "publish") == 0)
+			task_push(TASK_POLICY, NULL, NULL);
+	} else if (cfg.cold_dir && strcmp(cmd, "pin") == 0 && at) {
+		task_push(TASK_PROMOTE, m, at);
+	} else if (cfg.cold_dir && strcmp(cmd, "alias") == 0 && !rm && npos == 3) {
+		task_push(TASK_PROMOTE, m, pos[2]);
+	}
+}
+
 static int op_cli(int fd, json_t *req)
 {
 	json_t *jargv = json_object_get(req, "argv");
@@ -258,56 +319,8 @@ static int op_cli(int fd, json_t *req)
 	if (rc)
 		metrics_error(argv[0]);
 	log_info("%s: exit %d", argv[0], rc);
-	/* keep the tiers and DRAM coherent, in the background */
-	if (rc == 0 && strcmp(argv[0], "publish") == 0)
-		task_push(TASK_POLICY, NULL, NULL);
-	if (rc == 0 && (strcmp(argv[0], "activate") == 0 || strcmp(argv[0], "rollback") == 0)) {
-		const char *model = NULL;
-		for (size_t i = 1; i < argc && !model; i++)
-			if (argv[i][0] != '-')
-				model = argv[i];
-		if (model) {
-			char m[2 * QV_NAME_MAX + 2];
-			snprintf(m, sizeof(m), "%s", model);
-			char *at = strchr(m, '@');
-			if (at)
-				*at = 0;
-			qv_version *v;
-			qv_store_config cfg;
-			qv_store_config_get(G.s, &cfg);
-			if (qv_version_get(G.s, m, NULL, 0, &v) == 0) {
-				if (cfg.cold_dir)
-					task_push(TASK_PROMOTE, m, v->label);
-				task_push(TASK_WARM, m, v->label);
-				qv_version_free(v);
-			}
-		}
-	}
-	/* a pin or an alias protects a version: bring its cold shards back */
-	const char *pos[3] = {NULL, NULL, NULL};
-	size_t npos = 0;
-	int rm = 0;
-	for (size_t i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--root") == 0)
-			i++; /* and its value */
-		else if (argv[i][0] != '-' && npos < 3)
-			pos[npos++] = argv[i];
-		else
-			rm |= strcmp(argv[i], "--rm") == 0;
-	}
-	qv_store_config cfg;
-	qv_store_config_get(G.s, &cfg);
-	if (rc == 0 && cfg.cold_dir && strcmp(argv[0], "pin") == 0 && npos == 1) {
-		char m[2 * QV_NAME_MAX + 2];
-		snprintf(m, sizeof(m), "%s", pos[0]);
-		char *at = strchr(m, '@');
-		if (at) {
-			*at = 0;
-			task_push(TASK_PROMOTE, m, at + 1);
-		}
-	}
-	if (rc == 0 && cfg.cold_dir && strcmp(argv[0], "alias") == 0 && !rm && npos == 3)
-		task_push(TASK_PROMOTE, pos[0], pos[2]);
+	if (rc == 0)
+		after_command(argc, argv);
 	if (rc == 0 && (strcmp(argv[0], "demote") == 0 || strcmp(argv[0], "promote") == 0))
 		metrics_migration(1);
 	rc = reply(fd, json_pack("{s:b, s:i, s:s, s:s}", "ok", 1, "exit", rc, "stdout", out ? out : "",

@@ -345,7 +345,14 @@ static int cmd_publish(int argc, char **argv)
 		       (unsigned long long)r.new_shards, (unsigned long long)r.shards);
 		cli_printf("  elapsed   %.2f s, %.2f GB/s\n", r.seconds, gbps);
 	}
-	rc = cli_in_daemon() ? EXIT_OK : run_policy(s, o.json); /* the daemon runs it in the background */
+	/* a new current or aliased version whose shards were found on the cold
+	 * tier (deduplicated against a demoted version) must not stay there */
+	double promo;
+	rc = EXIT_OK;
+	if (!o.no_activate || o.n_aliases)
+		rc = promote_if_cold(s, argv[first], r.label, o.json, &promo);
+	if (rc == EXIT_OK && !cli_in_daemon())
+		rc = run_policy(s, o.json); /* the daemon runs it in the background */
 	close_store(s);
 	return rc;
 }

@@ -7,7 +7,8 @@
 #   - activate of the version the policy is demoting (it must stay hot);
 #   - verify and export while a promote moves the shard they look at (no
 #     false damage);
-#   - pin and alias of a cold version promote it.
+#   - pin and alias of a cold version promote it, and so does publishing a
+#     current version whose shards are found on the cold tier.
 # After each, every version verifies and exports byte for byte.
 . "$QV_SRC/tests/cli/lib.sh"
 qv_setup
@@ -150,7 +151,7 @@ t_readers_during_promote() {
 }
 soft t_readers_during_promote
 
-# ---- pin and alias protect a version: its cold shards come back -----------------------------
+# ---- pin, alias and publish protect a version: its cold shards come back --------------------
 t_pin_alias() {
 	fresh_store pin_alias
 	expect_ok q demote $M@v2
@@ -163,6 +164,11 @@ t_pin_alias() {
 	out_has "was cold: promoted [0-9]+ shards"
 	[ "$(tier_of v2)" = hot ] || fail "aliased v2 is $(tier_of v2)"
 	all_intact "pin and alias"
+	# v3 has v1's bytes, all of them on the cold tier
+	expect_ok q demote $M@v1
+	expect_ok q publish $M m1 --version v3
+	out_has "v3 was cold: promoted [0-9]+ shards"
+	[ "$(tier_of v3)" = hot ] || fail "current v3, published onto cold shards, is $(tier_of v3)"
 }
 soft t_pin_alias
 qv_finish
