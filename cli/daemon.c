@@ -217,65 +217,11 @@ static const char *const forwardable[] = {"publish", "activate", "rollback", "al
                                           "rm",      "gc",       "demote",   "promote",
                                           "pin",     "unpin",    "tier",     NULL};
 
-/* The positional arguments of a forwarded command (the values of the
- * options that take one skipped), at most max of them; returns how many. */
-static size_t positionals(size_t argc, char **argv, const char **pos, size_t max, int *rm)
+/* The CLI's follow-up hook (cli_set_follow_hook): promote or warm a version
+ * in the background. */
+static void follow_up(enum cli_follow what, const char *model, const char *ref)
 {
-	static const char *const valued[] = {"--root", "--version", "--alias", "--message",
-	                                     "--to",   NULL};
-	size_t n = 0;
-	*rm = 0;
-	for (size_t i = 1; i < argc; i++) {
-		int takes = 0;
-		for (const char *const *v = valued; *v; v++)
-			takes |= strcmp(argv[i], *v) == 0;
-		if (takes)
-			i++;
-		else if (argv[i][0] != '-' && n < max)
-			pos[n++] = argv[i];
-		else
-			*rm |= strcmp(argv[i], "--rm") == 0;
-	}
-	return n;
-}
-
-/* What the daemon does in the background after a command that succeeded,
- * to keep the tiers and DRAM coherent: the policy after a publish; a
- * version made current, aliased or pinned promoted if it has cold shards
- * (a publish's too: it may have found its shards cold), and a new current
- * version warmed into DRAM. */
-static void after_command(size_t argc, char **argv)
-{
-	const char *pos[3] = {NULL, NULL, NULL};
-	int rm;
-	size_t npos = positionals(argc, argv, pos, 3, &rm);
-	const char *cmd = argv[0];
-	qv_store_config cfg;
-	qv_store_config_get(G.s, &cfg);
-	if (npos == 0)
-		return;
-	char m[2 * QV_NAME_MAX + 2];
-	snprintf(m, sizeof(m), "%s", pos[0]);
-	char *at = strchr(m, '@');
-	if (at)
-		*at++ = 0;
-	if (strcmp(cmd, "publish") == 0 || strcmp(cmd, "activate") == 0 ||
-	    strcmp(cmd, "rollback") == 0) {
-		qv_version *v;
-		if (qv_version_get(G.s, m, NULL, 0, &v) == 0) { /* the current version */
-			if (cfg.cold_dir)
-				task_push(TASK_PROMOTE, m, v->label);
-			if (strcmp(cmd, "publish") != 0)
-				task_push(TASK_WARM, m, v->label);
-			qv_version_free(v);
-		}
-		if (strcmp(cmd, "publish") == 0)
-			task_push(TASK_POLICY, NULL, NULL);
-	} else if (cfg.cold_dir && strcmp(cmd, "pin") == 0 && at) {
-		task_push(TASK_PROMOTE, m, at);
-	} else if (cfg.cold_dir && strcmp(cmd, "alias") == 0 && !rm && npos == 3) {
-		task_push(TASK_PROMOTE, m, pos[2]);
-	}
+	task_push(what == CLI_FOLLOW_PROMOTE ? TASK_PROMOTE : TASK_WARM, model, ref);
 }
 
 static int op_cli(int fd, json_t *req)
@@ -319,8 +265,8 @@ static int op_cli(int fd, json_t *req)
 	if (rc)
 		metrics_error(argv[0]);
 	log_info("%s: exit %d", argv[0], rc);
-	if (rc == 0)
-		after_command(argc, argv);
+	if (rc == 0 && strcmp(argv[0], "publish") == 0)
+		task_push(TASK_POLICY, NULL, NULL); /* the policy, in the background */
 	if (rc == 0 && (strcmp(argv[0], "demote") == 0 || strcmp(argv[0], "promote") == 0))
 		metrics_migration(1);
 	rc = reply(fd, json_pack("{s:b, s:i, s:s, s:s}", "ok", 1, "exit", rc, "stdout", out ? out : "",
@@ -815,6 +761,7 @@ int daemon_main(int argc, char **argv)
 
 	dram_init((uint64_t)dram);
 	cli_set_shared_store(G.s);
+	cli_set_follow_hook(follow_up);
 	if (metrics_start((unsigned)port, G.s, err, sizeof(err))) {
 		fprintf(stderr, "quiverd: %s\n", err);
 		goto out;
@@ -892,6 +839,7 @@ out:
 	ipc_close_all();
 	dram_shutdown();
 	cli_set_shared_store(NULL);
+	cli_set_follow_hook(NULL);
 	qv_store_close(G.s);
 	if (lock_fd >= 0)
 		close(lock_fd);

@@ -41,6 +41,13 @@ void metrics_stop(void);
 int cli_dispatch(int argc, char **argv);
 void cli_set_shared_store(qv_store *s);
 int cli_in_daemon(void);
+/* In the daemon, commands hand follow-up work on a version to fn, which the
+ * daemon does in the background: CLI_FOLLOW_PROMOTE, a version that
+ * activate, rollback, publish, alias or pin protected has cold shards
+ * (instead of promoting it in the command); CLI_FOLLOW_WARM, a version
+ * activate or rollback made current (into the DRAM tier). */
+enum cli_follow { CLI_FOLLOW_PROMOTE, CLI_FOLLOW_WARM };
+void cli_set_follow_hook(void (*fn)(enum cli_follow what, const char *model, const char *ref));
 
 int daemon_main(int argc, char **argv);
 

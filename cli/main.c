@@ -165,6 +165,13 @@ int cli_in_daemon(void)
 	return g_shared_store != NULL;
 }
 
+static void (*g_follow)(enum cli_follow what, const char *model, const char *ref);
+
+void cli_set_follow_hook(void (*fn)(enum cli_follow what, const char *model, const char *ref))
+{
+	g_follow = fn;
+}
+
 static void close_store(qv_store *s)
 {
 	if (s != g_shared_store)
@@ -223,7 +230,8 @@ static int promote_if_cold(qv_store *s, const char *model, const char *label, in
 	*secs = 0;
 	if (strcmp(version_tier(s, model, label), "hot") == 0)
 		return 0;
-	if (cli_in_daemon()) {
+	if (cli_in_daemon() && g_follow) {
+		g_follow(CLI_FOLLOW_PROMOTE, model, label);
 		if (!json)
 			cli_printf("%s@%s has cold shards: quiverd promotes them in the background\n", model,
 			           label);
@@ -556,6 +564,8 @@ static int cmd_activate(int argc, char **argv)
 		rc = promote_if_cold(s, model, r.to, o.json, &promo);
 	else
 		rc = cli_fail(s, rc);
+	if (rc == 0 && cli_in_daemon() && g_follow) /* after the promotion: warm from hot */
+		g_follow(CLI_FOLLOW_WARM, model, r.to);
 	if (rc == 0)
 		print_switch(&o, model, &r, cli_now() - t0, promo);
 	close_store(s);
@@ -578,6 +588,8 @@ static int cmd_rollback(int argc, char **argv)
 		rc = promote_if_cold(s, argv[first], r.to, o.json, &promo);
 	else
 		rc = cli_fail(s, rc);
+	if (rc == 0 && cli_in_daemon() && g_follow) /* after the promotion: warm from hot */
+		g_follow(CLI_FOLLOW_WARM, argv[first], r.to);
 	if (rc == 0)
 		print_switch(&o, argv[first], &r, cli_now() - t0, promo);
 	close_store(s);
