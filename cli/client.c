@@ -68,8 +68,12 @@ int qv_client_call(qv_client *c, const char *request, char **response, int *fd_o
 	if (fd_out)
 		*fd_out = -1;
 	int rc = qv__proto_send(c->fd, request, strlen(request), -1);
-	if (rc == 0)
-		rc = qv__proto_recv(c->fd, QV_PROTO_RESPONSE_MAX, response, &len, fd_out);
+	/* a daemon that refuses the connection (too many clients) writes why
+	 * and closes at once; the reason may be waiting though the send failed */
+	if (rc == 0 || rc == -EPIPE || rc == -ECONNRESET) {
+		int rrc = qv__proto_recv(c->fd, QV_PROTO_RESPONSE_MAX, response, &len, fd_out);
+		rc = rc == 0 || rrc == 0 ? rrc : rc;
+	}
 	return rc;
 }
 

@@ -27,6 +27,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -222,6 +223,19 @@ static const char *const forwardable[] = {"publish", "activate", "rollback", "al
 static void follow_up(enum cli_follow what, const char *model, const char *ref)
 {
 	task_push(what == CLI_FOLLOW_PROMOTE ? TASK_PROMOTE : TASK_WARM, model, ref);
+}
+
+/* Reads what the client already sent (at most 0.1 s): closing a socket with
+ * unread data resets it, and the reply just written would be lost. */
+static void drain_before_close(int fd)
+{
+	const struct timeval tv = {0, 100 * 1000};
+	char sink[4096];
+	shutdown(fd, SHUT_WR);
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0)
+		return;
+	for (int i = 0; i < 256 && recv(fd, sink, sizeof(sink), 0) > 0; i++)
+		;
 }
 
 static int op_cli(int fd, json_t *req)
@@ -435,8 +449,14 @@ static int op_load_host(struct conn *c, json_t *req)
 		goto out;
 	}
 	if (warm) {
-		/* zero copy: the client maps the DRAM tier's memfd copy-on-write */
-		mfd = fcntl(dram_fd, F_DUPFD_CLOEXEC, 0);
+		/* zero copy: the client maps the DRAM tier's memfd copy-on-write.
+		 * The memfd is sealed (dram.c); the descriptor passed is
+		 * read-only too, where /proc lets us reopen it so. */
+		char self[64];
+		snprintf(self, sizeof(self), "/proc/self/fd/%d", dram_fd);
+		mfd = open(self, O_RDONLY | O_CLOEXEC);
+		if (mfd < 0)
+			mfd = fcntl(dram_fd, F_DUPFD_CLOEXEC, 0);
 		if (mfd < 0) {
 			rc = reply_err(c->fd, "load_host", -errno, "cannot share the DRAM tier's memory");
 			goto out;
@@ -605,13 +625,24 @@ static int dispatch(struct conn *c, json_t *req)
 }
 
 /* ---- clients ----------------------------------------------------------------------------- */
+#define FRAME_STALL_SECONDS 30 /* the longest pause inside one request */
+
 static void *client_main(void *arg)
 {
 	struct conn c = {.fd = (int)(intptr_t)arg};
+	/* A client may wait as long as it likes between requests (in poll), but
+	 * a request it has begun must keep coming: a stalled one would hold one
+	 * of the MAX_CLIENTS places for good. */
+	const struct timeval stall = {FRAME_STALL_SECONDS, 0};
+	if (setsockopt(c.fd, SOL_SOCKET, SO_RCVTIMEO, &stall, sizeof(stall)) < 0)
+		log_info("client: SO_RCVTIMEO: %s", strerror(errno));
 	for (;;) {
 		char *buf = NULL, err[256];
 		size_t len;
 		int pfd = -1;
+		struct pollfd idle = {.fd = c.fd, .events = POLLIN};
+		while (poll(&idle, 1, -1) < 0 && errno == EINTR)
+			;
 		int rc = qv__proto_recv(c.fd, QV_PROTO_REQUEST_MAX, &buf, &len, &pfd);
 		if (pfd >= 0)
 			close(pfd); /* clients send no descriptors */
@@ -787,8 +818,20 @@ int daemon_main(int argc, char **argv)
 		if (!(pf[0].revents & POLLIN))
 			continue;
 		int cfd = accept4(G.listen_fd, NULL, NULL, SOCK_CLOEXEC);
-		if (cfd < 0)
+		if (cfd < 0) {
+			/* out of descriptors or memory: the connection stays queued and
+			 * poll says so at once; wait rather than spin */
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+				static double last_log;
+				if (now_s() - last_log > 10) {
+					log_info("accept: %s; waiting before the next one", strerror(errno));
+					last_log = now_s();
+				}
+				const struct timespec backoff = {0, 100 * 1000 * 1000};
+				nanosleep(&backoff, NULL);
+			}
 			continue;
+		}
 		pthread_mutex_lock(&G.cl_mu);
 		int full = G.n_clients >= MAX_CLIENTS;
 		if (!full)
@@ -800,6 +843,7 @@ int daemon_main(int argc, char **argv)
 		pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
 		if (full || pthread_create(&th, &at, client_main, (void *)(intptr_t)cfd) != 0) {
 			reply_err(cfd, "protocol", -EBUSY, "too many clients; try again");
+			drain_before_close(cfd);
 			pthread_mutex_lock(&G.cl_mu);
 			for (int i = 0; !full && i < G.n_clients; i++)
 				if (G.client_fd[i] == cfd) {
@@ -830,8 +874,7 @@ out:
 	if (G.listen_fd >= 0) {
 		close(G.listen_fd);
 		snprintf(path, sizeof(path), "%s/quiverd.sock", G.root);
-		if (rc == 0)
-			unlink(path);
+		unlink(path); /* ours: we hold quiverd.lock (also when starting failed) */
 	}
 	for (int i = 0; i < 2; i++)
 		if (G.wake[i] >= 0)

@@ -8,6 +8,7 @@
  * two labels of one content share one entry. When space is needed the least
  * recently used entries no request is reading are dropped. */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,11 +63,12 @@ static void entry_free(struct dram_entry *e)
 	free(e);
 }
 
-/* A shared memfd of bytes, mapped and pinned where CUDA allows. */
+/* A shared memfd of bytes, mapped and pinned where CUDA allows. Sealable:
+ * entry_seal() makes it read-only for everyone it is passed to. */
 static int entry_alloc(struct dram_entry *e, size_t bytes)
 {
 	e->bytes = bytes;
-	e->fd = memfd_create("quiver-dram", MFD_CLOEXEC);
+	e->fd = memfd_create("quiver-dram", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (e->fd < 0 || ftruncate(e->fd, (off_t)bytes) < 0)
 		return -errno;
 	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, e->fd, 0);
@@ -75,6 +77,25 @@ static int entry_alloc(struct dram_entry *e, size_t bytes)
 	e->buf = p;
 	e->pinned = qv_gpu_host_register(p, bytes) == 0;
 	return 0;
+}
+
+#ifndef F_SEAL_FUTURE_WRITE
+#define F_SEAL_FUTURE_WRITE 0x0010 /* Linux 5.1 */
+#endif
+
+/* Seals a filled entry's memfd: its size fixed, and no new writable shared
+ * mapping or write through any descriptor (the daemon's own mapping stays).
+ * Clients get it on every DRAM hit; one must not change what the others
+ * map. Returns 0 or -errno (a kernel without F_SEAL_FUTURE_WRITE: sizes
+ * are still sealed, and the descriptors clients get are read-only). */
+static int entry_seal(struct dram_entry *e)
+{
+	if (fcntl(e->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE) == 0)
+		return 0;
+	int rc = -errno;
+	if (fcntl(e->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0)
+		rc = -errno;
+	return rc;
 }
 
 static struct dram_entry *find(const uint8_t d[QV_DIGEST_LEN])
@@ -150,9 +171,13 @@ int dram_warm(qv_store *s, const char *model, const char *ref, char *err, size_t
 	if (rc == 0) {
 		qv_load_opts lo = {.device = QV_DEVICE_CPU};
 		rc = qv_load_run(s, model, v->label, e->buf, e->bytes, &lo, &e->table);
+		int src = rc == 0 ? entry_seal(e) : 0;
 		if (rc)
 			snprintf(err, errlen, "%s", qv_store_errmsg(s));
-		else
+		else if (src)
+			log_info("dram: %s@%s: sealing its memory only in part: %s", model, v->label,
+			         strerror(-src));
+		if (rc == 0)
 			log_info("dram: %s@%s: %zu bytes, memory %.2f s (pinned: %s), load %.2f s", model,
 			         v->label, e->bytes, t_alloc, e->pinned ? "yes" : "no",
 			         now_mono() - t0 - t_alloc);
@@ -182,21 +207,27 @@ out:
 
 int dram_cool(qv_store *s, const char *model, const char *ref, char *err, size_t errlen)
 {
-	qv_version *v;
+	/* by content; a version removed since it was warmed, by its name */
+	qv_version *v = NULL;
+	char name[sizeof(((struct dram_entry *)0)->name)];
 	int rc = qv_version_get(s, model, ref, 0, &v);
-	if (rc) {
+	if (rc && rc != QV_ENOTFOUND) {
 		snprintf(err, errlen, "%s", qv_store_errmsg(s));
 		return rc;
 	}
+	if (rc)
+		snprintf(err, errlen, "%s", qv_store_errmsg(s));
+	snprintf(name, sizeof(name), "%s@%s", model, v ? v->label : ref ? ref : "");
 	pthread_mutex_lock(&D.mu);
-	rc = QV_ENOTFOUND;
+	int found = 0;
 	for (struct dram_entry **pp = &D.head; *pp; pp = &(*pp)->next) {
 		struct dram_entry *e = *pp;
-		if (memcmp(e->digest, v->digest, QV_DIGEST_LEN) != 0)
+		if (v ? memcmp(e->digest, v->digest, QV_DIGEST_LEN) != 0 : strcmp(e->name, name) != 0)
 			continue;
+		found = 1;
 		if (e->readers) {
 			rc = -EBUSY;
-			snprintf(err, errlen, "%s@%s is being read; try again", model, v->label);
+			snprintf(err, errlen, "%s is being read; try again", name);
 			break;
 		}
 		*pp = e->next;
@@ -206,8 +237,10 @@ int dram_cool(qv_store *s, const char *model, const char *ref, char *err, size_t
 		break;
 	}
 	pthread_mutex_unlock(&D.mu);
-	if (rc == QV_ENOTFOUND)
-		snprintf(err, errlen, "%s@%s is not in the DRAM tier", model, v->label);
+	if (!found && v) {
+		rc = QV_ENOTFOUND;
+		snprintf(err, errlen, "%s is not in the DRAM tier", name);
+	}
 	qv_version_free(v);
 	return rc;
 }

@@ -19,6 +19,20 @@ static const char *const forwarded[] = {"publish", "activate", "rollback", "alia
                                         "rm",      "gc",       "demote",   "promote",
                                         "pin",     "unpin",    "tier",     NULL};
 
+/* Whether arg is one of publish's options that take a separate value, as
+ * getopt_long reads it: the whole name or any abbreviation of it ("--mess"). */
+static int publish_value(const char *arg)
+{
+	static const char *const valued[] = {"--version", "--alias", "--message", "--root", NULL};
+	size_t n = strlen(arg);
+	if (n < 3 || strncmp(arg, "--", 2) != 0 || strchr(arg, '='))
+		return 0;
+	for (const char *const *v = valued; *v; v++)
+		if (strncmp(*v, arg, n) == 0)
+			return 1;
+	return 0;
+}
+
 /* Forwards argv[cmd..] to the daemon; returns the exit code, or -1 to run
  * locally (no daemon). */
 static int forward(int argc, char **argv, int cmd, const char *root)
@@ -33,10 +47,7 @@ static int forward(int argc, char **argv, int cmd, const char *root)
 		char abs[PATH_MAX];
 		/* publish's PATH is read by the daemon: make it absolute */
 		if (i > cmd && a[0] != '-' && strcmp(argv[cmd], "publish") == 0) {
-			const char *prev = argv[i - 1];
-			int is_value = strcmp(prev, "--version") == 0 || strcmp(prev, "--alias") == 0 ||
-			               strcmp(prev, "--message") == 0 || strcmp(prev, "--root") == 0;
-			if (!is_value && ++positional == 2 && realpath(a, abs))
+			if (!publish_value(argv[i - 1]) && ++positional == 2 && realpath(a, abs))
 				a = abs;
 		}
 		json_array_append_new(jargv, json_string(a));

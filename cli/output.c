@@ -1,5 +1,7 @@
 /* Output helpers of the quiver command: errors, sizes, times, the progress
  * bar and JSON. Errors are one line on stderr; results go to stdout. */
+#include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -184,16 +186,21 @@ void cli_json_print(json_t *j)
 long long cli_parse_size(const char *arg)
 {
 	char *end;
+	errno = 0;
 	long long v = strtoll(arg, &end, 10);
-	if (end == arg || v < 0)
+	if (end == arg || v < 0 || errno == ERANGE)
 		return -1;
+	int shift = 0;
 	switch (*end) {
-	case 'k': case 'K': v <<= 10; end++; break;
-	case 'm': case 'M': v <<= 20; end++; break;
-	case 'g': case 'G': v <<= 30; end++; break;
-	case 't': case 'T': v <<= 40; end++; break;
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	case 'g': case 'G': shift = 30; end++; break;
+	case 't': case 'T': shift = 40; end++; break;
 	default: break;
 	}
+	if (v > LLONG_MAX >> shift)
+		return -1; /* too large to count in bytes */
+	v <<= shift;
 	if (*end == 'i' || *end == 'B')
 		end += *end == 'i' && end[1] == 'B' ? 2 : 1;
 	return *end ? -1 : v;

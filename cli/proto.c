@@ -110,32 +110,47 @@ int qv__proto_send(int fd, const char *json, size_t len, int pass_fd)
 	return rc;
 }
 
-/* Reads exactly n bytes, collecting a passed descriptor if one comes. */
+/* Descriptors one recvmsg takes in: a frame carries at most one, and a peer
+ * that sends more has every one of them closed here, none left open. */
+#define RECV_FDS_MAX 16
+
+/* Reads exactly n bytes, collecting a passed descriptor if one comes (the
+ * first; any others are closed). QV_EFORMAT if the kernel had to drop
+ * descriptors that did not fit (MSG_CTRUNC). */
 static int read_all(int fd, void *buf, size_t n, int *got_fd)
 {
 	char *p = buf;
 	while (n) {
 		struct iovec iov = {p, n};
-		char cbuf[CMSG_SPACE(sizeof(int))];
-		struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
-		                     .msg_controllen = sizeof(cbuf)};
+		union {
+			char buf[CMSG_SPACE(RECV_FDS_MAX * sizeof(int))];
+			struct cmsghdr align;
+		} cbuf;
+		struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.buf,
+		                     .msg_controllen = sizeof(cbuf.buf)};
 		ssize_t r = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
 			return -errno;
 		}
-		if (r == 0)
-			return -ECONNRESET;
-		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm))
-			if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+			if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+				continue;
+			size_t k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+			for (size_t i = 0; i < k; i++) {
 				int f;
-				memcpy(&f, CMSG_DATA(cm), sizeof(int));
+				memcpy(&f, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
 				if (*got_fd >= 0)
 					close(f); /* one descriptor per frame */
 				else
 					*got_fd = f;
 			}
+		}
+		if (msg.msg_flags & MSG_CTRUNC)
+			return QV_EFORMAT;
+		if (r == 0)
+			return -ECONNRESET;
 		p += r;
 		n -= (size_t)r;
 	}

@@ -209,7 +209,9 @@ def _daemon_host(c, model, ref):
         else:
             if fd < 0:
                 raise QuiverError("the daemon sent no memory with the load")
-            m = mmap.mmap(fd, nbytes)  # MAP_SHARED, read/write: the memfd is ours now
+            # private, copy-on-write: a DRAM hit is the daemon's own sealed,
+            # read-only memfd, shared with every other engine
+            m = mmap.mmap(fd, nbytes, access=mmap.ACCESS_COPY)
             # no copy: the tensor's storage holds a reference to m; the mapping
             # goes when the last view is gone
             arena = torch.frombuffer(m, dtype=torch.uint8)

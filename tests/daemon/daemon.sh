@@ -255,6 +255,92 @@ t_metrics() {
 }
 soft t_metrics
 
+# ---- a DRAM hit's memory is read-only for the client --------------------------------------------
+# Every engine that loads a warmed version maps the DRAM tier's own memfd;
+# one must not be able to change or shrink what the others see.
+t_dram_sealed() {
+	local r
+	r=$(qvd call '{"op":"warm","model":"m","ref":"v2"}')
+	case "$r" in *'"ok": true'*) ;; *) fail "warm m@v2: $r" ;; esac
+	r=$("$QV_PYTHON" - "$ROOT/quiverd.sock" "$QV_SRC/tests/daemon" m2.safetensors <<'PY' 2>&1) || fail "sealed DRAM memory: $r"
+import mmap, os, sys
+sys.path.insert(0, sys.argv[2])
+import qvd
+r, fd = qvd.call(sys.argv[1], {"op": "load_host", "model": "m", "ref": "v2"})
+assert r["ok"] and r["source"] == "dram", r
+n = r["bytes"]
+for what, act in (("a shared writable mapping", lambda: mmap.mmap(fd, n)),
+                  ("ftruncate", lambda: os.ftruncate(fd, 0)),
+                  ("pwrite", lambda: os.pwrite(fd, b"x", 0))):
+    try:
+        act()
+    except OSError:
+        continue
+    sys.exit(f"{what} of the DRAM tier's memfd succeeded")
+m = mmap.mmap(fd, n, access=mmap.ACCESS_COPY)  # what python/quiver does
+m[0:4096] = b"\xee" * 4096                     # the engine's own copy of the page
+m.close()
+os.close(fd)
+r, fd = qvd.call(sys.argv[1], {"op": "load_host", "model": "m", "ref": "v2"})
+problems = qvd.compare(r, fd, [sys.argv[3]])
+os.close(fd)
+assert r["source"] == "dram" and not problems, (r["source"], problems)
+print("ok")
+PY
+}
+soft t_dram_sealed
+
+# ---- descriptors a client sends are all closed ---------------------------------------------------
+t_fd_flood() {
+	local fds0 fds1 r
+	fds0=$(ls /proc/"$DPID"/fd | wc -l)
+	r=$("$QV_PYTHON" - "$ROOT/quiverd.sock" "$QV_SRC/tests/daemon" <<'PY' 2>&1) || fail "fd flood: $r"
+import array, os, socket, sys
+sys.path.insert(0, sys.argv[2])
+import qvd
+null = [os.open("/dev/null", os.O_RDONLY) for _ in range(3)]
+with qvd.connect(sys.argv[1]) as s:
+    for i in range(200):  # a ping with three descriptors it should not carry
+        s.sendmsg([qvd.frame({"op": "ping"})],
+                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", null))])
+        r, fd = qvd.recv_reply(s)
+        assert r and r["ok"], r
+print("ok")
+PY
+	sleep 0.2
+	fds1=$(ls /proc/"$DPID"/fd | wc -l)
+	[ "$fds1" -le "$((fds0 + 2))" ] || fail "quiverd holds $((fds1 - fds0)) more descriptors after 200 pings that carried 3 each"
+}
+soft t_fd_flood
+
+# ---- the client over the limit gets the reason, not a reset ---------------------------------------
+t_too_many() {
+	local r
+	r=$("$QV_PYTHON" - "$ROOT/quiverd.sock" "$QV_SRC/tests/daemon" <<'PY' 2>&1) || fail "65 clients: $r"
+import sys, time
+sys.path.insert(0, sys.argv[2])
+import qvd
+held = []
+for i in range(64):  # the daemon serves 64 clients at once
+    s = qvd.connect(sys.argv[1])
+    s.sendall(qvd.frame({"op": "ping"}))
+    assert qvd.recv_reply(s)[0]["ok"]
+    held.append(s)
+s = qvd.connect(sys.argv[1])
+time.sleep(0.02)  # as a client does between connect and send
+s.sendall(qvd.frame({"op": "ping"}))
+r, _ = qvd.recv_reply(s)
+assert r and not r["ok"] and "too many clients" in r.get("error", ""), r
+for h in held:
+    h.close()
+time.sleep(0.3)
+r, _ = qvd.call(sys.argv[1], {"op": "ping"})
+assert r["ok"], r
+print("ok")
+PY
+}
+soft t_too_many
+
 # ---- a client that goes away mid-load ---------------------------------------------------------
 t_disconnect() {
 	QUIVER_NO_DAEMON=1 expect_ok q publish big big.safetensors --version b1
