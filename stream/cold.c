@@ -296,6 +296,13 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, unsign
 	double t0 = qv__stream_now();
 	int rc = 0;
 
+	if (n > 0 && (n_bufs == 0 || bufs == NULL || buf_bytes == 0)) {
+		/* a decoder would wait for a free buffer for ever */
+		snprintf(err, errlen, "no decode buffers for %zu cold shards", n);
+		free(left);
+		free(fly);
+		return -EINVAL;
+	}
 	if (n_threads < 1)
 		n_threads = 1;
 	if (n_threads > QV_COLD_THREADS_MAX)

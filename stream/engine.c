@@ -213,7 +213,8 @@ static int drain(struct engine *e)
 			e->first_done = qv__stream_now() - e->t0;
 		}
 		if (e->cfg->progress)
-			e->cfg->progress(e->cfg->progress_arg, e->done, e->total);
+			e->cfg->progress(e->cfg->progress_arg, e->done,
+			                 e->total + e->cfg->progress_after);
 	}
 	return 0;
 }

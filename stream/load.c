@@ -272,9 +272,11 @@ static void open_cold_files(qv_store *s, struct plan *p)
 
 static int open_targets(qv_store *s, struct plan *p, int direct)
 {
+	/* each shard takes a descriptor, a cold one two (buffered and
+	 * O_DIRECT), whatever tier the opens below find it on */
 	struct rlimit rl;
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max &&
-	    rl.rlim_cur < p->n + 256) {
+	    rl.rlim_cur < 2 * p->n + 256) {
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
@@ -453,9 +455,11 @@ static void free_arena(qv_load *l)
 	l->arena = NULL;
 }
 
+/* Reads the hot shards. t0: when the load began (first_tensor_seconds
+ * counts from it, as for cold frames). */
 static int run_engine(qv_store *s, const qv_load_opts *o, struct plan *p, qv_sink *sink,
                       char *ring, unsigned qd, size_t chunk, int direct, int use_uring,
-                      qv_load_stats *stats)
+                      qv_load_stats *stats, double t0)
 {
 	struct qv__backend *be = NULL;
 	char err[512] = "";
@@ -474,8 +478,10 @@ static int run_engine(qv_store *s, const qv_load_opts *o, struct plan *p, qv_sin
 		if (rc)
 			return qv_store_fail(s, rc, "cannot start the read threads: %s", strerror(-rc));
 	}
-	struct qv__engine_cfg cfg = {qd, chunk, direct, o->verify, o->progress, o->progress_arg};
+	struct qv__engine_cfg cfg = {qd,          chunk,           direct,     o->verify,
+	                             o->progress, o->progress_arg, p->cold_raw};
 	struct qv__engine_stats st = {0};
+	double t_engine = qv__stream_now() - t0;
 	rc = qv__engine_run(&cfg, be, p->hot, p->n_hot, sink, ring, &st, err, sizeof(err));
 	stats->engine = be->name;
 	be->destroy(be);
@@ -484,7 +490,7 @@ static int run_engine(qv_store *s, const qv_load_opts *o, struct plan *p, qv_sin
 	stats->bytes = st.bytes;
 	stats->reads = st.reads;
 	if (p->t[0].tier == QV_TIER_HOT)
-		stats->first_tensor_seconds = st.first_done_s;
+		stats->first_tensor_seconds = t_engine + st.first_done_s;
 	return rc;
 }
 
@@ -658,12 +664,19 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 		                   o->device == QV_DEVICE_CPU ? "host" : "CUDA", strerror(-rc));
 		goto out;
 	}
-	rc = run_engine(s, o, &p, sink, ring, qd, chunk, direct, direct, &l->stats);
+	rc = run_engine(s, o, &p, sink, ring, qd, chunk, direct, direct, &l->stats, t0);
 	if (rc == QV__EDIRECT) { /* O_DIRECT refused on the first read */
 		direct = 0;
 		rc = open_targets(s, &p, 0);
+		/* the opens resolve each shard again: one demoted meanwhile needs
+		 * decode buffers that were sized for the first look */
+		for (size_t i = 0; rc == 0 && i < p.n_cold; i++)
+			if (threads == 0 || p.cold[i].hdr->frame_bytes > cold_buf)
+				rc = qv_store_fail(s, QV_ECHANGED,
+				                   "%s@%s: shards moved to the cold tier during the load; "
+				                   "load again", model, l->v->label);
 		if (rc == 0)
-			rc = run_engine(s, o, &p, sink, ring, qd, chunk, 0, 0, &l->stats);
+			rc = run_engine(s, o, &p, sink, ring, qd, chunk, 0, 0, &l->stats, t0);
 	}
 	if (rc == 0)
 		rc = run_cold(s, o, &p, sink, qd, threads, cold_bufs, cold_buf, &l->stats,

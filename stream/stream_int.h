@@ -49,6 +49,8 @@ struct qv__engine_cfg {
 	int verify;
 	qv_progress_fn progress;
 	void *progress_arg;
+	uint64_t progress_after;  /* bytes the load delivers after the engine's (cold
+	                             frames): progress counts against both */
 };
 
 struct qv__engine_stats {

@@ -71,7 +71,8 @@ typedef struct qv_load_stats {
 	unsigned decode_threads;   /* workers that decoded cold frames (0: none needed) */
 	double seconds;            /* wall time of the load, everything included */
 	double device_init_seconds;/* of which: starting the CUDA driver and context (0 for cpu) */
-	double first_tensor_seconds; /* until the first tensor was complete at its destination */
+	double first_tensor_seconds; /* from the start, as seconds, until the first tensor was
+	                                complete at its destination */
 	enum qv_io_mode io;        /* what was used: QV_IO_DIRECT or QV_IO_BUFFERED */
 	const char *engine;        /* "io_uring", "pread", or "none" (every shard was cold) */
 	unsigned qd;
