@@ -64,14 +64,7 @@ for r in $(seq "$REPS"); do
     python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["cold_bytes"]/d["seconds"]/1e9)')")
 done
 # (a): each fio setting's median over the repetitions, the best setting's
-read -r mf fbest <<<"$(python3 -c '
-import statistics, sys
-runs = {}
-for line in open(sys.argv[1]):
-    k, v = line.split()
-    runs.setdefault(k, []).append(float(v))
-k = max(runs, key=lambda k: statistics.median(runs[k]))
-print(statistics.median(runs[k]), k)' "$FIO")"
+read -r mf fbest <<<"$(best_median "$FIO")"
 rm -f "$FIO"
 mq=$(median "$(printf '%s\n' "${q_r[@]}" | cut -d' ' -f1)")
 mc=$(median "${c_r[@]}")

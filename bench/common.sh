@@ -41,3 +41,17 @@ fio_best() {
   [ "$FIO_HUGE" = yes ] && fh=$(fio_rate "$@" --iomem=shmhuge || echo 0)
   awk -v a="$f4" -v b="$fh" 'BEGIN {print (a > b ? a : b), a, b}'
 }
+
+# best_median FILE: FILE holds lines "SETTING GB/s", several runs of each;
+# prints "MEDIAN SETTING" for the setting whose median is highest: the
+# disk's limit, each setting's noise damped by its repetitions.
+best_median() {
+  python3 -c '
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    k, v = line.split()
+    runs.setdefault(k, []).append(float(v))
+k = max(runs, key=lambda k: statistics.median(runs[k]))
+print(statistics.median(runs[k]), k)' "$1"
+}

@@ -9,14 +9,20 @@
 #   (b) quiver load --device cpu --io direct.
 # Prints each run and the ratio of the medians (b)/(a) (target >= 0.95).
 # QD and CHUNK sweep: QDS="4 16 64" CHUNKS="256K 1M 4M" prints one line each.
+# Then the disk's limit, as bench/cold_load.sh takes it: fio's 1 MiB reads
+# FIO_QDS deep (default 16, 4 and 2), each into 4 KiB and huge-page buffers,
+# REPS times; the best setting's median. Each quiver median is also printed
+# against it: some disks read faster with fewer reads in flight than quiver
+# keeps.
 #
-#   bench/load_vs_fio.sh [WORKDIR]   (QUIVER=path, REPS=3, HIDDEN/LAYERS/VOCAB)
+#   bench/load_vs_fio.sh [WORKDIR]   (QUIVER=path, REPS=3, HIDDEN/LAYERS/VOCAB,
+#                                     FIO_QDS="16 4 2")
 set -euo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 Q=${QUIVER:-$SRC/build/cli/quiver}
 W=${1:-$SRC/build/bench-load}
 REPS=${REPS:-3}
-QDS=${QDS:-16} CHUNKS=${CHUNKS:-1M}
+QDS=${QDS:-16} CHUNKS=${CHUNKS:-1M} FIO_QDS=${FIO_QDS:-16 4 2}
 HIDDEN=${HIDDEN:-2048} LAYERS=${LAYERS:-12} VOCAB=${VOCAB:-32000}
 command -v fio >/dev/null || { echo "fio is not installed (./dev.sh deps)" >&2; exit 1; }
 [ -x "$Q" ] || { echo "no quiver binary at $Q (build first)" >&2; exit 1; }
@@ -35,6 +41,7 @@ bench_hugepages
 tobytes() { case $1 in *K) echo $(( ${1%K} << 10 ));; *M) echo $(( ${1%M} << 20 ));; *) echo "$1";; esac; }
 
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(df -T "$W" | awk 'NR==2 {print $2}') on $(df "$W" | awk 'NR==2 {print $1}'), kernel $(uname -r)"
+results=()   # "qd chunk quiver-median" per setting
 for qd in $QDS; do
   for chunk in $CHUNKS; do
     fio_r=(); fio_4k=(); fio_huge=(); q_r=(); first=()
@@ -53,6 +60,23 @@ for qd in $QDS; do
       "$qd" "$chunk" "$mf" "$mq" "$(echo "$mq / $mf" | bc -l)" "$(median "${first[@]}")" \
       "$(printf '%.2f,' "${fio_r[@]}")" "$(printf '%.2f,' "${q_r[@]}")"
     echo "  fio 4 KiB buffers: $(printf '%.2f,' "${fio_4k[@]}") huge-page buffers: $(printf '%.2f,' "${fio_huge[@]}")"
+    results+=("$qd $chunk $mq")
   done
+done
+FIO=$(mktemp)   # one line per fio run: setting, GB/s
+for r in $(seq "$REPS"); do
+  for qd in $FIO_QDS; do
+    read -r fb f4 fh <<<"$(fio_best "$SHARDS" --iodepth="$qd")"
+    echo "qd$qd-4k $f4" >>"$FIO"
+    [ "$FIO_HUGE" = yes ] && echo "qd$qd-huge $fh" >>"$FIO"
+  done
+done
+read -r limit lbest <<<"$(best_median "$FIO")"
+rm -f "$FIO"
+printf 'limit: fio 1 MiB reads %s deep, best median %s: %.3f GB/s\n' "$FIO_QDS" "$lbest" "$limit"
+for res in "${results[@]}"; do
+  read -r qd chunk mq <<<"$res"
+  printf 'qd %3s chunk %4s: quiver load %.3f GB/s = %.3f of the limit\n' "$qd" "$chunk" "$mq" \
+    "$(echo "$mq / $limit" | bc -l)"
 done
 echo "caches dropped before each run: $DROPPED; fio on huge pages: $FIO_HUGE; bytes: $(du -sb "$W/store/shards" | cut -f1)"
