@@ -146,12 +146,12 @@ int qv__resolve(qv_store *s, MDB_txn *txn, const char *model, const char *ref,
 /* Appends a history entry for model. */
 int qv__history_add(qv_store *s, MDB_txn *txn, const char *model, const char *action,
                     const char *from, const char *to);
-/* Sets alias model/name to label (label "" deletes); records history when
- * name is "current". */
 /* The protection epoch (qv_store_protect_epoch) in txn, 0 if never set; and
  * advancing it, which every transaction that protects a version does. */
 int qv__protect_epoch_get(qv_store *s, MDB_txn *txn, uint64_t *epoch);
 int qv__protect_bump(qv_store *s, MDB_txn *txn);
+/* Sets alias model/name to label (label "" deletes); records history when
+ * name is "current", and advances the protection epoch when it sets one. */
 int qv__alias_put(qv_store *s, MDB_txn *txn, const char *model, const char *name,
                   const char *label, const char *action);
 /* Allocates the next sequence number of model (creates the model entry). */
