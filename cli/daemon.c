@@ -326,6 +326,7 @@ static struct ipc_ent {
 	uint8_t handle[QV_GPU_IPC_HANDLE_BYTES];
 	int device;
 	void *dptr;
+	size_t bytes; /* the allocation's size, as the driver says (SIZE_MAX: unknown) */
 	uint8_t digest[QV_DIGEST_LEN];
 	int has_digest, busy;
 	uint64_t used;
@@ -336,7 +337,8 @@ static uint64_t ipc_clock;
 /* The slot of the allocation behind handle on device, opened if it was not
  * (busy from now until ipc_put); -1 with *why set when it cannot be opened,
  * -2 when another request is loading into it. */
-static int ipc_get(int device, const uint8_t *handle, void **dptr, const char **why)
+static int ipc_get(int device, const uint8_t *handle, void **dptr, size_t *bytes,
+                   const char **why)
 {
 	int slot = -1, rc = 0;
 	pthread_mutex_lock(&ipc_mu);
@@ -363,7 +365,7 @@ static int ipc_get(int device, const uint8_t *handle, void **dptr, const char **
 			if (ipc[slot].dptr)
 				qv_gpu_ipc_close(ipc[slot].device, ipc[slot].dptr);
 			memset(&ipc[slot], 0, sizeof(ipc[slot]));
-			rc = qv_gpu_ipc_open(device, handle, &ipc[slot].dptr, why);
+			rc = qv_gpu_ipc_open(device, handle, &ipc[slot].dptr, &ipc[slot].bytes, why);
 			if (rc == 0) {
 				memcpy(ipc[slot].handle, handle, QV_GPU_IPC_HANDLE_BYTES);
 				ipc[slot].device = device;
@@ -377,6 +379,7 @@ static int ipc_get(int device, const uint8_t *handle, void **dptr, const char **
 		ipc[slot].busy = 1;
 		ipc[slot].used = ++ipc_clock;
 		*dptr = ipc[slot].dptr;
+		*bytes = ipc[slot].bytes;
 	}
 	pthread_mutex_unlock(&ipc_mu);
 	return slot;
@@ -513,7 +516,7 @@ static int op_load_cuda(struct conn *c, json_t *req)
 	void *dptr = NULL;
 	int slot = -1;
 	const void *warm = NULL;
-	size_t wbytes = 0;
+	size_t wbytes = 0, abytes = 0;
 	uint64_t need = 0;
 	double t0 = now_s();
 	int rc;
@@ -547,7 +550,7 @@ static int op_load_cuda(struct conn *c, json_t *req)
 	}
 	double t_open = now_s();
 	const char *why = "no reason given";
-	slot = ipc_get(device, handle, &dptr, &why);
+	slot = ipc_get(device, handle, &dptr, &abytes, &why);
 	if (slot < 0) {
 		char msg[256];
 		if (slot == -2)
@@ -560,6 +563,17 @@ static int op_load_cuda(struct conn *c, json_t *req)
 		goto out;
 	}
 	t_open = now_s() - t_open;
+	/* the client's "bytes" is its word; the driver's is the allocation's */
+	if (abytes < need) {
+		char msg[256];
+		snprintf(msg, sizeof(msg),
+		         "the allocation behind the handle holds %zu bytes, %s@%s needs %llu", abytes,
+		         model, v->label, (unsigned long long)need);
+		rc = reply_err(c->fd, "load_cuda", QV_ELIMIT, msg);
+		goto out;
+	}
+	if (have > abytes)
+		have = abytes;
 	double t_copy = now_s();
 	if (warm) {
 		rc = qv_gpu_copy_to_device(device, dptr, warm, need, 4);

@@ -11,7 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cuda.h> /* the driver API's types, for cuMemGetAddressRange */
 #include <cuda_runtime_api.h>
+#include <pthread.h>
+#include <stdint.h>
 
 #include "gpu_int.h"
 
@@ -105,10 +108,40 @@ int qv_gpu_mem_info(int device, size_t *free_bytes, size_t *total_bytes)
 	return cudaMemGetInfo(free_bytes, total_bytes) == cudaSuccess ? 0 : -EIO;
 }
 
-int qv_gpu_ipc_open(int device, const void *handle, void **dptr, const char **why)
+/* cuMemGetAddressRange from the driver, found through the runtime (no link
+ * to libcuda); NULL where the driver does not give it. */
+typedef CUresult (*range_fn)(CUdeviceptr *base, size_t *size, CUdeviceptr p);
+static range_fn g_range;
+static pthread_once_t g_range_once = PTHREAD_ONCE_INIT;
+
+static void find_range(void)
+{
+	enum cudaDriverEntryPointQueryResult q;
+	void *fn = NULL;
+	if (cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &fn, 12000, cudaEnableDefault,
+	                                     &q) == cudaSuccess &&
+	    q == cudaDriverEntryPointSuccess)
+		g_range = (range_fn)fn;
+	cudaGetLastError();
+}
+
+/* Bytes of the allocation that holds p, from p on; SIZE_MAX if unknown. */
+static size_t bytes_from(void *p)
+{
+	CUdeviceptr base = 0, at = (CUdeviceptr)(uintptr_t)p;
+	size_t size = 0;
+	pthread_once(&g_range_once, find_range);
+	if (!g_range || g_range(&base, &size, at) != CUDA_SUCCESS || at < base || at - base > size)
+		return SIZE_MAX;
+	return size - (size_t)(at - base);
+}
+
+int qv_gpu_ipc_open(int device, const void *handle, void **dptr, size_t *bytes,
+                    const char **why)
 {
 	cudaIpcMemHandle_t h;
 	*dptr = NULL;
+	*bytes = 0;
 	cudaError_t e = cudaSetDevice(device);
 	if (e != cudaSuccess) {
 		if (why)
@@ -125,6 +158,7 @@ int qv_gpu_ipc_open(int device, const void *handle, void **dptr, const char **wh
 		*dptr = NULL;
 		return -EINVAL;
 	}
+	*bytes = bytes_from(*dptr);
 	return 0;
 }
 

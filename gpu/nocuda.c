@@ -78,11 +78,13 @@ int qv_sink_cuda_create(int device, void *dest, uint64_t dest_bytes, unsigned n_
 	return -ENOTSUP;
 }
 
-int qv_gpu_ipc_open(int device, const void *handle, void **dptr, const char **why)
+int qv_gpu_ipc_open(int device, const void *handle, void **dptr, size_t *bytes,
+                    const char **why)
 {
 	(void)device;
 	(void)handle;
 	*dptr = NULL;
+	*bytes = 0;
 	if (why)
 		*why = "quiver was built without CUDA";
 	return -ENOTSUP;

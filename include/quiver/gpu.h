@@ -56,9 +56,12 @@ int qv_gpu_mem_info(int device, size_t *free_bytes, size_t *total_bytes);
 
 /* CUDA IPC: opens another process's allocation (a cudaIpcMemHandle_t of
  * QV_GPU_IPC_HANDLE_BYTES bytes) on device; close with qv_gpu_ipc_close().
- * On failure *why (if not NULL) says why (a static string: CUDA's). */
+ * *bytes: how many bytes the allocation holds from *dptr on, as the driver
+ * says (SIZE_MAX when it cannot tell), so that a client's word is not taken
+ * for it. On failure *why (if not NULL) says why (a static string: CUDA's). */
 #define QV_GPU_IPC_HANDLE_BYTES 64
-int qv_gpu_ipc_open(int device, const void *handle, void **dptr, const char **why);
+int qv_gpu_ipc_open(int device, const void *handle, void **dptr, size_t *bytes,
+                    const char **why);
 void qv_gpu_ipc_close(int device, void *dptr);
 
 /* Copies bytes from pinned host memory to device memory on n_streams

@@ -105,6 +105,17 @@ def main():
         del h, g
         expect_error("daemon cuda: unknown model",
                      lambda: quiver.load("nosuch", device=DEV, root=root), "nosuch")
+        # the daemon does not take a client's word for its allocation's size:
+        # 4 KiB that claim a TiB must not be written past
+        from quiver import _cuda
+        small = _cuda.DeviceBuffer(0, 4096)
+        expect_error("daemon cuda: an allocation smaller than it says",
+                     lambda: quiver.daemon_call({"op": "load_cuda", "model": "mixed", "device": 0,
+                                                 "ipc_handle": small.ipc_handle().hex(),
+                                                 "bytes": 1 << 40}, root=root),
+                     "the allocation behind the handle holds")
+        small.free()
+        load_one("daemon-dram", root, "mixed", refs["mixed"], "daemon", "daemon-dram")
         kept = load_one("daemon-dram", root, "mixed", refs["mixed"], "daemon", "daemon-dram")
     finally:
         rc = d.stop()
