@@ -271,12 +271,20 @@ static int export_file(struct exporter *x, const qv_file *f, const char *outdir)
 	int rc = qv__mkdir_p(dst, 0755);
 	if (rc)
 		return qv__err(x->s, rc, "%s: %s", dst, qv_strerror(rc));
-	if ((size_t)snprintf(tmp, sizeof(tmp), "%s/.%s.quiver-tmp", dst, slash + 1) >= sizeof(tmp))
+	/* a temp name of its own (created, never an existing file's: a model
+	 * may hold any name), short whatever the file's name */
+	if ((size_t)snprintf(tmp, sizeof(tmp), "%s/.quiver-export-XXXXXX", dst) >= sizeof(tmp))
 		return qv__err(x->s, -ENAMETOOLONG, "%s/%s: path too long", outdir, f->name);
 	*slash = '/';
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	int fd = mkostemp(tmp, O_CLOEXEC);
 	if (fd < 0)
 		return qv__err(x->s, -errno, "%s: %s", tmp, strerror(errno));
+	if (fchmod(fd, 0644) < 0) {
+		rc = qv__err(x->s, -errno, "%s: %s", tmp, strerror(errno));
+		close(fd);
+		unlink(tmp);
+		return rc;
+	}
 	if (f->safetensors) {
 		uint8_t len8[8];
 		for (int i = 0; i < 8; i++)

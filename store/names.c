@@ -54,3 +54,33 @@ int qv_name_check_label(const char *name)
 		return QV_ENAME;
 	return component_ok(name, len) ? 0 : QV_ENAME;
 }
+
+int qv__utf8_valid(const char *str)
+{
+	const unsigned char *s = (const unsigned char *)str;
+	while (*s) {
+		unsigned c = *s, n, min;
+		if (c < 0x80) {
+			s++;
+			continue;
+		}
+		if (c >= 0xc2 && c <= 0xdf)
+			n = 1, min = 0x80;
+		else if (c >= 0xe0 && c <= 0xef)
+			n = 2, min = 0x800;
+		else if (c >= 0xf0 && c <= 0xf4)
+			n = 3, min = 0x10000;
+		else
+			return 0;
+		unsigned cp = c & (0x3f >> n);
+		for (unsigned i = 1; i <= n; i++) {
+			if ((s[i] & 0xc0) != 0x80)
+				return 0;
+			cp = cp << 6 | (s[i] & 0x3f);
+		}
+		if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+			return 0;
+		s += n + 1;
+	}
+	return 1;
+}

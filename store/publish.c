@@ -112,6 +112,8 @@ static int add_src(struct pub *p, const char *path, const char *rel, const struc
 	memset(sr, 0, sizeof(*sr));
 	memset(f, 0, sizeof(*f));
 	sr->fd = -1;
+	if (!qv__utf8_valid(rel)) /* the manifest is JSON */
+		return qv__err(p->s, QV_EFORMAT, "%s: the file name is not valid UTF-8", path);
 	sr->path = qv__arena_strdup(&p->arena, path);
 	f->name = qv__arena_strdup(&p->arena, rel);
 	if (!sr->path || !f->name)
@@ -590,8 +592,10 @@ static int check_unchanged(struct pub *p)
 		const struct stat *a = &p->srcs[i].st;
 		if (fstat(p->srcs[i].fd, &st) < 0)
 			return qv__err(p->s, -errno, "%s: %s", p->srcs[i].path, strerror(errno));
+		/* ctime too: a writer can set mtime back (utime), not ctime */
 		if (st.st_size != a->st_size || st.st_mtim.tv_sec != a->st_mtim.tv_sec ||
-		    st.st_mtim.tv_nsec != a->st_mtim.tv_nsec)
+		    st.st_mtim.tv_nsec != a->st_mtim.tv_nsec || st.st_ctim.tv_sec != a->st_ctim.tv_sec ||
+		    st.st_ctim.tv_nsec != a->st_ctim.tv_nsec)
 			return qv__err(p->s, QV_ECHANGED, "%s: changed while being published",
 			               p->srcs[i].path);
 	}
@@ -692,10 +696,13 @@ static int commit_version(struct pub *p, const qv_publish_opts *o, qv_publish_re
 	if (o->label) {
 		snprintf(label, sizeof(label), "%s", o->label);
 	} else {
-		for (;;) { /* next vN not taken by a hand-chosen label */
+		for (;;) { /* next vN not taken by a hand-chosen label or an alias */
 			snprintf(label, sizeof(label), "v%llu", (unsigned long long)rec.seq);
 			qv__version_rec tmp;
+			char other[QV_NAME_MAX + 1];
 			rc = qv__version_rec_get(p->s, txn, p->model, label, &tmp);
+			if (rc == QV_ENOTFOUND)
+				rc = qv__alias_get(p->s, txn, p->model, label, other);
 			if (rc == QV_ENOTFOUND)
 				break;
 			if (rc)
@@ -813,20 +820,38 @@ out:
 }
 
 /* Early, read-only check that the label is free: fail before any work. */
-static int label_free(qv_store *s, const char *model, const char *label)
+/* The names the publish will write, checked before any shard is: the label
+ * names no version or alias yet, and no alias asked for names a version.
+ * (The transaction checks again: another writer may come between.) */
+static int names_free(qv_store *s, const char *model, const qv_publish_opts *o)
 {
-	if (!label)
-		return 0;
 	MDB_txn *txn;
 	qv__version_rec rec;
+	char other[QV_NAME_MAX + 1];
 	int rc = qv__txn_begin(s, MDB_RDONLY, &txn);
 	if (rc)
 		return rc;
-	rc = qv__version_rec_get(s, txn, model, label, &rec);
+	if (o->label) {
+		rc = qv__version_rec_get(s, txn, model, o->label, &rec);
+		if (rc == 0)
+			rc = qv__err(s, QV_EEXIST, "%s@%s already exists", model, o->label);
+		else if (rc == QV_ENOTFOUND &&
+		         (rc = qv__alias_get(s, txn, model, o->label, other)) == 0)
+			rc = qv__err(s, QV_EEXIST, "%s: '%s' is already an alias (of %s)", model, o->label,
+			             other);
+		if (rc == QV_ENOTFOUND)
+			rc = 0;
+	}
+	for (size_t i = 0; rc == 0 && i < o->n_aliases; i++) {
+		rc = qv__version_rec_get(s, txn, model, o->aliases[i], &rec);
+		if (rc == 0)
+			rc = qv__err(s, QV_EEXIST, "%s: '%s' is a version label; an alias may not shadow it",
+			             model, o->aliases[i]);
+		else if (rc == QV_ENOTFOUND)
+			rc = 0;
+	}
 	mdb_txn_abort(txn);
-	if (rc == 0)
-		return qv__err(s, QV_EEXIST, "%s@%s already exists", model, label);
-	return rc == QV_ENOTFOUND ? 0 : rc;
+	return rc;
 }
 
 static int check_opts(qv_store *s, const char *model, const qv_publish_opts *o)
@@ -841,11 +866,15 @@ static int check_opts(qv_store *s, const char *model, const qv_publish_opts *o)
 		               "invalid version label '%.200s': use letters, digits, '.', '_', '-', '+', "
 		               "no '..', no leading '.', at most %d bytes",
 		               o->label, QV_NAME_MAX);
+	if (o->label && strcmp(o->label, "current") == 0)
+		return qv__err(s, QV_ENAME, "'current' names the current version; it cannot be a label");
 	for (size_t i = 0; i < o->n_aliases; i++)
 		if (qv_name_check_label(o->aliases[i]))
 			return qv__err(s, QV_ENAME, "invalid alias name '%.200s'", o->aliases[i]);
 	if (o->message && strlen(o->message) > QV_MESSAGE_MAX)
 		return qv__err(s, QV_ELIMIT, "message longer than %u bytes", QV_MESSAGE_MAX);
+	if (o->message && !qv__utf8_valid(o->message))
+		return qv__err(s, QV_EFORMAT, "the message is not valid UTF-8");
 	return 0;
 }
 
@@ -873,7 +902,7 @@ int qv_publish(qv_store *s, const char *model, const char *path, const qv_publis
 	rc = make_plan(&p);
 	if (rc)
 		goto out;
-	rc = label_free(s, model, o->label);
+	rc = names_free(s, model, o);
 	if (rc)
 		goto out;
 

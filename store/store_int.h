@@ -71,6 +71,9 @@ int qv__mdb_fail(qv_store *s, int rc, const char *what);
 
 /* ---- digests ------------------------------------------------------------- */
 int qv__hex_parse(const char *hex, uint8_t d[QV_DIGEST_LEN]);  /* 0 or QV_EFORMAT */
+/* 1 if s is well-formed UTF-8 (no overlong forms, surrogates or code points
+ * past U+10FFFF), as JSON strings must be (names.c). */
+int qv__utf8_valid(const char *s);
 
 /* ---- safetensors parsing ---------------------------------------------------- */
 /* Parses and validates the safetensors file open on fd (size bytes, named

@@ -119,14 +119,16 @@ BEFORE=$(store_digest)
 
 # ---- existing label ------------------------------------------------------------
 soft reject_named exist 1 "existing label" q publish $M good.safetensors --version v1
-# an alias that clashes with a label? (alias name = existing version label)
-run_cmd q publish $M good.safetensors --alias v1
-if [ "$RC" -eq 0 ]; then
-	note "publish --alias v1 (a label name) accepted"
-	expect_ok q rm $M@v2 --force
-	expect_ok q gc
-	BEFORE=$(store_digest)
-fi
+# names that clash are refused before any shard is written
+soft reject_named shadow 1 "an alias named like a version" q publish $M good.safetensors --alias v1
+soft reject_named current 1 "a version labelled current" q publish $M good.safetensors --version current
+expect_ok q alias $M prod v1
+BEFORE=$(store_digest)
+soft reject_named alias 1 "a label that is an alias" q publish $M good.safetensors --version prod
+# text that JSON cannot hold
+soft reject_named UTF-8 1 "a message that is not UTF-8" q publish $M good.safetensors --message $'bad \xff byte'
+mkdir -p badname && cp good.safetensors badname/ && printf x >badname/$'notes\xff.txt'
+soft reject_named UTF-8 1 "a file name that is not UTF-8" q publish $M badname
 
 # ---- bad HF folders ------------------------------------------------------------
 cp -r hf hf_badjson
@@ -155,4 +157,8 @@ soft reject 2 "--version without value" q publish $M good.safetensors --version
 # the good publish still works after all that
 expect_ok q publish $M good.safetensors
 expect_ok q verify
+# an alias named like the next automatic label: the label skips it
+expect_ok q alias $M v3 v1
+expect_ok q publish $M hf
+out_has "published $M@v4"
 qv_finish

@@ -198,6 +198,14 @@ jcheck "$OUT_FILE" "len(d['files']) == $(ls hf | wc -l)" "show lists every file 
 jcheck "$OUT_FILE" "len(d['tensors']) == $(jget hf.json 'd["tensors"]')" "HF tensor count"
 expect_ok q export acme/hf-model hfex
 diff -r hf hfex >/dev/null || fail "export of the HF folder differs: $(diff -rq hf hfex | head -3)"
+# names an export's temp file could clash with: a file of the model named
+# like an old temp name, and one too long to take a prefix (in a store of
+# their own: the counts below are this one's)
+mkdir odd && cp m1.safetensors odd/ && echo a >odd/x && echo b >odd/.x.quiver-tmp &&
+	echo c >"odd/$(printf 'n%.0s' $(seq 250))" || fail "cannot write odd/"
+expect_ok "$QUIVER" --root "$QV_SCRATCH/root-odd" publish acme/odd odd
+expect_ok "$QUIVER" --root "$QV_SCRATCH/root-odd" export acme/odd oddex
+diff -r odd oddex >/dev/null || fail "export of odd/ differs: $(diff -rq odd oddex | head -3)"
 
 # ---- verify ---------------------------------------------------------------------
 expect_ok q verify

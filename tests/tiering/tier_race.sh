@@ -9,6 +9,8 @@
 #     false damage);
 #   - pin and alias of a cold version promote it, and so does publishing a
 #     current version whose shards are found on the cold tier.
+# And one race of the store's own: a source file written during its publish,
+# its mtime set back, must fail the publish (ctime gives it away).
 # After each, every version verifies and exports byte for byte.
 . "$QV_SRC/tests/cli/lib.sh"
 qv_setup
@@ -171,4 +173,29 @@ t_pin_alias() {
 	[ "$(tier_of v3)" = hot ] || fail "current v3, published onto cold shards, is $(tier_of v3)"
 }
 soft t_pin_alias
+
+# ---- a source written during its publish ------------------------------------------------------
+t_source_changed() {
+	fresh_store source_changed
+	expect_ok "$QV_PYTHON" "$GEN" m3.safetensors --layers 2 --hidden 256 --vocab 1000 --seed 3
+	held open /pub- q publish $M m3.safetensors --version v3 # writing its first shard
+	"$QV_PYTHON" - m3.safetensors <<'PY' || fail "cannot rewrite m3.safetensors"
+import os, sys
+p = sys.argv[1]
+st = os.stat(p)
+with open(p, "r+b") as f:  # one byte of the last tensor, mtime put back
+    f.seek(st.st_size - 1)
+    b = f.read(1)
+    f.seek(st.st_size - 1)
+    f.write(bytes([b[0] ^ 0xff]))
+os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+PY
+	release
+	[ "$HELD_RC" -eq 1 ] || fail "a publish whose source changed under it exited $HELD_RC, want 1: $(cat "$QV_SCRATCH/held$N.out")"
+	grep -q "changed while being published" "$QV_SCRATCH/held$N.err" ||
+		fail "the publish does not say its source changed: $(cat "$QV_SCRATCH/held$N.err")"
+	expect_rc 1 q show $M@v3
+	expect_ok q verify
+}
+soft t_source_changed
 qv_finish
