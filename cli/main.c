@@ -1372,7 +1372,8 @@ static void main_help(FILE *f)
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		fprintf(f, "  %s\n", cmds[i].usage + strlen("quiver "));
 	fprintf(f, "\nMODEL may be org/name. REF is a version label, an alias or a unique digest\n"
-	           "prefix (default: current). 'quiver COMMAND --help' describes each command.\n"
+	           "prefix (default: current). 'quiver COMMAND --help' (or 'quiver help COMMAND')\n"
+	           "describes each command; 'quiver --version' prints the version.\n"
 	           "Store: --root DIR, else $QUIVER_ROOT, else ~/.local/share/quiver.\n"
 	           "Exit codes: 0 success, 1 failure, 2 usage error, 3 integrity damage found.\n");
 }

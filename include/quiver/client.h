@@ -6,17 +6,19 @@
  * descriptor (SCM_RIGHTS), e.g. the memfd of a host load.
  *
  * Requests ({"op": ..., ...}):
- *   ping                                  -> {version, pid, root}
+ *   ping                                  -> {version, pid, root, protocol}
  *   cli      argv: [...]                  -> {exit, stdout, stderr}   a quiver command run by the daemon
- *   warm     model, ref                   -> {version, bytes, seconds}
- *   cool     model, ref                   -> {}
+ *   warm     model, ref                   -> {seconds}
+ *   cool     model, ref                   -> {seconds}
  *   dram                                  -> {capacity, used, entries: [...]}
- *   load_host  model, ref                 -> {version, bytes, tensors: [...], source} + memfd
- *              (map it private or read-only: from the DRAM tier it is the daemon's own copy)
- *                                         (map it private or read-only: from the DRAM tier it is
- *                                         the daemon's own copy)
+ *   load_host  model, ref                 -> {model, version, bytes, tensors: [...], source,
+ *                                         seconds} + memfd (map it private or read-only: from
+ *                                         the DRAM tier it is the daemon's own sealed copy)
  *   load_cuda  model, ref, device, ipc_handle (128 hex digits), bytes
- *                                         -> {version, bytes, tensors: [...], source, seconds}
+ *                                         -> {model, version, bytes, tensors: [...], source,
+ *                                         seconds, open_seconds, copy_seconds}; the
+ *                                         allocation's size comes from the driver, and a
+ *                                         version that does not fit is refused
  * Every response has "ok" (bool); a failure has "error" (one line) and
  * "code" (a quiver error code). Tensors: {name, dtype, shape, offset, bytes}. */
 #ifndef QUIVER_CLIENT_H

@@ -7,7 +7,7 @@
  * per slot, so reading the next chunk and copying the last one overlap. A ring
  * slot may be refilled only when qv_sink_slot_wait() says its copy is done.
  *
- * No CUDA type appears here; CUDA is only in gpu/cuda_sink.c. Built without
+ * No CUDA type appears here; CUDA is only in gpu/cuda.c. Built without
  * CUDA, the CUDA functions return -ENOTSUP. */
 #ifndef QUIVER_GPU_H
 #define QUIVER_GPU_H

@@ -5,7 +5,7 @@
  * named by the SHA-256 of the manifest. Aliases name versions; the alias
  * "current" is the serving version. Every change a user can see is one LMDB
  * write transaction; shard bytes are durable on disk before any index entry
- * points at them (docs/DESIGN: invariants).
+ * points at them (docs/STORE.md: invariants).
  *
  * Threads: reads and loads may share one handle across threads; calls that
  * change the store on one handle should be serialized by the caller (the
