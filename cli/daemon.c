@@ -37,7 +37,9 @@
 #include "proto.h"
 
 #define MAX_CLIENTS 64
-#define MAX_ARGS 64
+#define MAX_ARGS 512 /* a forwarded command line (64 --alias options take 128) */
+#define QV_STR_(x) #x
+#define QV_STR(x) QV_STR_(x)
 #define MAX_TASKS 256
 
 enum task_kind { TASK_POLICY, TASK_PROMOTE, TASK_WARM };
@@ -244,7 +246,8 @@ static int op_cli(int fd, json_t *req)
 	char *argv[MAX_ARGS + 1];
 	size_t argc = json_array_size(jargv);
 	if (!json_is_array(jargv) || argc < 1 || argc > MAX_ARGS)
-		return reply_err(fd, "protocol", -EINVAL, "cli: argv must be an array of 1 to 64 strings");
+		return reply_err(fd, "protocol", -EINVAL,
+		                 "cli: argv must be an array of 1 to " QV_STR(MAX_ARGS) " strings");
 	for (size_t i = 0; i < argc; i++) {
 		json_t *a = json_array_get(jargv, i);
 		if (!json_is_string(a) || json_string_length(a) > 4096)

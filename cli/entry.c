@@ -50,7 +50,13 @@ static int forward(int argc, char **argv, int cmd, const char *root)
 			if (!publish_value(argv[i - 1]) && ++positional == 2 && realpath(a, abs))
 				a = abs;
 		}
-		json_array_append_new(jargv, json_string(a));
+		/* JSON holds UTF-8 only: a command with another argument runs
+		 * here (where it is checked), never with that argument dropped */
+		if (json_array_append_new(jargv, json_string(a)) != 0) {
+			json_decref(jargv);
+			qv_client_close(c);
+			return -1;
+		}
 	}
 	json_t *req = json_pack("{s:s, s:o}", "op", "cli", "argv", jargv);
 	char *txt = req ? json_dumps(req, JSON_COMPACT) : NULL, *resp = NULL;
@@ -81,6 +87,28 @@ static int forward(int argc, char **argv, int cmd, const char *root)
 	return code;
 }
 
+/* If argv[k] is --root as getopt_long reads it (the whole name or an
+ * abbreviation, "--ro", with "=DIR" or DIR next), its value; else NULL. */
+static const char *root_option(int argc, char **argv, int k)
+{
+	const char *a = argv[k], *eq = strchr(a, '=');
+	size_t n = eq ? (size_t)(eq - a) : strlen(a);
+	if (n < 3 || strncmp(a, "--root", n) != 0)
+		return NULL;
+	return eq ? eq + 1 : k + 1 < argc ? argv[k + 1] : NULL;
+}
+
+/* Writes out what is buffered on stdout; a failure (a full disk, a closed
+ * pipe) must not exit 0. */
+static int stdout_flushed(int rc)
+{
+	if ((fflush(stdout) != 0 || ferror(stdout)) && rc == EXIT_OK) {
+		cli_error("cannot write the output: %s", strerror(errno));
+		return EXIT_FAIL;
+	}
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	const char *root = NULL;
@@ -103,16 +131,15 @@ int main(int argc, char **argv)
 			fwd |= strcmp(*p, argv[i]) == 0;
 		for (int k = i + 1; k < argc; k++) {
 			help |= strcmp(argv[k], "-h") == 0 || strcmp(argv[k], "--help") == 0;
-			if (strcmp(argv[k], "--root") == 0 && k + 1 < argc)
-				root = argv[k + 1];
-			else if (strncmp(argv[k], "--root=", 7) == 0)
-				root = argv[k] + 7;
+			const char *r = root_option(argc, argv, k); /* the daemon of that root */
+			if (r)
+				root = r;
 		}
 		if (fwd && !help) {
 			int rc = forward(argc, argv, i, root);
 			if (rc >= 0)
-				return rc;
+				return stdout_flushed(rc);
 		}
 	}
-	return cli_main(argc, argv);
+	return stdout_flushed(cli_main(argc, argv));
 }

@@ -143,8 +143,12 @@ static int parse_opts(const struct cmd *c, int argc, char **argv, const struct o
 		case ':':
 			usage_error(c, "option %s needs a value", argv[optind - 1]);
 			return -1;
-		default:
-			usage_error(c, "unknown option '%s'", argv[optind - 1]);
+		default: /* a short option bundled with others ('-xy') is optopt, not an argv word */
+			if (optopt && optopt != '?') {
+				char opt[3] = {'-', (char)optopt, 0};
+				usage_error(c, "unknown option '%s'", opt);
+			} else
+				usage_error(c, "unknown option '%s'", argv[optind - 1]);
 			return -1;
 		}
 	}
@@ -837,9 +841,16 @@ static int cmd_load(int argc, char **argv)
 	qv_load_opts lo = {.device = QV_DEVICE_CPU, .io = QV_IO_AUTO, .verify = o.verify};
 	if (o.device && strcmp(o.device, "cpu") != 0) {
 		char *end;
-		if (strncmp(o.device, "cuda:", 5) != 0 || !o.device[5] ||
-		    (lo.device = (int)strtol(o.device + 5, &end, 10)) < 0 || *end)
+		long n = -1;
+		if (strncmp(o.device, "cuda:", 5) == 0 && o.device[5] >= '0' && o.device[5] <= '9') {
+			errno = 0;
+			n = strtol(o.device + 5, &end, 10);
+			if (errno || *end || n > 4096)
+				n = -1;
+		}
+		if (n < 0)
 			return usage_error(c, "--device must be cpu or cuda:N, not '%s'", o.device);
+		lo.device = (int)n;
 	}
 	if (o.io) {
 		if (strcmp(o.io, "auto") == 0)
@@ -951,9 +962,10 @@ static int cmd_init(int argc, char **argv)
 			return usage_error(c, "--hot-capacity must be a size like 500G, not '%s'", o.capacity);
 		cfg.hot_capacity = (uint64_t)v;
 	}
-	if (o.high && ((cfg.high = strtod(o.high, &end)) <= 0 || cfg.high > 1 || *end))
+	/* written !(0 < x <= 1) so that NaN fails too */
+	if (o.high && (cfg.high = strtod(o.high, &end), !(cfg.high > 0 && cfg.high <= 1) || *end))
 		return usage_error(c, "--high must be a fraction in (0, 1], not '%s'", o.high);
-	if (o.low && ((cfg.low = strtod(o.low, &end)) <= 0 || cfg.low > 1 || *end))
+	if (o.low && (cfg.low = strtod(o.low, &end), !(cfg.low > 0 && cfg.low <= 1) || *end))
 		return usage_error(c, "--low must be a fraction in (0, 1], not '%s'", o.low);
 	if (cfg.low > cfg.high)
 		return usage_error(c, "%s", "--low must not be above --high");

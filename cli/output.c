@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "daemon.h" /* cli_in_daemon */
 
 /* Writes s with control characters escaped, so an error stays one line and
  * a name cannot drive the terminal. */
@@ -107,7 +108,7 @@ void cli_progress_start(cli_progress *p, const char *what)
 	memset(p, 0, sizeof(*p));
 	p->what = what;
 	p->t0 = cli_now();
-	p->tty = isatty(STDERR_FILENO);
+	p->tty = !cli_in_daemon() && isatty(STDERR_FILENO); /* quiverd's stderr is its log */
 }
 
 void cli_progress_cb(void *arg, uint64_t done, uint64_t total)

@@ -48,7 +48,7 @@ static int on_entry(void *user, const char *section, const char *name, const cha
 			goto bad;
 	} else if (strcmp(name, "high") == 0 || strcmp(name, "low") == 0) {
 		double v = strtod(value, &end);
-		if (*end || v <= 0 || v > 1)
+		if (*end || !(v > 0 && v <= 1)) /* NaN too */
 			goto bad;
 		*(strcmp(name, "high") == 0 ? &c->high : &c->low) = v;
 	}
@@ -157,7 +157,7 @@ int qv_store_init(const char *root, const qv_store_config *cfg, char *errbuf, si
 		snprintf(errbuf, errlen, "%s: %s", root, qv_strerror(rc));
 		return rc;
 	}
-	if (cfg->low <= 0 || cfg->high > 1 || cfg->low > cfg->high) {
+	if (!(cfg->low > 0 && cfg->high <= 1 && cfg->low <= cfg->high)) { /* NaN too */
 		snprintf(errbuf, errlen, "watermarks must satisfy 0 < low <= high <= 1 (low %.2f, high %.2f)",
 		         cfg->low, cfg->high);
 		return -EINVAL;

@@ -24,7 +24,8 @@ the bytes of the .bin files; the original dtype, scale and min of every
 quantized tensor go into the safetensors "__metadata__" (string values, as the
 format requires) under "quant.<tensor name>". With --dequantize, quantized
 weights are written as F32 instead (float16 widened exactly; uint8/uint16 as
-q * scale + min), and no quantization metadata is written.
+q * scale + min), int32 weights as I32 rounded as TF.js rounds them, and no
+quantization metadata is written.
 
 The header is JSON, tensors in manifest order with contiguous data_offsets,
 padded with spaces to a multiple of 8 bytes. Prints a JSON summary on stdout:
@@ -33,6 +34,7 @@ tensors, bytes (data section), bin_bytes, quantized, out.
 import argparse
 import array
 import json
+import math
 import os
 import struct
 import sys
@@ -66,18 +68,25 @@ def numel(shape):
     return n
 
 
-def dequantize(raw, qdtype, q, count):
-    """Return F32 little-endian bytes for COUNT quantized values in RAW."""
+def dequantize(raw, qdtype, q, count, to_int=False):
+    """Return little-endian bytes for COUNT quantized values in RAW: F32, or
+    I32 rounded as TF.js does (Math.round) when to_int (an int32 weight)."""
     if qdtype == "float16":
         vals = struct.unpack("<%de" % count, raw)
     elif qdtype in ("uint8", "uint16"):
-        scale = float(q["scale"])
-        mn = float(q["min"])
+        try:
+            scale = float(q["scale"])
+            mn = float(q["min"])
+        except (KeyError, TypeError, ValueError):
+            fail("%s quantization without a numeric scale and min: %r" % (qdtype, q))
         fmt = "<%dB" % count if qdtype == "uint8" else "<%dH" % count
         vals = [v * scale + mn for v in struct.unpack(fmt, raw)]
     else:
         fail("cannot dequantize from %s" % qdtype)
-    out = array.array("f", vals)
+    if to_int:  # Math.round: halves go up
+        out = array.array("i", [int(math.floor(v + 0.5)) for v in vals])
+    else:
+        out = array.array("f", vals)
     if sys.byteorder != "little":
         out.byteswap()
     return out.tobytes()
@@ -150,8 +159,8 @@ def convert(model_json, out, dequant):
             if q is not None:
                 quantized += 1
                 if dequant:
-                    raw = dequantize(raw, store_dtype, q, count)
-                    st_dtype = "F32"
+                    raw = dequantize(raw, store_dtype, q, count, to_int=dtype == "int32")
+                    st_dtype = "I32" if dtype == "int32" else "F32"
                 else:
                     qm = {"dtype": store_dtype, "original_dtype": dtype}
                     for k in ("scale", "min"):

@@ -341,6 +341,21 @@ PY
 }
 soft t_too_many
 
+# ---- what the CLI sends the daemon is the command as typed -------------------------------------
+t_forward_args() {
+	# an argument JSON cannot carry: the command runs in the CLI, and is refused
+	# there, rather than reaching the daemon without it (and --no-activate after it)
+	expect_rc 1 q publish m m1.safetensors --version nonutf --message $'caf\xe9' --no-activate
+	err_has "UTF-8"
+	QUIVER_NO_DAEMON=1 expect_rc 1 q show m@nonutf
+	# an abbreviated --root names another store: the command runs there
+	local other="$QV_SCRATCH/root-other"
+	QUIVER_NO_DAEMON=1 expect_ok "$QUIVER" --root "$other" publish x m1.safetensors --version v1
+	QUIVER_ROOT=$ROOT expect_ok "$QUIVER" rm x@v1 --force --roo="$other"
+	QUIVER_NO_DAEMON=1 expect_rc 1 "$QUIVER" --root "$other" show x@v1
+}
+soft t_forward_args
+
 # ---- a client that goes away mid-load ---------------------------------------------------------
 t_disconnect() {
 	QUIVER_NO_DAEMON=1 expect_ok q publish big big.safetensors --version b1
