@@ -54,6 +54,51 @@ void qv__cuda_host_unregister(void *p)
 	cudaHostUnregister(p);
 }
 
+/* CUDA keeps a current device per thread, and the caller (torch, an engine)
+ * has its own: a function that works on `device` enters it, saving the
+ * caller's, and leaves it, putting that back. */
+static int dev_enter(int device, int *prev)
+{
+	if (cudaGetDevice(prev) != cudaSuccess) {
+		cudaGetLastError();
+		*prev = -1;
+	}
+	if (cudaSetDevice(device) != cudaSuccess) {
+		cudaGetLastError();
+		return -ENODEV;
+	}
+	return 0;
+}
+
+static void dev_leave(int prev)
+{
+	if (prev >= 0 && cudaSetDevice(prev) != cudaSuccess)
+		cudaGetLastError();
+}
+
+/* A failed call's error, cleared so that the caller's next CUDA call (torch's
+ * launch check) does not report it as its own; the errno for it. */
+static int cuda_errno(cudaError_t e)
+{
+	cudaGetLastError();
+	return e == cudaErrorMemoryAllocation ? -ENOMEM : -EIO;
+}
+
+int qv_gpu_current_device(void)
+{
+	int d;
+	if (cudaGetDevice(&d) != cudaSuccess) {
+		cudaGetLastError();
+		return -1;
+	}
+	return d;
+}
+
+void qv_gpu_restore_device(int device)
+{
+	dev_leave(device);
+}
+
 int qv_gpu_init(int device)
 {
 	if (cudaSetDevice(device) != cudaSuccess || cudaFree(0) != cudaSuccess) {
@@ -65,47 +110,58 @@ int qv_gpu_init(int device)
 
 int qv_gpu_alloc(int device, size_t bytes, void **dptr)
 {
+	int prev, rc;
 	*dptr = NULL;
-	if (cudaSetDevice(device) != cudaSuccess)
-		return -ENODEV;
-	cudaError_t e = cudaMalloc(dptr, bytes);
-	if (e != cudaSuccess) {
-		cudaGetLastError();
-		*dptr = NULL;
-		return e == cudaErrorMemoryAllocation ? -ENOMEM : -EIO;
+	if ((rc = dev_enter(device, &prev)) == 0) {
+		cudaError_t e = cudaMalloc(dptr, bytes);
+		if (e != cudaSuccess) {
+			*dptr = NULL;
+			rc = cuda_errno(e);
+		}
 	}
-	return 0;
+	dev_leave(prev);
+	return rc;
 }
 
 void qv_gpu_free(int device, void *dptr)
 {
+	int prev;
 	if (!dptr)
 		return;
-	cudaSetDevice(device);
-	cudaFree(dptr);
+	if (dev_enter(device, &prev) == 0 && cudaFree(dptr) != cudaSuccess)
+		cudaGetLastError();
+	dev_leave(prev);
 }
 
 int qv_gpu_to_host(int device, void *host, const void *dptr, size_t bytes)
 {
-	if (cudaSetDevice(device) != cudaSuccess)
-		return -ENODEV;
-	return cudaMemcpy(host, dptr, bytes, cudaMemcpyDeviceToHost) == cudaSuccess ? 0 : -EIO;
+	int prev, rc = dev_enter(device, &prev);
+	cudaError_t e;
+	if (rc == 0 && (e = cudaMemcpy(host, dptr, bytes, cudaMemcpyDeviceToHost)) != cudaSuccess)
+		rc = cuda_errno(e);
+	dev_leave(prev);
+	return rc;
 }
 
 int qv_gpu_fill(int device, void *dptr, int byte, size_t bytes)
 {
-	if (cudaSetDevice(device) != cudaSuccess)
-		return -ENODEV;
-	if (cudaMemset(dptr, byte, bytes) != cudaSuccess)
-		return -EIO;
-	return cudaDeviceSynchronize() == cudaSuccess ? 0 : -EIO;
+	int prev, rc = dev_enter(device, &prev);
+	cudaError_t e;
+	if (rc == 0 && ((e = cudaMemset(dptr, byte, bytes)) != cudaSuccess ||
+	                (e = cudaDeviceSynchronize()) != cudaSuccess))
+		rc = cuda_errno(e);
+	dev_leave(prev);
+	return rc;
 }
 
 int qv_gpu_mem_info(int device, size_t *free_bytes, size_t *total_bytes)
 {
-	if (cudaSetDevice(device) != cudaSuccess)
-		return -ENODEV;
-	return cudaMemGetInfo(free_bytes, total_bytes) == cudaSuccess ? 0 : -EIO;
+	int prev, rc = dev_enter(device, &prev);
+	cudaError_t e;
+	if (rc == 0 && (e = cudaMemGetInfo(free_bytes, total_bytes)) != cudaSuccess)
+		rc = cuda_errno(e);
+	dev_leave(prev);
+	return rc;
 }
 
 /* cuMemGetAddressRange from the driver, found through the runtime (no link
@@ -140,34 +196,38 @@ int qv_gpu_ipc_open(int device, const void *handle, void **dptr, size_t *bytes,
                     const char **why)
 {
 	cudaIpcMemHandle_t h;
+	int prev;
 	*dptr = NULL;
 	*bytes = 0;
-	cudaError_t e = cudaSetDevice(device);
-	if (e != cudaSuccess) {
+	if (dev_enter(device, &prev) != 0) {
 		if (why)
-			*why = cudaGetErrorString(e);
-		cudaGetLastError();
+			*why = "cannot make the device current";
+		dev_leave(prev);
 		return -ENODEV;
 	}
 	memcpy(&h, handle, sizeof(h));
-	e = cudaIpcOpenMemHandle(dptr, h, cudaIpcMemLazyEnablePeerAccess);
+	cudaError_t e = cudaIpcOpenMemHandle(dptr, h, cudaIpcMemLazyEnablePeerAccess);
 	if (e != cudaSuccess) {
 		if (why)
 			*why = cudaGetErrorString(e);
 		cudaGetLastError();
 		*dptr = NULL;
+		dev_leave(prev);
 		return -EINVAL;
 	}
 	*bytes = bytes_from(*dptr);
+	dev_leave(prev);
 	return 0;
 }
 
 void qv_gpu_ipc_close(int device, void *dptr)
 {
+	int prev;
 	if (!dptr)
 		return;
-	cudaSetDevice(device);
-	cudaIpcCloseMemHandle(dptr);
+	if (dev_enter(device, &prev) == 0 && cudaIpcCloseMemHandle(dptr) != cudaSuccess)
+		cudaGetLastError();
+	dev_leave(prev);
 }
 
 int qv_gpu_copy_to_device(int device, void *dst, const void *src, size_t bytes,
@@ -180,8 +240,11 @@ int qv_gpu_copy_to_device(int device, void *dst, const void *src, size_t bytes,
 		n_streams = 1;
 	if (n_streams > MAXS)
 		n_streams = MAXS;
-	if (cudaSetDevice(device) != cudaSuccess)
+	int prev;
+	if (dev_enter(device, &prev) != 0) {
+		dev_leave(prev);
 		return -ENODEV;
+	}
 	for (unsigned i = 0; i < n_streams && rc == 0; i++)
 		if (cudaStreamCreateWithFlags(&st[i], cudaStreamNonBlocking) != cudaSuccess)
 			rc = -EIO;
@@ -199,6 +262,7 @@ int qv_gpu_copy_to_device(int device, void *dst, const void *src, size_t bytes,
 		}
 	if (rc)
 		cudaGetLastError();
+	dev_leave(prev);
 	return rc;
 }
 
@@ -219,7 +283,7 @@ static int cuda_fail(struct cuda_sink *c, cudaError_t e, const char *what)
 {
 	snprintf(c->base.errmsg, sizeof(c->base.errmsg), "CUDA %s on device %d: %s", what,
 	         c->device, cudaGetErrorString(e));
-	return -EIO;
+	return cuda_errno(e) == -ENOMEM ? -ENOMEM : -EIO;
 }
 
 static int cuda_put(qv_sink *k, unsigned slot, const void *src, size_t len, uint64_t dest_off)
@@ -278,7 +342,9 @@ static int cuda_finish(qv_sink *k)
 static void cuda_destroy(qv_sink *k)
 {
 	struct cuda_sink *c = (struct cuda_sink *)k;
-	cudaSetDevice(c->device);
+	int prev;
+	if (dev_enter(c->device, &prev) != 0)
+		cudaGetLastError();
 	for (unsigned i = 0; i < c->n_streams; i++)
 		if (c->streams[i]) {
 			cudaStreamSynchronize(c->streams[i]);
@@ -291,6 +357,7 @@ static void cuda_destroy(qv_sink *k)
 	free(c->events);
 	free(c->pending);
 	free(c);
+	dev_leave(prev);
 }
 
 static const struct qv_sink_ops cuda_ops = {cuda_put, cuda_busy, cuda_wait, cuda_finish,

@@ -78,6 +78,16 @@ int qv_sink_cuda_create(int device, void *dest, uint64_t dest_bytes, unsigned n_
 	return -ENOTSUP;
 }
 
+int qv_gpu_current_device(void)
+{
+	return -1;
+}
+
+void qv_gpu_restore_device(int device)
+{
+	(void)device;
+}
+
 int qv_gpu_ipc_open(int device, const void *handle, void **dptr, size_t *bytes,
                     const char **why)
 {

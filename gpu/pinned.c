@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <stdint.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "gpu_int.h"
 
@@ -36,8 +37,12 @@ int qv_pinned_alloc(size_t bytes, int for_cuda, void **out, int *pinned)
 	char *p = (char *)(((uintptr_t)m + QV_PINNED_ALIGN - 1) & ~(uintptr_t)(QV_PINNED_ALIGN - 1));
 	if (p > m)
 		munmap(m, (size_t)(p - m));
-	if (m + len > p + bytes)
-		munmap(p + bytes, (size_t)(m + len - (p + bytes)));
+	/* the tail from the page after the last byte (munmap wants a page
+	 * aligned start; qv_pinned_free unmaps up to that page too) */
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	char *end = p + ((bytes + page - 1) & ~(page - 1));
+	if (m + len > end)
+		munmap(end, (size_t)(m + len - end));
 	(void)madvise(p, bytes, MADV_HUGEPAGE);
 	/* pages to pin are faulted in now; host-only buffers as they are used */
 	if (for_cuda && madvise(p, bytes, MADV_POPULATE_WRITE) != 0)

@@ -560,7 +560,7 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 	qv_sink *sink = NULL;
 	struct qv__prefault *pf = NULL;
 	char *ring = NULL, *cold_bufs = NULL;
-	int pinned = 0, cold_pinned = 0;
+	int pinned = 0, cold_pinned = 0, caller_device = -1;
 	size_t cold_len = 0, cold_buf = 0;
 	unsigned qd;
 	size_t chunk;
@@ -578,6 +578,7 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 		/* the driver starts in the first CUDA call, here: device init
 		 * counts from it (H200: 0.16-0.26 s before the context) */
 		double ti = qv__stream_now();
+		caller_device = qv_gpu_current_device(); /* put back at the end */
 		const char *why = "";
 		int n = qv_gpu_device_count(&why);
 		if (!qv_gpu_built_with_cuda()) {
@@ -667,7 +668,11 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 	rc = run_engine(s, o, &p, sink, ring, qd, chunk, direct, direct, &l->stats, t0);
 	if (rc == QV__EDIRECT) { /* O_DIRECT refused on the first read */
 		direct = 0;
-		rc = open_targets(s, &p, 0);
+		/* copies out of ring slots may still run: a fresh engine would
+		 * refill them */
+		rc = qv_sink_finish(sink) ? qv_store_fail(s, -EIO, "%s", qv_sink_errmsg(sink)) : 0;
+		if (rc == 0)
+			rc = open_targets(s, &p, 0);
 		/* the opens resolve each shard again: one demoted meanwhile needs
 		 * decode buffers that were sized for the first look */
 		for (size_t i = 0; rc == 0 && i < p.n_cold; i++)
@@ -701,6 +706,8 @@ out:
 	qv_pinned_free(ring, (size_t)qd * chunk, pinned);
 	qv_pinned_free(cold_bufs, cold_len, cold_pinned);
 	plan_free(&p);
+	if (caller_device >= 0)
+		qv_gpu_restore_device(caller_device);
 	if (rc) {
 		qv_load_destroy(l);
 		return rc;

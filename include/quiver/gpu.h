@@ -54,6 +54,13 @@ int qv_gpu_fill(int device, void *dptr, int byte, size_t bytes);
 /* Free and total memory of device, in bytes. */
 int qv_gpu_mem_info(int device, size_t *free_bytes, size_t *total_bytes);
 
+/* The calling thread's current CUDA device (-1: none, or no CUDA), and
+ * making it current again: a load to a device makes that device current on
+ * the calling thread while it runs, and puts the caller's back at the end.
+ * Every other function here leaves the caller's device as it found it. */
+int qv_gpu_current_device(void);
+void qv_gpu_restore_device(int device);
+
 /* CUDA IPC: opens another process's allocation (a cudaIpcMemHandle_t of
  * QV_GPU_IPC_HANDLE_BYTES bytes) on device; close with qv_gpu_ipc_close().
  * *bytes: how many bytes the allocation holds from *dptr on, as the driver
