@@ -383,7 +383,14 @@ for l in $(labels); do check_export "$l"; done
 out=$(q verify 2>&1) || fail "final verify exited $?: $out"
 log "final: exported all of $(labels); verify: $out"
 summary=""
-for o in publish rm gc; do summary="$summary $o: ${NKILLED[$o]:-0} killed, ${NDONE[$o]:-0} completed;"; done
+kills=0
+for o in publish rm gc; do
+  summary="$summary $o: ${NKILLED[$o]:-0} killed, ${NDONE[$o]:-0} completed;"
+  kills=$((kills + ${NKILLED[$o]:-0}))
+done
+# the test is the kills: a run whose commands all finished first proved nothing
+[ "$kills" -ge $((ITERS / 10)) ] && [ "${NKILLED[publish]:-0}" -ge 1 ] ||
+  fail "only $kills kills in $ITERS iterations (want at least $((ITERS / 10)), one of them a publish):$summary"
 log "PASS: seed $SEED, $ITERS iterations;$summary $((SECONDS - T0)) s"
 [ "${QV_CRASH_KEEP:-0}" = 1 ] || rm -rf "$S"
 exit 0

@@ -269,9 +269,16 @@ import qvd
 r, fd = qvd.call(sys.argv[1], {"op": "load_host", "model": "m", "ref": "v2"})
 assert r["ok"] and r["source"] == "dram", r
 n = r["bytes"]
+def reopened_write():  # the descriptor is read-only; the seals must hold even so
+    w = os.open(f"/proc/self/fd/{fd}", os.O_RDWR)
+    try:
+        os.pwrite(w, b"x", 0)
+    finally:
+        os.close(w)
 for what, act in (("a shared writable mapping", lambda: mmap.mmap(fd, n)),
                   ("ftruncate", lambda: os.ftruncate(fd, 0)),
-                  ("pwrite", lambda: os.pwrite(fd, b"x", 0))):
+                  ("pwrite", lambda: os.pwrite(fd, b"x", 0)),
+                  ("a write through the memfd reopened read-write", reopened_write)):
     try:
         act()
     except OSError:

@@ -18,7 +18,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void parse_payload(const uint8_t *p, size_t n)
 {
-	char err[256];
+	char err[256] = ""; /* a failure must write its reason here: checked below */
 	/* a private copy: the parser must not read past n (ASan sees it) */
 	char *buf = malloc(n ? n : 1);
 	if (!buf)

@@ -364,6 +364,9 @@ log "restored: verify ok, every version loads and exports"
 
 summary=""
 for o in demote promote activate; do summary="$summary $o: ${NKILLED[$o]:-0} killed, ${NDONE[$o]:-0} completed;"; done
+# the test is the kills: a run whose commands all finished first proved nothing
+[ "$KILLS" -ge "$ITERS" ] || fail "only $KILLS kills in $((it - 1)) iterations, want $ITERS:$summary"
+[ "$NMID" -ge 1 ] || fail "no kill landed mid-work (a tier changed or gc had leftovers):$summary"
 log "PASS: seed $SEED, $((it - 1)) iterations, $KILLS kills;$summary $NMID kills landed mid-work (a tier changed or gc had leftovers), $NLEFT left leftovers for gc; $((SECONDS - T0)) s"
 [ "${QV_TIERCRASH_KEEP:-0}" = 1 ] || rm -rf "$S"
 exit 0
