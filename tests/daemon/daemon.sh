@@ -262,7 +262,7 @@ t_dram_sealed() {
 	local r
 	r=$(qvd call '{"op":"warm","model":"m","ref":"v2"}')
 	case "$r" in *'"ok": true'*) ;; *) fail "warm m@v2: $r" ;; esac
-	r=$("$QV_PYTHON" - "$ROOT/quiverd.sock" "$QV_SRC/tests/daemon" m2.safetensors <<'PY' 2>&1) || fail "sealed DRAM memory: $r"
+	r=$("$QV_PYTHON" - "$ROOT/quiverd.sock" "$QV_SRC/tests/daemon" m2.safetensors 2>&1 <<'PY'
 import mmap, os, sys
 sys.path.insert(0, sys.argv[2])
 import qvd
@@ -294,6 +294,7 @@ os.close(fd)
 assert r["source"] == "dram" and not problems, (r["source"], problems)
 print("ok")
 PY
+	) || fail "sealed DRAM memory: $r"
 }
 soft t_dram_sealed
 
@@ -301,7 +302,7 @@ soft t_dram_sealed
 t_fd_flood() {
 	local fds0 fds1 r
 	fds0=$(ls /proc/"$DPID"/fd | wc -l)
-	r=$("$QV_PYTHON" - "$ROOT/quiverd.sock" "$QV_SRC/tests/daemon" <<'PY' 2>&1) || fail "fd flood: $r"
+	r=$("$QV_PYTHON" - "$ROOT/quiverd.sock" "$QV_SRC/tests/daemon" 2>&1 <<'PY'
 import array, os, socket, sys
 sys.path.insert(0, sys.argv[2])
 import qvd
@@ -314,6 +315,7 @@ with qvd.connect(sys.argv[1]) as s:
         assert r and r["ok"], r
 print("ok")
 PY
+	) || fail "fd flood: $r"
 	sleep 0.2
 	fds1=$(ls /proc/"$DPID"/fd | wc -l)
 	[ "$fds1" -le "$((fds0 + 2))" ] || fail "quiverd holds $((fds1 - fds0)) more descriptors after 200 pings that carried 3 each"
@@ -323,7 +325,7 @@ soft t_fd_flood
 # ---- the client over the limit gets the reason, not a reset ---------------------------------------
 t_too_many() {
 	local r
-	r=$("$QV_PYTHON" - "$ROOT/quiverd.sock" "$QV_SRC/tests/daemon" <<'PY' 2>&1) || fail "65 clients: $r"
+	r=$("$QV_PYTHON" - "$ROOT/quiverd.sock" "$QV_SRC/tests/daemon" 2>&1 <<'PY'
 import sys, time
 sys.path.insert(0, sys.argv[2])
 import qvd
@@ -345,6 +347,7 @@ r, _ = qvd.call(sys.argv[1], {"op": "ping"})
 assert r["ok"], r
 print("ok")
 PY
+	) || fail "65 clients: $r"
 }
 soft t_too_many
 
