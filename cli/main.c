@@ -231,7 +231,11 @@ static const char *version_tier(qv_store *s, const char *model, const char *labe
 static int promote_if_cold(qv_store *s, const char *model, const char *label, int json,
                            double *secs)
 {
+	qv_store_config cfg;
 	*secs = 0;
+	qv_store_config_get(s, &cfg);
+	if (!cfg.cold_dir) /* every shard is hot: no lookups after every publish */
+		return 0;
 	if (strcmp(version_tier(s, model, label), "hot") == 0)
 		return 0;
 	if (cli_in_daemon() && g_follow) {
