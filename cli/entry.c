@@ -19,16 +19,24 @@ static const char *const forwarded[] = {"publish", "activate", "rollback", "alia
                                         "rm",      "gc",       "demote",   "promote",
                                         "pin",     "unpin",    "tier",     NULL};
 
-/* Whether arg is one of publish's options that take a separate value, as
- * getopt_long reads it: the whole name or any abbreviation of it ("--mess"). */
+/* Whether arg names the long option `name` as getopt_long reads it: the
+ * whole name or an abbreviation ("--mess" for "--message"), "=VALUE" or not.
+ * *inline_value: the value after '=', else NULL. */
+static int names_option(const char *arg, const char *name, const char **inline_value)
+{
+	const char *eq = strchr(arg, '=');
+	size_t n = eq ? (size_t)(eq - arg) : strlen(arg);
+	*inline_value = eq ? eq + 1 : NULL;
+	return n >= 3 && strncmp(arg, "--", 2) == 0 && strncmp(name, arg, n) == 0;
+}
+
+/* Whether arg is one of publish's options that take the next word as value. */
 static int publish_value(const char *arg)
 {
 	static const char *const valued[] = {"--version", "--alias", "--message", "--root", NULL};
-	size_t n = strlen(arg);
-	if (n < 3 || strncmp(arg, "--", 2) != 0 || strchr(arg, '='))
-		return 0;
+	const char *inl;
 	for (const char *const *v = valued; *v; v++)
-		if (strncmp(*v, arg, n) == 0)
+		if (names_option(arg, *v, &inl) && !inl)
 			return 1;
 	return 0;
 }
@@ -87,15 +95,14 @@ static int forward(int argc, char **argv, int cmd, const char *root)
 	return code;
 }
 
-/* If argv[k] is --root as getopt_long reads it (the whole name or an
- * abbreviation, "--ro", with "=DIR" or DIR next), its value; else NULL. */
+/* If argv[k] is --root (or an abbreviation, with "=DIR" or DIR next), its
+ * value; else NULL. */
 static const char *root_option(int argc, char **argv, int k)
 {
-	const char *a = argv[k], *eq = strchr(a, '=');
-	size_t n = eq ? (size_t)(eq - a) : strlen(a);
-	if (n < 3 || strncmp(a, "--root", n) != 0)
+	const char *inl;
+	if (!names_option(argv[k], "--root", &inl))
 		return NULL;
-	return eq ? eq + 1 : k + 1 < argc ? argv[k + 1] : NULL;
+	return inl ? inl : k + 1 < argc ? argv[k + 1] : NULL;
 }
 
 /* Writes out what is buffered on stdout; a failure (a full disk, a closed
