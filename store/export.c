@@ -138,12 +138,13 @@ static int pack_checked(struct exporter *x, const uint8_t d[QV_DIGEST_LEN])
 	return 0;
 }
 
-/* Whether shard d has left tier `tier` since it was looked up: a migration
- * moved it, and a missing or short file there is no damage. */
-static int shard_moved(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int tier)
+/* The tier the index names for shard d now (-1: unknown). When it is not the
+ * tier a reader looked it up on, a migration moved it, and a missing or
+ * short file there is no damage. */
+static int tier_now(qv_store *s, const uint8_t d[QV_DIGEST_LEN])
 {
 	qv_shard_info now;
-	return qv_shard_info_get(s, d, &now) == 0 && now.tier != tier;
+	return qv_shard_info_get(s, d, &now) == 0 ? now.tier : -1;
 }
 
 /* copy_shard() from the tier the index names now; *tier: that tier. */
@@ -253,7 +254,9 @@ static int copy_shard(struct exporter *x, const char *fname, const uint8_t d[QV_
 	uint64_t done = x->done;
 	int tier = -1;
 	int rc = copy_shard_once(x, fname, d, off, len, out, out_off, &tier);
-	if ((rc == QV_ECORRUPT || rc == -ENOENT) && tier >= 0 && shard_moved(x->s, d, tier)) {
+	int now;
+	if ((rc == QV_ECORRUPT || rc == -ENOENT) && tier >= 0 && (now = tier_now(x->s, d)) >= 0 &&
+	    now != tier) {
 		x->done = done;
 		rc = copy_shard_once(x, fname, d, off, len, out, out_off, &tier);
 	}
@@ -514,10 +517,10 @@ int qv_verify(qv_store *s, const char *model, const char *ref, qv_verify_report 
 		}
 		if (rc == 0 && !why) {
 			int c = shard_check(s, uses[i].d, tier, size, buf, &why);
-			qv_shard_info now; /* moved since this snapshot: check it there */
-			if (c && qv_shard_info_get(s, uses[i].d, &now) == 0 && now.tier != tier) {
+			int now; /* moved since this snapshot: check it there */
+			if (c && (now = tier_now(s, uses[i].d)) >= 0 && now != tier) {
 				why = NULL;
-				c = shard_check(s, uses[i].d, now.tier, size, buf, &why);
+				c = shard_check(s, uses[i].d, now, size, buf, &why);
 			}
 			if (c && c != QV_ECORRUPT)
 				why = "unreadable";
