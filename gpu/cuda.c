@@ -283,7 +283,7 @@ static int cuda_fail(struct cuda_sink *c, cudaError_t e, const char *what)
 {
 	snprintf(c->base.errmsg, sizeof(c->base.errmsg), "CUDA %s on device %d: %s", what,
 	         c->device, cudaGetErrorString(e));
-	return cuda_errno(e) == -ENOMEM ? -ENOMEM : -EIO;
+	return cuda_errno(e);
 }
 
 static int cuda_put(qv_sink *k, unsigned slot, const void *src, size_t len, uint64_t dest_off)
