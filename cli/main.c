@@ -1036,6 +1036,22 @@ static int print_migrate(const struct opts *o, const char *what, const char *mod
 	return EXIT_OK;
 }
 
+/* The policy never demotes a current, aliased or pinned version; a demote by
+ * hand does, and says so, and how the version comes back. */
+static void note_protected_demote(qv_store *s, const char *model, const char *ref)
+{
+	qv_version *v;
+	if (qv_version_get(s, model, ref, 0, &v) != 0)
+		return;
+	if (v->n_aliases > 0 || v->pinned)
+		fprintf(stderr,
+		        "quiver: note: %s@%s is %s; it stays cold until 'quiver promote', 'pin' or "
+		        "'activate' brings it back\n",
+		        v->model, v->label,
+		        v->is_current ? "current" : v->pinned ? "pinned" : "named by an alias");
+	qv_version_free(v);
+}
+
 static int cmd_migrate(int argc, char **argv, int demote)
 {
 	PARSE(opt_json, 1, 1);
@@ -1047,6 +1063,8 @@ static int cmd_migrate(int argc, char **argv, int demote)
 	qv_migrate_result m;
 	int rc = demote ? qv_tier_demote(s, model, ref, &m) : qv_tier_promote(s, model, ref, &m);
 	rc = rc ? cli_fail(s, rc) : print_migrate(&o, demote ? "demoted" : "promoted", model, ref, &m);
+	if (rc == EXIT_OK && demote && m.shards > 0)
+		note_protected_demote(s, model, ref);
 	close_store(s);
 	return rc;
 }
@@ -1345,7 +1363,9 @@ static const struct cmd cmds[] = {
 	{"demote", cmd_demote, "quiver demote MODEL@REF [--json]",
 	 "Move MODEL@REF's shards to the cold tier, compressed; shards that a version\n"
 	 "staying hot also uses stay hot. Crash-safe: the old copy goes only after the\n"
-	 "index points at the new one."},
+	 "index points at the new one. The policy never demotes a current, aliased or\n"
+	 "pinned version; named here, one is demoted (with a note on stderr) and stays\n"
+	 "cold until 'quiver promote', 'pin' or 'activate' brings it back."},
 	{"promote", cmd_promote, "quiver promote MODEL@REF [--json]",
 	 "Move MODEL@REF's shards back to the hot tier, checking every frame."},
 	{"tier", cmd_tier, "quiver tier [--apply] [--json]",

@@ -68,6 +68,7 @@ t_publish_demote() {
 	jcheck "$OUT_FILE" 'all(v["tier"] == "hot" for v in d["versions"])' "fresh versions not all hot"
 	expect_ok q demote $M@v1
 	out_has "demoted $M@v1"
+	if grep -qi "note:" "$ERR_FILE"; then fail "demote of v1 (not protected) printed a note: $(cat "$ERR_FILE")"; fi
 	expect_ok q demote $M@v3 --json
 	jcheck "$OUT_FILE" 'd["action"] == "demoted" and d["shards"] == 3 and d["stored_bytes"] < d["raw_bytes"] + 3 * 4096' "demote --json of v3"
 	jcheck "$OUT_FILE" 'd["kept_hot"] == 0' "demote v3 kept shards hot"
@@ -163,6 +164,12 @@ soft t_load_promote
 t_pin() {
 	expect_ok q pin $M@v3
 	out_has "pinned"
+	# a demote by hand moves a pinned version (the policy never does), and says so
+	expect_ok q demote $M@v3
+	err_has "note: $M@v3 is pinned; it stays cold until"
+	expect_ok q show $M@v3 --json
+	jcheck "$OUT_FILE" 'd["tier"] == "cold"' "demote by hand of pinned v3"
+	expect_ok q promote $M@v3
 	expect_ok q unpin $M@v3
 	out_has "unpinned"
 	expect_rc 1 q pin $M@nope
