@@ -315,16 +315,26 @@ static int op_warm_cool(int fd, json_t *req, int warm)
 	return reply(fd, json_pack("{s:b, s:f}", "ok", 1, "seconds", now_s() - t0), -1);
 }
 
+#define IPC_CACHE 16
+
 struct conn {
 	int fd;
+	/* the IPC cache entries this connection opened or used, by slot and
+	 * generation (an entry reopened for another handle has a new one) */
+	struct { int slot; uint64_t gen; } held[IPC_CACHE];
+	int n_held;
 };
 
 /* Opened CUDA IPC allocations, kept open across requests: opening a handle
  * costs milliseconds, and an engine swaps into the same allocation again and
- * again. The least recently used idle entry is closed when the table is full
- * (and all at shutdown). Also tells a swap (another version into an
- * allocation that held one) from a first load. */
-#define IPC_CACHE 16
+ * again. An open mapping keeps the engine's allocation alive in the driver
+ * even after the engine frees it, so each entry belongs to the connections
+ * that used it and is closed when the last of them closes or sends
+ * release_cuda (the engine must not free an allocation the daemon still
+ * maps). When the table is full, the least recently used idle entry is
+ * closed, preferring one that no connection holds (all at shutdown). Also
+ * tells a swap (another version into an allocation that held one) from a
+ * first load. */
 static struct ipc_ent {
 	uint8_t handle[QV_GPU_IPC_HANDLE_BYTES];
 	int device;
@@ -332,15 +342,56 @@ static struct ipc_ent {
 	size_t bytes; /* the allocation's size, as the driver says (SIZE_MAX: unknown) */
 	uint8_t digest[QV_DIGEST_LEN];
 	int has_digest, busy;
-	uint64_t used;
+	unsigned refs; /* connections holding it */
+	uint64_t used, gen;
 } ipc[IPC_CACHE];
 static pthread_mutex_t ipc_mu = PTHREAD_MUTEX_INITIALIZER;
-static uint64_t ipc_clock;
+static uint64_t ipc_clock, ipc_gen;
+
+static void ipc_close_slot(int slot) /* ipc_mu held */
+{
+	if (ipc[slot].dptr)
+		qv_gpu_ipc_close(ipc[slot].device, ipc[slot].dptr);
+	memset(&ipc[slot], 0, sizeof(ipc[slot]));
+}
+
+/* Records that c holds slot (ipc_mu held). Entries c held that were since
+ * reopened for another handle are forgotten first, so held[] never
+ * overflows: at most IPC_CACHE entries are live. */
+static void conn_hold(struct conn *c, int slot)
+{
+	int n = 0;
+	for (int i = 0; i < c->n_held; i++)
+		if (c->held[i].slot == slot && c->held[i].gen == ipc[slot].gen)
+			return; /* held already */
+	for (int i = 0; i < c->n_held; i++)
+		if (ipc[c->held[i].slot].gen == c->held[i].gen)
+			c->held[n++] = c->held[i];
+	c->n_held = n;
+	c->held[c->n_held].slot = slot;
+	c->held[c->n_held].gen = ipc[slot].gen;
+	c->n_held++;
+	ipc[slot].refs++;
+}
+
+/* c lets go of held[i] (ipc_mu held): the mapping is closed when no other
+ * connection holds it. Returns 1 if it was closed. */
+static int conn_drop(struct conn *c, int i)
+{
+	int slot = c->held[i].slot, closed = 0;
+	if (ipc[slot].gen == c->held[i].gen && ipc[slot].refs > 0 && --ipc[slot].refs == 0 &&
+	    !ipc[slot].busy) {
+		ipc_close_slot(slot);
+		closed = 1;
+	}
+	c->held[i] = c->held[--c->n_held];
+	return closed;
+}
 
 /* The slot of the allocation behind handle on device, opened if it was not
- * (busy from now until ipc_put); -1 with *why set when it cannot be opened,
- * -2 when another request is loading into it. */
-static int ipc_get(int device, const uint8_t *handle, void **dptr, size_t *bytes,
+ * (busy from now until ipc_put, and held by c); -1 with *why set when it
+ * cannot be opened, -2 when another request is loading into it. */
+static int ipc_get(struct conn *c, int device, const uint8_t *handle, void **dptr, size_t *bytes,
                    const char **why)
 {
 	int slot = -1, rc = 0;
@@ -359,19 +410,20 @@ static int ipc_get(int device, const uint8_t *handle, void **dptr, size_t *bytes
 				slot = i;
 				break;
 			}
-			if (slot < 0 || ipc[i].used < ipc[slot].used) /* else the least recently used */
+			/* else the least recently used, one no connection holds first */
+			if (slot < 0 || (ipc[i].refs == 0) > (ipc[slot].refs == 0) ||
+			    ((ipc[i].refs == 0) == (ipc[slot].refs == 0) && ipc[i].used < ipc[slot].used))
 				slot = i;
 		}
 		if (slot < 0)
 			*why = "every cached CUDA IPC mapping is in use by a request";
 		if (slot >= 0) {
-			if (ipc[slot].dptr)
-				qv_gpu_ipc_close(ipc[slot].device, ipc[slot].dptr);
-			memset(&ipc[slot], 0, sizeof(ipc[slot]));
+			ipc_close_slot(slot);
 			rc = qv_gpu_ipc_open(device, handle, &ipc[slot].dptr, &ipc[slot].bytes, why);
 			if (rc == 0) {
 				memcpy(ipc[slot].handle, handle, QV_GPU_IPC_HANDLE_BYTES);
 				ipc[slot].device = device;
+				ipc[slot].gen = ++ipc_gen;
 			} else {
 				ipc[slot].dptr = NULL;
 				slot = -1;
@@ -381,6 +433,7 @@ static int ipc_get(int device, const uint8_t *handle, void **dptr, size_t *bytes
 	if (slot >= 0) {
 		ipc[slot].busy = 1;
 		ipc[slot].used = ++ipc_clock;
+		conn_hold(c, slot);
 		*dptr = ipc[slot].dptr;
 		*bytes = ipc[slot].bytes;
 	}
@@ -401,8 +454,26 @@ static int ipc_put(int slot, int ok, const uint8_t digest[QV_DIGEST_LEN])
 		ipc[slot].has_digest = 0; /* its contents are unknown now */
 	}
 	ipc[slot].busy = 0;
+	if (ipc[slot].refs == 0) /* every holder let go while it was busy */
+		ipc_close_slot(slot);
 	pthread_mutex_unlock(&ipc_mu);
 	return swap;
+}
+
+/* c lets go of the mapping of handle (release_cuda; handle NULL: of every
+ * mapping it holds, when it closes). Returns how many mappings were closed. */
+static int ipc_release(struct conn *c, const uint8_t *handle)
+{
+	int closed = 0;
+	pthread_mutex_lock(&ipc_mu);
+	for (int i = c->n_held - 1; i >= 0; i--) {
+		int slot = c->held[i].slot;
+		if (!handle || (ipc[slot].gen == c->held[i].gen &&
+		                memcmp(ipc[slot].handle, handle, QV_GPU_IPC_HANDLE_BYTES) == 0))
+			closed += conn_drop(c, i);
+	}
+	pthread_mutex_unlock(&ipc_mu);
+	return closed;
 }
 
 static void ipc_close_all(void)
@@ -508,9 +579,37 @@ static int hexval(char ch)
 	return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
 }
 
+/* The ipc_handle field of req into handle: 0, or -1 if it is not 128
+ * lowercase hex digits. */
+static int get_handle(json_t *req, uint8_t handle[QV_GPU_IPC_HANDLE_BYTES])
+{
+	const char *hex = json_string_value(json_object_get(req, "ipc_handle"));
+	if (!hex || strlen(hex) != 2 * QV_GPU_IPC_HANDLE_BYTES)
+		return -1;
+	for (int i = 0; i < QV_GPU_IPC_HANDLE_BYTES; i++) {
+		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return -1;
+		handle[i] = (uint8_t)(hi << 4 | lo);
+	}
+	return 0;
+}
+
+/* The engine is about to free an allocation it loaded into: the daemon
+ * closes its mapping (unless another connection still uses it). */
+static int op_release_cuda(struct conn *c, json_t *req)
+{
+	uint8_t handle[QV_GPU_IPC_HANDLE_BYTES];
+	if (get_handle(req, handle))
+		return reply_err(c->fd, "release_cuda", -EINVAL,
+		                 "needs ipc_handle (128 lowercase hex digits)");
+	int closed = ipc_release(c, handle);
+	return reply(c->fd, json_pack("{s:b, s:b}", "ok", 1, "closed", closed > 0), -1);
+}
+
 static int op_load_cuda(struct conn *c, json_t *req)
 {
-	const char *model, *ref, *hex = json_string_value(json_object_get(req, "ipc_handle"));
+	const char *model, *ref;
 	json_t *jdev = json_object_get(req, "device"), *jbytes = json_object_get(req, "bytes");
 	uint8_t handle[QV_GPU_IPC_HANDLE_BYTES];
 	qv_version *v = NULL;
@@ -523,16 +622,10 @@ static int op_load_cuda(struct conn *c, json_t *req)
 	uint64_t need = 0;
 	double t0 = now_s();
 	int rc;
-	if (get_ref(req, &model, &ref) || !hex || strlen(hex) != 2 * QV_GPU_IPC_HANDLE_BYTES ||
-	    !json_is_integer(jdev) || !json_is_integer(jbytes) || json_integer_value(jbytes) < 0)
+	if (get_ref(req, &model, &ref) || !json_is_integer(jdev) || !json_is_integer(jbytes) ||
+	    json_integer_value(jbytes) < 0 || get_handle(req, handle))
 		return reply_err(c->fd, "load_cuda", -EINVAL,
-		                 "needs model, device, bytes and ipc_handle (128 hex digits)");
-	for (int i = 0; i < QV_GPU_IPC_HANDLE_BYTES; i++) {
-		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
-		if (hi < 0 || lo < 0)
-			return reply_err(c->fd, "load_cuda", -EINVAL, "ipc_handle is not lowercase hex");
-		handle[i] = (uint8_t)(hi << 4 | lo);
-	}
+		                 "needs model, device, bytes and ipc_handle (128 lowercase hex digits)");
 	int device = (int)json_integer_value(jdev);
 	uint64_t have = (uint64_t)json_integer_value(jbytes);
 	rc = qv_version_get(G.s, model, ref, 0, &v);
@@ -553,7 +646,7 @@ static int op_load_cuda(struct conn *c, json_t *req)
 	}
 	double t_open = now_s();
 	const char *why = "no reason given";
-	slot = ipc_get(device, handle, &dptr, &abytes, &why);
+	slot = ipc_get(c, device, handle, &dptr, &abytes, &why);
 	if (slot < 0) {
 		char msg[256];
 		if (slot == -2)
@@ -638,6 +731,8 @@ static int dispatch(struct conn *c, json_t *req)
 		return op_load_host(c, req);
 	if (strcmp(op, "load_cuda") == 0)
 		return op_load_cuda(c, req);
+	if (strcmp(op, "release_cuda") == 0)
+		return op_release_cuda(c, req);
 	return reply_err(c->fd, "protocol", -EINVAL, "unknown op");
 }
 
@@ -683,6 +778,8 @@ static void *client_main(void *arg)
 		if (rc)
 			break;
 	}
+	/* its allocations may be freed from now on (or its process is gone) */
+	ipc_release(&c, NULL);
 	pthread_mutex_lock(&G.cl_mu);
 	for (int i = 0; i < G.n_clients; i++)
 		if (G.client_fd[i] == c.fd) {

@@ -18,7 +18,12 @@
  *                                         -> {model, version, bytes, tensors: [...], source,
  *                                         seconds, open_seconds, copy_seconds}; the
  *                                         allocation's size comes from the driver, and a
- *                                         version that does not fit is refused
+ *                                         version that does not fit is refused. The daemon
+ *                                         keeps the allocation mapped for later loads over
+ *                                         the same connection (swaps) until
+ *   release_cuda  ipc_handle              -> {closed}: send it before freeing the allocation
+ *                                         (closing the connection releases every mapping it
+ *                                         made; a mapping keeps freed device memory alive)
  * Every response has "ok" (bool); a failure has "error" (one line) and
  * "code" (a quiver error code). Tensors: {name, dtype, shape, offset, bytes}. */
 #ifndef QUIVER_CLIENT_H

@@ -229,8 +229,18 @@ def _daemon_cuda(c, s, model, label, device):
         s.fail(rc, f"{model}@{label}")
     buf = _cuda.DeviceBuffer(device, need.value)
     try:
-        r = c.call({"op": "load_cuda", "model": model, "ref": label, "device": device,
-                    "ipc_handle": buf.ipc_handle().hex(), "bytes": need.value})
+        handle = buf.ipc_handle().hex()
+        try:
+            r = c.call({"op": "load_cuda", "model": model, "ref": label, "device": device,
+                        "ipc_handle": handle, "bytes": need.value})
+        finally:
+            # the daemon must let go of the allocation before it can be freed
+            # (its mapping would keep the memory alive); closing the
+            # connection releases it too, so a failure here is not fatal
+            try:
+                c.call({"op": "release_cuda", "ipc_handle": handle})
+            except QuiverError:
+                pass
         if int(r["bytes"]) > need.value:
             raise QuiverError(f"the daemon wrote {r['bytes']} bytes into {need.value}")
         arena = _cuda.as_tensor(buf.ptr.value, need.value, device, buf)

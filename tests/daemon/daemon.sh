@@ -178,6 +178,15 @@ t_abuse() {
 	*) fail "load_cuda unknown handle: expected the CUDA reason, got: $r" ;;
 	esac
 	kill -0 "$DPID" 2>/dev/null || fail "load_cuda unknown handle: quiverd died"
+	expect_err_reply "$(hexframe $M 1 0 - '{"op":"release_cuda","ipc_handle":"zz"}')" "release_cuda bad handle"
+	expect_err_reply "$(hexframe $M 1 0 - '{"op":"release_cuda"}')" "release_cuda without a handle"
+	# a handle this connection never loaded into: nothing to close
+	r=$(qvd call "{\"op\":\"release_cuda\",\"ipc_handle\":\"$(printf 'ab%.0s' $(seq 64))\"}") ||
+		fail "release_cuda of an unknown handle: $r"
+	case "$r" in
+	*'"ok": true'*'"closed": false'*) ;;
+	*) fail "release_cuda of an unknown handle: expected ok and closed false, got: $r" ;;
+	esac
 	expect_closed "$(hexframe $M 1 0 - '{"op":"ping"}' | cut -c1-20)" "truncated header"
 	expect_closed "$(hexframe $M 1 0 100 '{"op":"ping"}')" "truncated payload"
 	expect_closed "" "connect and close"

@@ -2,13 +2,16 @@
 IPC, from the store and from its DRAM tier), compared tensor by tensor with
 the exported safetensors files. Needs torch with CUDA, a GPU and a
 libquiver.so/quiverd built with CUDA; skips (exit 77) otherwise."""
+import ctypes
 import gc
 import os
+import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (Daemon, check, compare, expect_error, finish, make_store,  # noqa: E402
-                    quiver, read_export, released, torch)
+from common import (GEN, GEN_PY, QUIVER, Daemon, check, compare, expect_error,  # noqa: E402
+                    finish, make_store, quiver, read_export, released, run, torch)
 
 SCRATCH = os.environ.get("QV_SCRATCH") or "/tmp/qv-scratch-python-client-cuda"
 DEV = "cuda:0"
@@ -51,6 +54,70 @@ def no_leak(label, root, spec, via):
           f"{label}: free device memory fell by {free0 - free1} bytes over 10 loads of {size}")
 
 
+def settled_free(free0, slack, seconds=5.0):
+    """The device's free memory once it is back within slack of free0, or
+    after seconds (the daemon closes a mapping when it reads the client's
+    end of the connection, which takes a moment)."""
+    t0 = time.monotonic()
+    while True:
+        torch.cuda.synchronize()
+        free, _ = torch.cuda.mem_get_info(0)
+        if free0 - free <= slack or time.monotonic() - t0 > seconds:
+            return free
+        time.sleep(0.1)
+
+
+def daemon_lets_go(root):
+    """The daemon keeps an engine's allocation open across loads over one
+    connection (swaps), lets go of it on release_cuda, and also when the
+    connection closes: an engine that dies without releasing its memory does
+    not leave it pinned by the daemon."""
+    from quiver import _cuda, _lib
+    s = _lib.store(root)
+    label, _ = s.resolve("big", None)
+    need = ctypes.c_uint64()
+    check(_lib.library().qv_load_size(s.handle, b"big", label.encode(), ctypes.byref(need)) == 0,
+          "qv_load_size of big")
+    size = need.value
+    torch.cuda.synchronize()
+    gc.collect()
+    free0, _ = torch.cuda.mem_get_info(0)
+    # swaps over one connection: the mapping stays until release_cuda
+    buf = _cuda.DeviceBuffer(0, size)
+    h = buf.ipc_handle().hex()
+    c = quiver._connect(root, True)
+    try:
+        req = {"op": "load_cuda", "model": "big", "device": 0, "ipc_handle": h, "bytes": size}
+        for ref in ("v1", "v1"):
+            c.call(dict(req, ref=ref))
+        r = c.call({"op": "release_cuda", "ipc_handle": h})
+        check(r.get("closed") is True, f"release_cuda after two loads over one connection: {r}")
+        r = c.call({"op": "release_cuda", "ipc_handle": h})
+        check(r.get("closed") is False, f"a second release_cuda: {r}")
+    finally:
+        c.close()
+    buf.free()
+    free1 = settled_free(free0, 64 << 20)
+    check(free0 - free1 <= 64 << 20,
+          f"after release_cuda and free: device free memory {(free0 - free1) >> 20} MiB below where it was")
+    # an engine that loads and dies (no release, no free): its memory comes back
+    child = ("import os, sys, torch, quiver\n"
+             "from quiver import _cuda\n"
+             "buf = _cuda.DeviceBuffer(0, int(sys.argv[2]))\n"
+             "c = quiver._connect(sys.argv[1], True)\n"
+             "c.call({'op': 'load_cuda', 'model': 'big', 'ref': 'v1', 'device': 0,\n"
+             "        'ipc_handle': buf.ipc_handle().hex(), 'bytes': int(sys.argv[2])})\n"
+             "os._exit(0)\n")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(quiver.__file__)))
+    p = subprocess.run([sys.executable, "-c", child, root, str(size)], capture_output=True,
+                       text=True, env=env)
+    check(p.returncode == 0, f"the dying engine: exit {p.returncode}: {p.stderr[-500:]}")
+    free2 = settled_free(free0, 64 << 20)
+    check(free0 - free2 <= 64 << 20,
+          f"an engine died after a load through the daemon: device free memory stays "
+          f"{(free0 - free2) >> 20} MiB below where it was (its {size >> 20} MiB allocation held by quiverd)")
+
+
 def main():
     if not torch.cuda.is_available():
         skip(f"torch {torch.__version__} sees no CUDA device")
@@ -59,6 +126,10 @@ def main():
         skip(f"{quiver.library_path()} was built without CUDA (-DQUIVER_WITH_CUDA=ON)")
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, libquiver {quiver.library_path()}")
     root, exports = make_store(SCRATCH)
+    # a version large enough that an allocation the daemon keeps shows
+    big = os.path.join(SCRATCH, "big.safetensors")
+    run(GEN_PY, GEN, "--hidden", "1024", "--layers", "4", "--vocab", "16000", big)
+    run(QUIVER, "--root", root, "publish", "big", big, "--version", "v1")
     refs = {spec: read_export(d) for spec, d in exports.items()}
 
     # ---- in-process: the library's device arena ----
@@ -89,6 +160,8 @@ def main():
         released("daemon-store", lambda: load_one("daemon-store", root, "llama", refs["llama@current"],
                                                   "daemon", "daemon-store"), version="v2")
         no_leak("daemon-store", root, "llama@v1", "daemon")
+        no_leak("daemon-store", root, "big", "daemon")
+        daemon_lets_go(root)
         for spec in ("llama@v1", "llama@current", "mixed"):
             model, _, ref = spec.partition("@")
             req = {"op": "warm", "model": model}
