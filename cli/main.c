@@ -268,8 +268,9 @@ static int run_policy(qv_store *s, int json)
 		return 0;
 	qv_policy_result r;
 	int rc = qv_tier_apply(s, &r);
-	if (rc)
-		return cli_fail(s, rc);
+	if (rc) /* the publish itself stands: a failing policy is a warning here */
+		cli_error("warning: the tier policy after this publish failed (%s); "
+		          "'quiver tier --apply' runs it again", qv_store_errmsg(s));
 	if (r.versions && !json) {
 		char a[32], b[32];
 		cli_printf("tier policy: demoted %llu version%s (%llu shards, %s -> %s on the cold tier)\n",
@@ -958,7 +959,42 @@ static int cmd_init(int argc, char **argv)
 	                                      {"low", required_argument, NULL, OPT_LOW},
 	                                      {0, 0, 0, 0}};
 	PARSE(extra, 0, 0);
-	qv_store_config cfg = {.hot_dir = o.hot, .cold_dir = o.cold, .high = 0.90, .low = 0.75};
+	char root[4096], err[1024] = "";
+	if (o.root) {
+		snprintf(root, sizeof(root), "%s", o.root);
+	} else if (getenv("QUIVER_ROOT") && *getenv("QUIVER_ROOT")) {
+		snprintf(root, sizeof(root), "%s", getenv("QUIVER_ROOT"));
+	} else if (getenv("HOME")) {
+		snprintf(root, sizeof(root), "%s/.local/share/quiver", getenv("HOME"));
+	} else {
+		cli_error("no store root: set --root, QUIVER_ROOT or HOME");
+		return EXIT_FAIL;
+	}
+	/* a daemon keeps the configuration it started with: it would go on
+	 * writing shards where the new one does not look */
+	qv_client *cl;
+	if (!cli_in_daemon() && qv_client_connect(root, &cl) == 0) {
+		qv_client_close(cl);
+		cli_error("quiverd serves %s; stop it before 'quiver init', then start it again", root);
+		return EXIT_FAIL;
+	}
+	/* settings not given keep their current values (a store without
+	 * config.ini: one hot tier at the root, no capacity, 0.90/0.75) */
+	qv_store *s;
+	int rc = qv_store_open(root, &s, err, sizeof(err));
+	if (rc) {
+		cli_error("%s", *err ? err : qv_strerror(rc));
+		return EXIT_FAIL;
+	}
+	qv_store_config now;
+	qv_store_config_get(s, &now);
+	char now_hot[4096], now_cold[4096];
+	snprintf(now_hot, sizeof(now_hot), "%s", now.hot_dir);
+	snprintf(now_cold, sizeof(now_cold), "%s", now.cold_dir ? now.cold_dir : "");
+	qv_store_close(s);
+	qv_store_config cfg = {.hot_dir = o.hot ? o.hot : now_hot,
+	                       .cold_dir = o.cold ? o.cold : *now_cold ? now_cold : NULL,
+	                       .hot_capacity = now.hot_capacity, .high = now.high, .low = now.low};
 	char *end;
 	if (o.capacity) {
 		long long v = cli_parse_size(o.capacity);
@@ -971,29 +1007,31 @@ static int cmd_init(int argc, char **argv)
 		return usage_error(c, "--high must be a fraction in (0, 1], not '%s'", o.high);
 	if (o.low && (cfg.low = strtod(o.low, &end), !(cfg.low > 0 && cfg.low <= 1) || *end))
 		return usage_error(c, "--low must be a fraction in (0, 1], not '%s'", o.low);
-	if (cfg.low > cfg.high)
-		return usage_error(c, "%s", "--low must not be above --high");
-	char root[4096], err[1024] = "";
-	if (o.root) {
-		snprintf(root, sizeof(root), "%s", o.root);
-	} else if (getenv("QUIVER_ROOT") && *getenv("QUIVER_ROOT")) {
-		snprintf(root, sizeof(root), "%s", getenv("QUIVER_ROOT"));
-	} else if (getenv("HOME")) {
-		snprintf(root, sizeof(root), "%s/.local/share/quiver", getenv("HOME"));
-	} else {
-		cli_error("no store root: set --root, QUIVER_ROOT or HOME");
-		return EXIT_FAIL;
+	if (cfg.low > cfg.high) {
+		char msg[160];
+		snprintf(msg, sizeof(msg), "the low watermark (%g%s) must not be above the high one (%g%s)",
+		         cfg.low, o.low ? "" : ", kept from before", cfg.high,
+		         o.high ? "" : ", kept from before");
+		return usage_error(c, "%s", msg);
 	}
-	int rc = qv_store_init(root, &cfg, err, sizeof(err));
+	rc = qv_store_init(root, &cfg, err, sizeof(err));
 	if (rc) {
 		cli_error("%s", *err ? err : qv_strerror(rc));
 		return EXIT_FAIL;
 	}
+	/* say what the file now holds */
+	rc = qv_store_open(root, &s, err, sizeof(err));
+	if (rc) {
+		cli_error("%s", *err ? err : qv_strerror(rc));
+		return EXIT_FAIL;
+	}
+	qv_store_config_get(s, &now);
 	char a[32];
-	cli_printf("initialized %s: hot tier %s, cold tier %s, hot capacity %s, watermarks %.2f/%.2f\n",
-	       root, cfg.hot_dir ? cfg.hot_dir : root, cfg.cold_dir ? cfg.cold_dir : "none",
-	       cfg.hot_capacity ? cli_bytes(cfg.hot_capacity, a, sizeof(a)) : "unlimited", cfg.high,
-	       cfg.low);
+	cli_printf("initialized %s: hot tier %s, cold tier %s, hot capacity %s, watermarks %g/%g\n",
+	           root, now.hot_dir, now.cold_dir ? now.cold_dir : "none",
+	           now.hot_capacity ? cli_bytes(now.hot_capacity, a, sizeof(a)) : "unlimited", now.high,
+	           now.low);
+	qv_store_close(s);
 	return EXIT_OK;
 }
 
@@ -1044,11 +1082,10 @@ static void note_protected_demote(qv_store *s, const char *model, const char *re
 	if (qv_version_get(s, model, ref, 0, &v) != 0)
 		return;
 	if (v->n_aliases > 0 || v->pinned)
-		fprintf(stderr,
-		        "quiver: note: %s@%s is %s; it stays cold until 'quiver promote', 'pin' or "
-		        "'activate' brings it back\n",
-		        v->model, v->label,
-		        v->is_current ? "current" : v->pinned ? "pinned" : "named by an alias");
+		cli_error("note: %s@%s is %s; it stays cold until 'quiver promote', 'pin' or "
+		          "'activate' brings it back",
+		          v->model, v->label,
+		          v->is_current ? "current" : v->pinned ? "pinned" : "named by an alias");
 	qv_version_free(v);
 }
 
@@ -1355,7 +1392,10 @@ static const struct cmd cmds[] = {
 	 "Configure the tiers (writes ROOT/config.ini): the hot tier (fast disk, raw\n"
 	 "shards; default ROOT), the cold tier (large disk, compressed shards) and the\n"
 	 "hot tier's capacity and watermarks for the placement policy. Each tier keeps\n"
-	 "its own temp folder. Tiers that already hold shards cannot be moved."},
+	 "its own temp folder. Tiers that already hold shards cannot be moved, and the\n"
+	 "two tiers must be different folders. Run again to change a setting: those not\n"
+	 "given keep their values. SIZE takes K, M, G, T (powers of 1024); 0 means\n"
+	 "unlimited (the policy then never demotes). Refused while quiverd serves ROOT."},
 	{"pin", cmd_pin, "quiver pin MODEL@REF",
 	 "Keep MODEL@REF on the hot tier whatever the policy says; if it has cold shards,\n"
 	 "they are promoted now."},

@@ -202,7 +202,9 @@ long long cli_parse_size(const char *arg)
 	if (v > LLONG_MAX >> shift)
 		return -1; /* too large to count in bytes */
 	v <<= shift;
-	if (*end == 'i' || *end == 'B')
-		end += *end == 'i' && end[1] == 'B' ? 2 : 1;
+	if (shift && *end == 'i') /* "Gi", "GiB" */
+		end++;
+	if (*end == 'B')
+		end++;
 	return *end ? -1 : v;
 }

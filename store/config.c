@@ -29,33 +29,81 @@ struct cfg {
 	char cold[PATH_MAX];
 	uint64_t hot_capacity;
 	double high, low;
-	char bad[256];
+	char bad[256]; /* the first bad line, explained */
 };
 
+/* A setting that is not understood stops the store from opening: a typo
+ * ("hot_capcity") silently ignored would leave the tiers other than
+ * intended. */
 static int on_entry(void *user, const char *section, const char *name, const char *value)
 {
 	struct cfg *c = user;
-	char *end;
-	if (strcmp(section, "tiers") != 0)
-		return 1; /* other sections belong to later features */
-	if (strcmp(name, "hot") == 0) {
-		snprintf(c->hot, sizeof(c->hot), "%s", value);
-	} else if (strcmp(name, "cold") == 0) {
-		snprintf(c->cold, sizeof(c->cold), "%s", value);
-	} else if (strcmp(name, "hot_capacity") == 0) {
-		c->hot_capacity = strtoull(value, &end, 10);
-		if (*end)
+	char *end, why[200];
+	if (strcmp(section, "tiers") != 0) {
+		snprintf(why, sizeof(why), "unknown section [%.80s]", section);
+		goto bad;
+	}
+	if (strcmp(name, "hot") == 0 || strcmp(name, "cold") == 0) {
+		if (!*value) {
+			snprintf(why, sizeof(why), "%s has no folder", name);
 			goto bad;
+		}
+		snprintf(strcmp(name, "hot") == 0 ? c->hot : c->cold, PATH_MAX, "%s", value);
+	} else if (strcmp(name, "hot_capacity") == 0) {
+		errno = 0;
+		unsigned long long v = strtoull(value, &end, 10);
+		if (*value < '0' || *value > '9' || *end || errno == ERANGE || v > INT64_MAX) {
+			snprintf(why, sizeof(why), "hot_capacity = %.80s is not a byte count", value);
+			goto bad;
+		}
+		c->hot_capacity = v;
 	} else if (strcmp(name, "high") == 0 || strcmp(name, "low") == 0) {
 		double v = strtod(value, &end);
-		if (*end || !(v > 0 && v <= 1)) /* NaN too */
+		if (!*value || *end || !(v > 0 && v <= 1)) { /* NaN too */
+			snprintf(why, sizeof(why), "%s = %.80s is not a fraction in (0, 1]", name, value);
 			goto bad;
+		}
 		*(strcmp(name, "high") == 0 ? &c->high : &c->low) = v;
+	} else {
+		snprintf(why, sizeof(why), "unknown setting %.80s", name);
+		goto bad;
 	}
 	return 1;
 bad:
-	snprintf(c->bad, sizeof(c->bad), "%s = %s", name, value);
+	if (!*c->bad)
+		snprintf(c->bad, sizeof(c->bad), "%s", why);
 	return 0;
+}
+
+/* Parses the config file at path into c: 0, -ENOENT if there is none, or
+ * QV_EFORMAT with the reason in errbuf. */
+static int config_parse(const char *path, struct cfg *c, char *errbuf, size_t errlen)
+{
+	int r = ini_parse(path, on_entry, c);
+	if (r == -1)
+		return errno == ENOENT ? -ENOENT : -errno;
+	if (r != 0) {
+		snprintf(errbuf, errlen, "%s: line %d: %s", path, r,
+		         *c->bad ? c->bad
+		                 : "not a 'key = value' line or [section] (or longer than the limit)");
+		return QV_EFORMAT;
+	}
+	if (c->low > c->high) {
+		snprintf(errbuf, errlen, "%s: low watermark %g is above high %g", path, c->low, c->high);
+		return QV_EFORMAT;
+	}
+	return 0;
+}
+
+/* A tier's folder as the config names it: none is the root itself, and a
+ * relative one (a hand-edited file) is relative to the root, not to wherever
+ * a command runs. */
+static int tier_dir(const char *root, const char *dir, char *out, size_t len)
+{
+	int n = !*dir ? snprintf(out, len, "%s", root)
+	        : *dir == '/' ? snprintf(out, len, "%s", dir)
+	                      : snprintf(out, len, "%s/%s", root, dir);
+	return n >= 0 && (size_t)n < len ? 0 : -ENAMETOOLONG;
 }
 
 static char *join(const char *a, const char *b)
@@ -85,22 +133,21 @@ int qv__config_load(qv_store *s, char *errbuf, size_t errlen)
 	struct cfg c = {.high = 0.90, .low = 0.75};
 	char path[PATH_MAX];
 	snprintf(path, sizeof(path), "%s/config.ini", s->root);
-	int r = ini_parse(path, on_entry, &c);
-	if (r < 0) { /* no file: the default layout */
-		snprintf(c.hot, sizeof(c.hot), "%s", s->root);
-	} else if (r > 0) {
-		snprintf(errbuf, errlen, "%s: line %d: bad setting %s", path, r, c.bad);
-		return QV_EFORMAT;
+	int rc = config_parse(path, &c, errbuf, errlen);
+	if (rc == QV_EFORMAT)
+		return rc;
+	if (rc && rc != -ENOENT) {
+		snprintf(errbuf, errlen, "%s: %s", path, qv_strerror(rc));
+		return rc;
 	}
-	if (!*c.hot)
-		snprintf(c.hot, sizeof(c.hot), "%s", s->root);
-	if (c.low > c.high) {
-		snprintf(errbuf, errlen, "%s: low watermark %.2f is above high %.2f", path, c.low, c.high);
-		return QV_EFORMAT;
-	}
-	int rc = tier_set(&s->tier[QV_TIER_HOT], c.hot);
+	char hot[PATH_MAX * 2 + 2], cold[PATH_MAX * 2 + 2];
+	rc = tier_dir(s->root, c.hot, hot, sizeof(hot));
 	if (rc == 0 && *c.cold)
-		rc = tier_set(&s->tier[QV_TIER_COLD], c.cold);
+		rc = tier_dir(s->root, c.cold, cold, sizeof(cold));
+	if (rc == 0)
+		rc = tier_set(&s->tier[QV_TIER_HOT], hot);
+	if (rc == 0 && *c.cold)
+		rc = tier_set(&s->tier[QV_TIER_COLD], cold);
 	if (rc) {
 		snprintf(errbuf, errlen, "%s: cannot set up the tier folders: %s", path, qv_strerror(rc));
 		return rc;
@@ -136,17 +183,52 @@ const char *qv_store_tmp_dir(const qv_store *s, int tier)
 	return tier >= 0 && tier < QV_TIERS ? s->tier[tier].tmp_dir : NULL;
 }
 
-static int dir_has_files(const char *dir)
+static int count_tiers(void *arg, const uint8_t d[QV_DIGEST_LEN], const qv_shard_info *info)
 {
-	char cmd[PATH_MAX];
-	struct stat st;
-	/* a fan-out folder exists once any shard was written there */
-	for (int a = 0; a < 256; a++) {
-		snprintf(cmd, sizeof(cmd), "%s/shards/%02x", dir, a);
-		if (stat(cmd, &st) == 0)
-			return 1;
-	}
+	(void)d;
+	uint64_t *n = arg;
+	if (info->tier >= 0 && info->tier < QV_TIERS)
+		n[info->tier]++;
 	return 0;
+}
+
+/* Whether a and b name one folder (both exist: init made them). */
+static int same_dir(const char *a, const char *b)
+{
+	struct stat x, y;
+	if (stat(a, &x) == 0 && stat(b, &y) == 0)
+		return x.st_dev == y.st_dev && x.st_ino == y.st_ino;
+	return strcmp(a, b) == 0;
+}
+
+/* Why dir cannot be written as "key = dir" into config.ini, or NULL. */
+static const char *bad_tier_path(const char *key, const char *dir)
+{
+	if (!qv__utf8_valid(dir))
+		return "is not valid UTF-8";
+	for (const unsigned char *p = (const unsigned char *)dir; *p; p++)
+		if (*p < 0x20 || *p == 0x7f)
+			return "holds a control character";
+	if (strchr(dir, ';'))
+		return "holds ';', which config.ini reads as a comment";
+	size_t n = strlen(dir);
+	if (n && (dir[n - 1] == ' ' || dir[n - 1] == '\t'))
+		return "ends with a space, which config.ini drops";
+	/* libinih reads lines of at most INI_MAX_LINE - 1 bytes, newline included */
+	if (strlen(key) + 3 + n + 1 > INI_MAX_LINE - 1)
+		return "is too long for a config.ini line (libinih's limit)";
+	return NULL;
+}
+
+/* v in as few digits as read back exactly: 0.9, not 0.90000000000000002 */
+static const char *exact(double v, char *buf, size_t len)
+{
+	for (int digits = 15; digits <= 17; digits++) {
+		snprintf(buf, len, "%.*g", digits, v);
+		if (strtod(buf, NULL) == v)
+			break;
+	}
+	return buf;
 }
 
 int qv_store_init(const char *root, const qv_store_config *cfg, char *errbuf, size_t errlen)
@@ -158,50 +240,74 @@ int qv_store_init(const char *root, const qv_store_config *cfg, char *errbuf, si
 		return rc;
 	}
 	if (!(cfg->low > 0 && cfg->high <= 1 && cfg->low <= cfg->high)) { /* NaN too */
-		snprintf(errbuf, errlen, "watermarks must satisfy 0 < low <= high <= 1 (low %.2f, high %.2f)",
+		snprintf(errbuf, errlen, "watermarks must satisfy 0 < low <= high <= 1 (low %g, high %g)",
 		         cfg->low, cfg->high);
 		return -EINVAL;
 	}
-	/* Existing shards stay where they are: refuse to point a tier elsewhere. */
+	if (cfg->hot_capacity > INT64_MAX) {
+		snprintf(errbuf, errlen, "a hot capacity of %llu bytes is too large",
+		         (unsigned long long)cfg->hot_capacity);
+		return -EINVAL;
+	}
 	qv_store *s = NULL;
 	rc = qv_store_open(root, &s, errbuf, errlen);
 	if (rc)
 		return rc;
 	/* tier folders are kept as absolute paths: later commands run anywhere */
-	char hot_abs[PATH_MAX], cold_abs[PATH_MAX];
-	qv_store_config c2 = *cfg;
-	if (cfg->hot_dir && (qv__mkdir_p(cfg->hot_dir, 0755) || !realpath(cfg->hot_dir, hot_abs))) {
-		snprintf(errbuf, errlen, "%s: %s", cfg->hot_dir, strerror(errno));
-		qv_store_close(s);
-		return -errno;
+	char hot[PATH_MAX], cold[PATH_MAX];
+	const char *want_hot = cfg->hot_dir ? cfg->hot_dir : root;
+	if (qv__mkdir_p(want_hot, 0755) || !realpath(want_hot, hot)) {
+		rc = -errno;
+		snprintf(errbuf, errlen, "%s: %s", want_hot, strerror(errno));
+		goto fail;
 	}
-	if (cfg->cold_dir && (qv__mkdir_p(cfg->cold_dir, 0755) || !realpath(cfg->cold_dir, cold_abs))) {
+	if (cfg->cold_dir && (qv__mkdir_p(cfg->cold_dir, 0755) || !realpath(cfg->cold_dir, cold))) {
+		rc = -errno;
 		snprintf(errbuf, errlen, "%s: %s", cfg->cold_dir, strerror(errno));
-		qv_store_close(s);
-		return -errno;
+		goto fail;
 	}
-	if (cfg->hot_dir)
-		c2.hot_dir = hot_abs;
-	if (cfg->cold_dir)
-		c2.cold_dir = cold_abs;
-	cfg = &c2;
+	const char *why;
+	rc = -EINVAL;
+	if ((why = bad_tier_path("hot", hot)) != NULL) {
+		snprintf(errbuf, errlen, "the hot tier's folder %s %s", hot, why);
+		goto fail;
+	}
+	if (cfg->cold_dir && (why = bad_tier_path("cold", cold)) != NULL) {
+		snprintf(errbuf, errlen, "the cold tier's folder %s %s", cold, why);
+		goto fail;
+	}
+	/* one folder for both would have a demotion rename its cold copy onto
+	 * the hot file, then unlink it as the old copy */
+	if (cfg->cold_dir && same_dir(hot, cold)) {
+		snprintf(errbuf, errlen, "the hot and cold tiers must be different folders (both are %s)",
+		         hot);
+		goto fail;
+	}
+	/* Existing shards stay where they are: refuse to point a tier that
+	 * holds some elsewhere. */
+	uint64_t held[QV_TIERS] = {0};
+	rc = qv_shard_foreach(s, count_tiers, held);
+	if (rc) {
+		snprintf(errbuf, errlen, "%s", qv_store_errmsg(s));
+		goto fail;
+	}
 	const char *now_hot = s->tier[QV_TIER_HOT].dir, *now_cold = s->tier[QV_TIER_COLD].dir;
-	const char *hot = cfg->hot_dir ? cfg->hot_dir : now_hot;
-	if (strcmp(hot, now_hot) != 0 && dir_has_files(now_hot)) {
-		snprintf(errbuf, errlen, "the hot tier %s already holds shards; it cannot be moved to %s",
-		         now_hot, hot);
-		rc = QV_EEXIST;
-	} else if (now_cold && (!cfg->cold_dir || strcmp(cfg->cold_dir, now_cold) != 0) &&
-	           dir_has_files(now_cold)) {
-		snprintf(errbuf, errlen, "the cold tier %s already holds shards; it cannot be moved",
-		         now_cold);
-		rc = QV_EEXIST;
+	rc = QV_EEXIST;
+	if (held[QV_TIER_HOT] && !same_dir(now_hot, hot)) {
+		snprintf(errbuf, errlen,
+		         "the hot tier %s already holds %llu shards; it cannot be moved to %s", now_hot,
+		         (unsigned long long)held[QV_TIER_HOT], hot);
+		goto fail;
 	}
-	char hot_copy[PATH_MAX];
-	snprintf(hot_copy, sizeof(hot_copy), "%s", hot);
+	if (held[QV_TIER_COLD] && (!cfg->cold_dir || !same_dir(now_cold, cold))) {
+		snprintf(errbuf, errlen, "the cold tier %s already holds %llu shards; it cannot be %s",
+		         now_cold, (unsigned long long)held[QV_TIER_COLD],
+		         cfg->cold_dir ? "moved" : "dropped");
+		goto fail;
+	}
 	qv_store_close(s);
-	if (rc)
-		return rc;
+	s = NULL;
+
 	snprintf(path, sizeof(path), "%s/config.ini", root);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 	FILE *f = fopen(tmp, "w");
@@ -209,25 +315,46 @@ int qv_store_init(const char *root, const qv_store_config *cfg, char *errbuf, si
 		snprintf(errbuf, errlen, "%s: %s", tmp, strerror(errno));
 		return -errno;
 	}
-	fprintf(f, "# written by quiver init\n[tiers]\nhot = %s\n", hot_copy);
+	char high[32], low[32];
+	fprintf(f, "# written by quiver init\n[tiers]\nhot = %s\n", hot);
 	if (cfg->cold_dir)
-		fprintf(f, "cold = %s\n", cfg->cold_dir);
-	fprintf(f, "hot_capacity = %llu\nhigh = %.4f\nlow = %.4f\n",
-	        (unsigned long long)cfg->hot_capacity, cfg->high, cfg->low);
+		fprintf(f, "cold = %s\n", cold);
+	fprintf(f, "hot_capacity = %llu\nhigh = %s\nlow = %s\n", (unsigned long long)cfg->hot_capacity,
+	        exact(cfg->high, high, sizeof(high)), exact(cfg->low, low, sizeof(low)));
 	rc = fflush(f) == 0 && fsync(fileno(f)) == 0 ? 0 : -errno;
 	if (fclose(f) != 0 && rc == 0)
 		rc = -errno;
-	if (rc == 0 && rename(tmp, path) < 0)
+	if (rc) {
+		snprintf(errbuf, errlen, "%s: %s", tmp, qv_strerror(rc));
+		goto out_tmp;
+	}
+	/* the file must say what was meant before it replaces the old one */
+	struct cfg back = {.high = 0.90, .low = 0.75};
+	rc = config_parse(tmp, &back, errbuf, errlen);
+	if (rc == 0 && (strcmp(back.hot, hot) != 0 || strcmp(back.cold, cfg->cold_dir ? cold : "") != 0 ||
+	                back.hot_capacity != cfg->hot_capacity || back.high != cfg->high ||
+	                back.low != cfg->low)) {
+		snprintf(errbuf, errlen, "%s does not read back as written", tmp);
+		rc = QV_EFORMAT;
+	}
+	if (rc)
+		goto out_tmp;
+	if (rename(tmp, path) < 0)
 		rc = -errno;
 	if (rc == 0)
 		rc = qv__fsync_dir(root);
 	if (rc) {
-		unlink(tmp);
 		snprintf(errbuf, errlen, "%s: %s", path, qv_strerror(rc));
-		return rc;
+		goto out_tmp;
 	}
 	/* open once more: creates the tier folders and checks the file */
 	rc = qv_store_open(root, &s, errbuf, errlen);
+	qv_store_close(s);
+	return rc;
+out_tmp:
+	unlink(tmp);
+	return rc;
+fail:
 	qv_store_close(s);
 	return rc;
 }

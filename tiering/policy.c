@@ -27,8 +27,6 @@ static int add_usage(void *arg, const uint8_t d[QV_DIGEST_LEN], const qv_shard_i
 	u->used_bytes += info->stored_size;
 	u->raw_bytes += info->size;
 	u->shards++;
-	if (info->tier == QV_TIER_COLD && info->size > info->stored_size)
-		st->saved_by_compression += info->size - info->stored_size;
 	return 0;
 }
 
@@ -123,12 +121,22 @@ int qv_tier_apply(qv_store *s, qv_policy_result *res)
 		goto out;
 	rc = candidates(s, &c, &n);
 	double low = cfg.low * (double)cfg.hot_capacity;
+	/* a version that cannot be demoted (removed meanwhile, a damaged copy)
+	 * does not stop the others; the first failure is reported */
+	int first = 0;
+	char why[512] = "";
 	for (size_t i = 0; rc == 0 && i < n && (double)r.hot_after > low; i++) {
 		qv_migrate_result m;
-		rc = qv__tier_demote_policy(s, c[i].model, c[i].label, &m);
-		if (rc)
-			break;
-		r.versions++;
+		int mrc = qv__tier_demote_policy(s, c[i].model, c[i].label, &m);
+		if (mrc) {
+			if (!first) {
+				first = mrc;
+				snprintf(why, sizeof(why), "demoting %s@%s: %s", c[i].model, c[i].label,
+				         qv_store_errmsg(s));
+			}
+			continue;
+		}
+		r.versions += m.shards > 0; /* one whose shards all stay hot moved nothing */
 		r.moved.shards += m.shards;
 		r.moved.raw_bytes += m.raw_bytes;
 		r.moved.stored_bytes += m.stored_bytes;
@@ -136,11 +144,58 @@ int qv_tier_apply(qv_store *s, qv_policy_result *res)
 		r.moved.seconds += m.seconds;
 		rc = hot_bytes(s, &r.hot_after);
 	}
+	if (rc == 0 && first)
+		rc = qv_store_fail(s, first, "%s", why);
 out:
 	free(c);
 	if (res)
 		*res = r;
 	return rc;
+}
+
+struct ref {
+	uint8_t d[QV_DIGEST_LEN];
+	uint64_t off, bytes;
+};
+
+static int cmp_ref(const void *a, const void *b)
+{
+	const struct ref *x = a, *y = b;
+	int c = memcmp(x->d, y->d, QV_DIGEST_LEN);
+	return c ? c : x->off < y->off ? -1 : x->off > y->off;
+}
+
+/* Bytes v references more than once (tied or repeated tensors, identical
+ * files): the same shard bytes named by two tensors or two files. */
+static int repeated_bytes(const qv_version *v, uint64_t *out)
+{
+	size_t n = 0, k = 0;
+	for (size_t i = 0; i < v->n_files; i++)
+		n += v->files[i].safetensors ? v->files[i].n_tensors : 1;
+	struct ref *r = malloc((n ? n : 1) * sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	for (size_t i = 0; i < v->n_files; i++) {
+		const qv_file *f = &v->files[i];
+		if (!f->safetensors) {
+			memcpy(r[k].d, f->blob, QV_DIGEST_LEN);
+			r[k].off = 0;
+			r[k++].bytes = f->size;
+			continue;
+		}
+		for (size_t t = 0; t < f->n_tensors; t++) {
+			memcpy(r[k].d, f->tensors[t].shard, QV_DIGEST_LEN);
+			r[k].off = f->tensors[t].shard_offset;
+			r[k++].bytes = f->tensors[t].bytes;
+		}
+	}
+	qsort(r, k, sizeof(*r), cmp_ref);
+	*out = 0;
+	for (size_t i = 1; i < k; i++)
+		if (cmp_ref(&r[i - 1], &r[i]) == 0)
+			*out += r[i].bytes;
+	free(r);
+	return 0;
 }
 
 int qv_tier_status_get(qv_store *s, qv_tier_status *out)
@@ -181,13 +236,24 @@ int qv_tier_status_get(qv_store *s, qv_tier_status *out)
 				if (qv_shard_info_get(s, l.d[k], &info) == 0)
 					referenced += info.size;
 			}
-			if (rc == 0)
+			if (rc == 0) {
 				qv__dlist_free(&l);
+				uint64_t again;
+				rc = repeated_bytes(v, &again);
+				if (rc == 0)
+					referenced += again;
+				else
+					rc = qv_store_fail(s, rc, "out of memory");
+			}
 			qv_version_free(v);
 		}
 		qv_version_list_free(vl);
 	}
 	qv_model_list_free(ml);
+	const qv_tier_usage *cold = &out->tier[QV_TIER_COLD];
+	/* frames stored raw cost their alignment: the net saving can be less
+	 * than what the shards that shrank saved */
+	out->saved_by_compression = cold->raw_bytes > cold->used_bytes ? cold->raw_bytes - cold->used_bytes : 0;
 	uint64_t stored_raw = out->tier[QV_TIER_HOT].raw_bytes + out->tier[QV_TIER_COLD].raw_bytes;
 	out->saved_by_dedup = referenced > stored_raw ? referenced - stored_raw : 0;
 	return rc;

@@ -38,6 +38,17 @@ t_second() {
 }
 soft t_second
 
+# init while the daemon serves the store: refused (the daemon would keep the
+# tiers it started with and write shards where the new config does not look)
+t_init_served() {
+	local before
+	before=$(cat "$ROOT/config.ini")
+	expect_rc 1 q init --hot-capacity 1G
+	err_has "quiverd serves"
+	[ "$(cat "$ROOT/config.ini")" = "$before" ] || fail "init changed config.ini while quiverd served the store"
+}
+soft t_init_served
+
 # ---- the CLI goes through the daemon, with the same output ---------------------------------
 # norm: the output with roots, times and rates masked (the two stores'
 # publishes may straddle a second)

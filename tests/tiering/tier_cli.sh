@@ -244,17 +244,35 @@ soft t_damage
 # ---- init refuses to move a tier that holds shards --------------------------------------------
 t_init_refuses() {
 	local before
+	expect_ok q demote $M@v1 # the cold tier holds shards
 	before=$(cat "$ROOT/config.ini")
 	expect_rc 1 q init --hot "$HOT" --cold "$QV_SCRATCH/cold2"
-	err_has "cold tier"
+	err_has "cold tier .* holds [0-9]+ shards"
 	err_one_line
 	expect_rc 1 q init --hot "$QV_SCRATCH/hot2" --cold "$COLD"
 	err_has "hot tier"
-	expect_rc 1 q init --hot "$HOT"
+	# one folder for both tiers: a demotion would delete what it moved
+	expect_rc 1 q init --cold "$HOT"
+	err_has "different folders"
+	expect_rc 1 q init --hot "$QV_SCRATCH/hot;x"
+	err_has "comment"
+	expect_rc 1 q init --hot "$QV_SCRATCH/$(printf 'd%.0s' $(seq 200))"
+	err_has "too long"
 	[ "$(cat "$ROOT/config.ini")" = "$before" ] || fail "a refused init changed config.ini"
-	expect_ok q init --hot "$HOT" --cold "$COLD" --hot-capacity 2G --high 0.8 --low 0.5
+	# settings not given keep their values
+	expect_ok q init --hot-capacity 2G --high 0.8 --low 0.5
+	out_has "hot tier $HOT, cold tier $COLD"
+	expect_ok q init --low 0.6
 	expect_ok q status --json
-	jcheck "$OUT_FILE" 'd["tiers"][0]["capacity"] == 2 << 30 and abs(d["high"] - 0.8) < 1e-6 and abs(d["low"] - 0.5) < 1e-6' "re-init with the same tiers"
+	jcheck "$OUT_FILE" 'd["tiers"][0]["capacity"] == 2 << 30 and d["high"] == 0.8 and d["low"] == 0.6' "re-init with one setting"
+	jcheck "$OUT_FILE" 'd["tiers"][0]["dir"] == "'"$HOT"'" and d["tiers"][1]["dir"] == "'"$COLD"'"' "re-init kept the tiers"
+	expect_rc 2 q init --high 0.55
+	err_has "0.6, kept from before"
+	# a watermark with many digits reads back as given
+	expect_ok q init --low 0.00001
+	expect_ok q status --json
+	jcheck "$OUT_FILE" 'd["low"] == 0.00001' "a small low watermark read back"
+	expect_ok q init --low 0.5
 }
 soft t_init_refuses
 
@@ -312,6 +330,65 @@ t_policy_publish() {
 	expect_ok q verify
 }
 soft t_policy_publish
+
+# ---- config.ini: folders stay absolute; a bad hand edit is named, not ignored -------------------
+t_config() {
+	local d="$QV_SCRATCH/cfg"
+	mkdir -p "$d"
+	run_cmd sh -c "cd '$d' && '$QUIVER' --root rel init --cold cold-rel"
+	[ "$RC" = 0 ] || fail "init with a relative --root: exit $RC: $(cat "$ERR_FILE")"
+	grep -qx "hot = $d/rel" "$d/rel/config.ini" || fail "relative --root: config.ini says $(grep '^hot' "$d/rel/config.ini")"
+	mkdir -p "$d/typo"
+	printf '[tiers]\nhot_capcity = 5G\n' >"$d/typo/config.ini"
+	expect_rc 1 "$QUIVER" --root "$d/typo" tier
+	err_has "line 2: unknown setting hot_capcity"
+	printf '[tiers]\nhot_capacity = -1\n' >"$d/typo/config.ini"
+	expect_rc 1 "$QUIVER" --root "$d/typo" tier
+	err_has "not a byte count"
+	printf '[Tiers]\nhot = /x\n' >"$d/typo/config.ini"
+	expect_rc 1 "$QUIVER" --root "$d/typo" tier
+	err_has "unknown section"
+}
+soft t_config
+
+# ---- the policy: a failure does not fail the publish; counts; dedup in status ------------------
+t_policy_edges() {
+	ROOT="$QV_SCRATCH/root5"
+	local h="$QV_SCRATCH/hot-5" c="$QV_SCRATCH/cold-5" x
+	expect_ok q init --hot "$h" --cold "$c" --hot-capacity 6M
+	expect_ok q publish org/e a.safetensors --version v1
+	# no demotion can write: a file where each fan-out folder would go
+	for x in $(seq 0 255); do : >"$c/shards/$(printf %02x "$x")"; done
+	expect_ok q publish org/e b.safetensors --version v2
+	err_has "warning: the tier policy after this publish failed"
+	expect_ok q list org/e --json
+	jcheck "$OUT_FILE" 'sorted(v["version"] for v in d["versions"]) == ["v1", "v2"]' "versions after a publish whose policy failed"
+	expect_rc 1 q tier --apply
+	rm -f "$c"/shards/??
+	expect_ok q tier --apply --json
+	jcheck "$OUT_FILE" 'd["versions_demoted"] == 1' "tier --apply once the cold tier is writable"
+	# a version whose shards all stay hot (shared with current) is not counted
+	ROOT="$QV_SCRATCH/root6"
+	expect_ok q init --hot "$QV_SCRATCH/hot-6" --cold "$QV_SCRATCH/cold-6" --hot-capacity 1M
+	expect_ok q publish org/s a.safetensors --version v1
+	expect_ok q publish org/s a.safetensors --version v2
+	expect_ok q tier --apply --json
+	jcheck "$OUT_FILE" 'd["versions_demoted"] == 0 and d["shards"] == 0' "apply with every shard shared with current"
+	# two equal tensors in one file are stored once: saved by dedup
+	"$QV_PYTHON" - tied.safetensors <<'PY' || fail "cannot write tied.safetensors"
+import json, os, struct, sys
+b = os.urandom(1 << 20)
+h = json.dumps({"a": {"dtype": "U8", "shape": [1 << 20], "data_offsets": [0, 1 << 20]},
+                "b": {"dtype": "U8", "shape": [1 << 20], "data_offsets": [1 << 20, 2 << 20]}}).encode()
+h += b" " * (-len(h) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(h)) + h + b + b)
+PY
+	ROOT="$QV_SCRATCH/root7"
+	expect_ok q publish org/t tied.safetensors
+	expect_ok q status --json
+	jcheck "$OUT_FILE" 'd["saved_by_dedup"] == 1 << 20' "saved_by_dedup of a tied tensor"
+}
+soft t_policy_edges
 
 # ---- a store without a cold tier ---------------------------------------------------------------
 t_no_cold() {
