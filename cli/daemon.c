@@ -579,6 +579,28 @@ static int hexval(char ch)
 	return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
 }
 
+/* What a load of model@ref needs: the version it resolves to now and the
+ * arena's size, so that an engine can allocate before load_cuda without
+ * opening the store itself (it may only be allowed the socket). */
+static int op_size(struct conn *c, json_t *req)
+{
+	const char *model, *ref;
+	qv_version *v = NULL;
+	uint64_t need = 0;
+	if (get_ref(req, &model, &ref))
+		return reply_err(c->fd, "size", -EINVAL, "needs \"model\" (and optionally \"ref\")");
+	int rc = qv_version_get(G.s, model, ref, 0, &v);
+	if (rc == 0)
+		rc = qv_load_size(G.s, model, v->label, &need);
+	rc = rc ? reply_err(c->fd, "size", rc, qv_store_errmsg(G.s))
+	        : reply(c->fd,
+	                json_pack("{s:b, s:s, s:s, s:I}", "ok", 1, "model", model, "version", v->label,
+	                          "bytes", (json_int_t)need),
+	                -1);
+	qv_version_free(v);
+	return rc;
+}
+
 /* The ipc_handle field of req into handle: 0, or -1 if it is not 128
  * lowercase hex digits. */
 static int get_handle(json_t *req, uint8_t handle[QV_GPU_IPC_HANDLE_BYTES])
@@ -733,6 +755,8 @@ static int dispatch(struct conn *c, json_t *req)
 		return op_load_cuda(c, req);
 	if (strcmp(op, "release_cuda") == 0)
 		return op_release_cuda(c, req);
+	if (strcmp(op, "size") == 0)
+		return op_size(c, req);
 	return reply_err(c->fd, "protocol", -EINVAL, "unknown op");
 }
 

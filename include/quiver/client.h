@@ -14,6 +14,7 @@
  *   load_host  model, ref                 -> {model, version, bytes, tensors: [...], source,
  *                                         seconds} + memfd (map it private or read-only: from
  *                                         the DRAM tier it is the daemon's own sealed copy)
+ *   size     model, ref                   -> {model, version, bytes}: what a load needs
  *   load_cuda  model, ref, device, ipc_handle (128 hex digits), bytes
  *                                         -> {model, version, bytes, tensors: [...], source,
  *                                         seconds, open_seconds, copy_seconds}; the

@@ -162,17 +162,26 @@ class _Client:
         self.close()
 
 
+# No daemon can serve root: no socket, nobody listening, or a path too long
+# for a Unix socket (no daemon could have bound it).
+_NO_DAEMON = (-errno.ENOENT, -errno.ECONNREFUSED, -errno.ENAMETOOLONG)
+
+
 def _connect(root, required):
     c = _Client(root)
     if c.rc:
-        if not required and c.rc in (-errno.ENOENT, -errno.ECONNREFUSED):
+        if not required and c.rc in _NO_DAEMON:
             return None
-        raise QuiverError(f"no daemon serves {root}: {_lib.strerror(c.rc)}", c.rc)
+        if c.rc in _NO_DAEMON:
+            raise QuiverError(f"no daemon serves {root}: {_lib.strerror(c.rc)}", c.rc)
+        raise QuiverError(f"cannot reach the daemon of {root}: {_lib.strerror(c.rc)}", c.rc)
     return c
 
 
 def daemon_running(root=None):
-    """True if a daemon serves root (default: $QUIVER_ROOT, else the default root)."""
+    """True if a daemon serves root (default: $QUIVER_ROOT, else the default
+    root); QuiverError if one may but cannot be reached (e.g. no permission
+    on its socket)."""
     c = _connect(_lib.default_root(root), False)
     if c is None:
         return False
@@ -195,6 +204,40 @@ def _table_json(tensors):
             for t in tensors]
 
 
+class _Mapping:
+    """A private (copy-on-write) mapping of a memfd the daemon sent, unmapped
+    when the object is collected. Made with libc's mmap, not Python's: an
+    mmap.mmap keeps a duplicate of the descriptor for as long as it lives, so
+    every load held would hold one open file."""
+
+    _libc = None
+
+    def __init__(self, fd, nbytes):
+        if _Mapping._libc is None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.mmap.restype = ctypes.c_void_p
+            libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                                  ctypes.c_int, ctypes.c_long]
+            libc.munmap.restype = ctypes.c_int
+            libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+            _Mapping._libc = libc
+        libc = _Mapping._libc
+        addr = libc.mmap(None, nbytes, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE, fd, 0)
+        if addr is None or addr == ctypes.c_void_p(-1).value:
+            e = ctypes.get_errno()
+            raise QuiverError(f"cannot map the daemon's memory: {os.strerror(e)}", -e)
+        self.addr, self.nbytes = addr, nbytes
+        self.finalizer = weakref.finalize(self, libc.munmap, addr, nbytes)
+        self.finalizer.atexit = False
+
+    def array(self):
+        class _Arena(ctypes.c_uint8 * self.nbytes):
+            pass
+        a = _Arena.from_address(self.addr)
+        a.owner = self  # the tensor holds a, a holds the mapping
+        return a
+
+
 def _daemon_host(c, model, ref):
     import torch
     req = {"op": "load_host", "model": model}
@@ -211,22 +254,26 @@ def _daemon_host(c, model, ref):
                 raise QuiverError("the daemon sent no memory with the load")
             # private, copy-on-write: a DRAM hit is the daemon's own sealed,
             # read-only memfd, shared with every other engine
-            m = mmap.mmap(fd, nbytes, access=mmap.ACCESS_COPY)
-            # no copy: the tensor's storage holds a reference to m; the mapping
-            # goes when the last view is gone
-            arena = torch.frombuffer(m, dtype=torch.uint8)
+            m = _Mapping(fd, nbytes)
+            # no copy: the tensor's storage holds the array, the array holds
+            # m; the mapping goes when the last view is gone
+            arena = torch.frombuffer(m.array(), dtype=torch.uint8)
     finally:
         if fd >= 0:
             os.close(fd)
     return arena, r, m
 
 
-def _daemon_cuda(c, s, model, label, device):
+def _daemon_cuda(c, model, ref, device):
     from . import _cuda
-    need = ctypes.c_uint64()
-    rc = _lib.library().qv_load_size(s.handle, _lib.enc(model), _lib.enc(label), ctypes.byref(need))
-    if rc:
-        s.fail(rc, f"{model}@{label}")
+    # the daemon says what to allocate (the store may be the daemon's alone
+    # to open); the load then names the version that was measured
+    req = {"op": "size", "model": model}
+    if ref is not None:
+        req["ref"] = ref
+    sz = c.call(req)
+    label = sz["version"]
+    need = ctypes.c_uint64(int(sz["bytes"]))
     buf = _cuda.DeviceBuffer(device, need.value)
     try:
         handle = buf.ipc_handle().hex()
@@ -330,11 +377,7 @@ def load(spec, device="cpu", root=None, via="auto"):
             if dev < 0:
                 arena, r, owner = _daemon_host(c, model, ref)
             else:
-                # the size comes from the store (there is no size op); pin the
-                # version so the daemon loads the one that was measured
-                s = _lib.store(root)
-                label, _ = s.resolve(model, ref)
-                arena, r, owner = _daemon_cuda(c, s, model, label, dev)
+                arena, r, owner = _daemon_cuda(c, model, ref, dev)
         table = _table_json(r["tensors"])
         info.update(source="daemon-" + r.get("source", "store"), version=r.get("version"),
                     bytes=int(r["bytes"]), seconds=r.get("seconds"))

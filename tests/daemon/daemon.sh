@@ -191,6 +191,14 @@ t_abuse() {
 	kill -0 "$DPID" 2>/dev/null || fail "load_cuda unknown handle: quiverd died"
 	expect_err_reply "$(hexframe $M 1 0 - '{"op":"release_cuda","ipc_handle":"zz"}')" "release_cuda bad handle"
 	expect_err_reply "$(hexframe $M 1 0 - '{"op":"release_cuda"}')" "release_cuda without a handle"
+	# size: what to allocate for a load, without opening the store
+	r=$(qvd call '{"op":"size","model":"m","ref":"v2"}') || fail "size of m@v2: $r"
+	case "$r" in
+	*'"ok": true'*'"version": "v2"'*'"bytes": '[1-9]*) ;;
+	*) fail "size of m@v2: got $r" ;;
+	esac
+	expect_err_reply "$(hexframe $M 1 0 - '{"op":"size","model":"nosuch"}')" "size of an unknown model"
+	expect_err_reply "$(hexframe $M 1 0 - '{"op":"size"}')" "size without a model"
 	# a handle this connection never loaded into: nothing to close
 	r=$(qvd call "{\"op\":\"release_cuda\",\"ipc_handle\":\"$(printf 'ab%.0s' $(seq 64))\"}") ||
 		fail "release_cuda of an unknown handle: $r"

@@ -37,6 +37,7 @@ seeds = {
     "dram": frame(j({"op": "dram"})),
     "load_host": frame(j({"op": "load_host", "model": "m", "ref": "current"})),
     "load_cuda": frame(j({"op": "load_cuda", "model": "m", "device": 0, "bytes": 1 << 30, "ipc_handle": "ab" * 64})),
+    "size": frame(j({"op": "size", "model": "m", "ref": "current"})),
     "release_cuda": frame(j({"op": "release_cuda", "ipc_handle": "ab" * 64})),
     "release_cuda_bad": frame(j({"op": "release_cuda", "ipc_handle": "AB" * 64})),
     "unknown_op": frame(j({"op": "frobnicate"})),

@@ -5,8 +5,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (Daemon, check, compare, expect_error, finish, make_store,  # noqa: E402
-                    quiver, read_export, released, torch)
+from common import (QUIVER, Daemon, check, compare, expect_error, finish,  # noqa: E402
+                    make_store, quiver, read_export, released, run, torch)
 
 SCRATCH = os.environ.get("QV_SCRATCH") or "/tmp/qv-scratch-python-client"
 
@@ -57,6 +57,12 @@ def main():
     expect_error("bad via", lambda: quiver.load("llama", root=root, via="ssh"), "via")
     expect_error("daemon required", lambda: quiver.load("llama", root=root, via="daemon"),
                  "no daemon", root)
+    # a root whose socket path is too long for a Unix socket has no daemon
+    # (none could bind it): loads fall back to in-process
+    deep = os.path.join(SCRATCH, "d" * 100, "e" * 100)
+    run(QUIVER, "--root", deep, "publish", "mixed", os.path.join(SCRATCH, "mixed.safetensors"))
+    check(quiver.daemon_running(deep) is False, "daemon_running of a root too long for a socket")
+    load_one("long root", deep, "mixed", refs["mixed"], "auto", "in-process")
 
     # ---- through the daemon ----
     d = Daemon(root, SCRATCH)
@@ -73,6 +79,13 @@ def main():
                 req["ref"] = ref
             quiver.daemon_call(req, root=root)
         load_all("daemon-dram", root, refs, "daemon", "daemon-dram")
+        # a load held costs no open descriptor (an mmap.mmap would keep one)
+        fds0 = len(os.listdir("/proc/self/fd"))
+        held = [quiver.load("mixed", root=root, via="daemon") for _ in range(20)]
+        fds1 = len(os.listdir("/proc/self/fd"))
+        check(fds1 - fds0 < 5, f"20 host loads held keep {fds1 - fds0} more descriptors open")
+        compare("daemon-dram, the 20th held", held[-1], refs["mixed"], "cpu")
+        del held
         kept = load_one("daemon-dram", root, "mixed", refs["mixed"], "daemon", "daemon-dram")
         # in-process while the daemon runs
         load_all("local+daemon", root, {"llama@v1": refs["llama@v1"]}, "local", "in-process")
