@@ -125,11 +125,18 @@ def main():
     changed = {t[0] for t in chosen}
     total = 0
     if a.shards:
+        if a.shards > len(ts):
+            ap.error(f"--shards {a.shards}: the model has only {len(ts)} tensors")
         os.makedirs(a.out, exist_ok=True)
-        per = -(-len(ts) // a.shards)
+        # balanced: every shard gets floor or ceil of len/shards tensors (a
+        # ceil-sized split could leave the last shards empty)
+        per, extra = divmod(len(ts), a.shards)
         weight_map = {}
+        start = 0
         for i in range(a.shards):
-            part = ts[i * per:(i + 1) * per]
+            end = start + per + (i < extra)
+            part = ts[start:end]
+            start = end
             fname = f"model-{i + 1:05d}-of-{a.shards:05d}.safetensors"
             total += write_safetensors(os.path.join(a.out, fname), part, a.dtype, a.seed, changed, a.mutate_seed)
             for t in part:
