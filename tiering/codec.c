@@ -1121,18 +1121,21 @@ static void header_pack(unsigned char *buf, enum qv_codec_dtype dtype, int level
 	put64(buf + 8, XXH3_64bits(buf + 16, table_end - 16));
 }
 
-int qv_codec_encode_fd(int in_fd, uint64_t raw_size, enum qv_codec_dtype dtype, int level,
+int qv_codec_encode_fd(int in_fd, uint64_t raw_size, int dtype_flags, int level,
 		       uint32_t frame_bytes, int out_fd, uint64_t *stored_size)
 {
 	struct qv_codec_ctx *ctx = NULL;
 	struct qv_codec_frame *frames = NULL;
-	unsigned char *in = NULL, *outb = NULL, *scratch = NULL, *head = NULL;
+	unsigned char *in = NULL, *outb = NULL, *alt = NULL, *scratch = NULL, *head = NULL;
 	size_t scratch_len;
 	uint64_t count, pos;
 	int rc = -EINVAL;
+	int mixed = (dtype_flags & QV_CODEC_MIXED) != 0;
+	enum qv_codec_dtype dtype = (enum qv_codec_dtype)(dtype_flags & ~QV_CODEC_MIXED);
 
 	if (stored_size == NULL || in_fd < 0 || out_fd < 0)
 		goto out;
+	mixed &= dtype != QV_CODEC_PLAIN; /* plain zstd is what it would try */
 	*stored_size = 0;
 	if (frame_bytes == 0)
 		frame_bytes = QV_CODEC_FRAME_DEFAULT;
@@ -1154,7 +1157,8 @@ int qv_codec_encode_fd(int in_fd, uint64_t raw_size, enum qv_codec_dtype dtype, 
 	in = malloc(frame_bytes);
 	scratch = malloc(scratch_len);
 	if (frames == NULL || head == NULL || in == NULL || scratch == NULL ||
-	    posix_memalign((void **)&outb, QV_CODEC_ALIGN, frame_bytes) != 0)
+	    posix_memalign((void **)&outb, QV_CODEC_ALIGN, frame_bytes) != 0 ||
+	    (mixed && posix_memalign((void **)&alt, QV_CODEC_ALIGN, frame_bytes) != 0))
 		goto out;
 	rc = qv_codec_ctx_create(&ctx);
 	if (rc != 0)
@@ -1177,6 +1181,21 @@ int qv_codec_encode_fd(int in_fd, uint64_t raw_size, enum qv_codec_dtype dtype, 
 					   scratch_len, &frames[i]);
 		if (rc != 0)
 			goto out;
+		if (mixed) {
+			/* tensors of other dtypes share the frame: plain zstd may
+			 * do better than the planes of the dtype that dominates */
+			struct qv_codec_frame z;
+			rc = qv_codec_frame_encode(ctx, QV_CODEC_PLAIN, level, in, len, alt, frame_bytes,
+						   scratch, scratch_len, &z);
+			if (rc != 0)
+				goto out;
+			if (z.stored_bytes < frames[i].stored_bytes) {
+				unsigned char *t = outb;
+				outb = alt;
+				alt = t;
+				frames[i] = z;
+			}
+		}
 		frames[i].offset = pos;
 		padded = (size_t)qv_codec_align(frames[i].stored_bytes);
 		memset(outb + frames[i].stored_bytes, 0, padded - frames[i].stored_bytes);
@@ -1201,6 +1220,7 @@ out:
 	free(head);
 	free(in);
 	free(outb);
+	free(alt);
 	free(scratch);
 	return rc;
 }

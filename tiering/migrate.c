@@ -50,7 +50,9 @@ void qv__dlist_free(struct qv__dlist *l)
 }
 
 /* The distinct shards of v (manifest needed), sorted, each with the codec
- * dtype class of what it holds (plain if its tensors disagree). */
+ * dtype class of what it holds: a pack of tensors of several classes gets
+ * the float class with the most bytes, and QV_CODEC_MIXED (its frames then
+ * also try plain zstd and keep the smaller). */
 int qv__version_shards(const qv_version *v, struct qv__dlist *out)
 {
 	size_t total = 0;
@@ -60,6 +62,7 @@ int qv__version_shards(const qv_version *v, struct qv__dlist *out)
 	struct ent {
 		uint8_t d[QV_DIGEST_LEN];
 		int dtype;
+		uint64_t bytes;
 	} *e = malloc((total ? total : 1) * sizeof(*e));
 	if (!e)
 		return -ENOMEM;
@@ -68,11 +71,13 @@ int qv__version_shards(const qv_version *v, struct qv__dlist *out)
 		const qv_file *f = &v->files[i];
 		if (!f->safetensors) {
 			memcpy(e[k].d, f->blob, QV_DIGEST_LEN);
+			e[k].bytes = f->size;
 			e[k++].dtype = QV_CODEC_PLAIN;
 			continue;
 		}
 		for (size_t t = 0; t < f->n_tensors; t++) {
 			memcpy(e[k].d, f->tensors[t].shard, QV_DIGEST_LEN);
+			e[k].bytes = f->tensors[t].bytes;
 			e[k++].dtype = qv_codec_dtype_from_name(f->tensors[t].dtype);
 		}
 	}
@@ -84,14 +89,20 @@ int qv__version_shards(const qv_version *v, struct qv__dlist *out)
 		qv__dlist_free(out);
 		return -ENOMEM;
 	}
-	for (size_t i = 0; i < k; i++) {
-		if (out->n && memcmp(out->d[out->n - 1], e[i].d, QV_DIGEST_LEN) == 0) {
-			if (out->dtype[out->n - 1] != e[i].dtype)
-				out->dtype[out->n - 1] = QV_CODEC_PLAIN; /* a pack of mixed dtypes */
-			continue;
+	for (size_t i = 0, j; i < k; i = j) {
+		uint64_t by[QV_CODEC_F32 + 1] = {0};
+		int classes = 0, best = QV_CODEC_PLAIN;
+		for (j = i; j < k && memcmp(e[j].d, e[i].d, QV_DIGEST_LEN) == 0; j++) {
+			classes += by[e[j].dtype] == 0;
+			by[e[j].dtype] += e[j].bytes ? e[j].bytes : 1;
 		}
+		/* the float class with the most bytes: its planes may suit the
+		 * others too (small integers), and plain zstd is tried as well */
+		for (int c = QV_CODEC_PLAIN + 1; c <= QV_CODEC_F32; c++)
+			if (by[c] > 0 && (best == QV_CODEC_PLAIN || by[c] > by[best]))
+				best = c;
 		memcpy(out->d[out->n], e[i].d, QV_DIGEST_LEN);
-		out->dtype[out->n++] = e[i].dtype;
+		out->dtype[out->n++] = best | (classes > 1 ? QV_CODEC_MIXED : 0);
 	}
 	free(e);
 	return 0;
@@ -232,7 +243,7 @@ static int move_shard(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int dtype, in
 	}
 	if (to == QV_TIER_COLD) {
 		posix_fadvise(in, 0, 0, POSIX_FADV_SEQUENTIAL);
-		rc = qv_codec_encode_fd(in, info.size, (enum qv_codec_dtype)dtype, 0, 0, out, &stored);
+		rc = qv_codec_encode_fd(in, info.size, dtype, 0, 0, out, &stored);
 		if (rc)
 			rc = qv_store_fail(s, rc, "shard %.16s: compressing: %s", hex, qv_strerror(rc));
 	} else {

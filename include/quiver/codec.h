@@ -87,6 +87,12 @@ enum qv_codec_dtype {
 	QV_CODEC_F32 = 3,
 };
 
+/* OR'ed into the dtype given to qv_codec_encode_fd(): the shard packs
+ * tensors of several dtypes and dtype is the one with the most bytes; each
+ * frame is also encoded with plain zstd and the smaller kept (the file's
+ * header records dtype alone). */
+#define QV_CODEC_MIXED 0x100
+
 /* How one frame is stored. */
 enum qv_codec_method {
 	QV_CODEC_METHOD_RAW = 0,         /* raw bytes (compression did not pay) */
@@ -193,13 +199,14 @@ uint64_t qv_codec_file_bound(uint64_t raw_size, uint32_t frame_bytes);
  * complete cold file to out_fd (from offset 0, with pwrite; the file is
  * truncated to its final size, *stored_size, a multiple of QV_CODEC_ALIGN).
  * frame_bytes: QV_CODEC_FRAME_MIN..MAX, a multiple of QV_CODEC_ALIGN (0 =
- * default); level as for qv_codec_frame_encode(). Does not fsync: durability
+ * default); level as for qv_codec_frame_encode(); dtype an enum
+ * qv_codec_dtype, optionally with QV_CODEC_MIXED. Does not fsync: durability
  * is the caller's (write to a temp file, fsync, rename). Allocates its
  * buffers once (about 3.5 * frame_bytes plus the table).
  * Returns 0, -EINVAL, QV_ELIMIT (too many frames), QV_ECHANGED (in_fd
  * ended before raw_size bytes), -ENOMEM, or -errno from pread/pwrite/
  * ftruncate. After a failure out_fd holds garbage the caller discards. */
-int qv_codec_encode_fd(int in_fd, uint64_t raw_size, enum qv_codec_dtype dtype, int level,
+int qv_codec_encode_fd(int in_fd, uint64_t raw_size, int dtype, int level,
 		       uint32_t frame_bytes, int out_fd, uint64_t *stored_size);
 
 /* Reads and validates the header and frame table of the cold file open on

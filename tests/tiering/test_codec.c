@@ -542,6 +542,42 @@ static void test_file_round_trip(void **state)
 	free(back);
 }
 
+/* A pack of mixed dtypes (QV_CODEC_MIXED): each frame keeps the smaller of
+ * the float planes and plain zstd, so the file is no larger than with
+ * either alone, and it decodes to the same bytes. */
+static void test_file_mixed(void **state)
+{
+	size_t len = 4 * MIB;
+	unsigned char *src = malloc(len), *back = malloc(len);
+	uint64_t s_f32, s_plain, s_mixed;
+	struct qv_codec_header *hdr = NULL;
+
+	(void)state;
+	assert_non_null(src);
+	assert_non_null(back);
+	/* frame 1: F32 weights; frame 2: small I32 counts (text-like, where
+	 * plain zstd's matches win); frames 3-4: F32 weights again */
+	fill_weights(QV_CODEC_F32, src, len);
+	for (size_t i = 0; i < MIB / 4; i++) {
+		uint32_t v = (uint32_t)(i % 97) * 3u;
+		memcpy(src + MIB + 4 * i, &v, 4);
+	}
+	close(encode_to_file(QV_CODEC_F32, src, len, MIB, &s_f32));
+	close(encode_to_file(QV_CODEC_PLAIN, src, len, MIB, &s_plain));
+	int fd = encode_to_file(QV_CODEC_F32 | QV_CODEC_MIXED, src, len, MIB, &s_mixed);
+	assert_true(s_mixed <= s_f32);
+	assert_true(s_mixed <= s_plain);
+	assert_true(s_mixed < s_f32 || s_mixed < s_plain);
+	assert_int_equal(qv_codec_header_read(fd, s_mixed, &hdr), 0);
+	assert_int_equal(hdr->dtype, QV_CODEC_F32); /* the flag is not stored */
+	assert_int_equal(qv_codec_decode_fd(fd, hdr, back, len), 0);
+	assert_memory_equal(back, src, len);
+	qv_codec_header_destroy(hdr);
+	close(fd);
+	free(src);
+	free(back);
+}
+
 static void test_file_bad_args(void **state)
 {
 	unsigned char buf[16] = { 0 };
@@ -837,6 +873,7 @@ int main(void)
 		cmocka_unit_test_setup(test_frame_bad_args, setup),
 		cmocka_unit_test_setup(test_frame_corrupt, setup),
 		cmocka_unit_test_setup(test_file_round_trip, setup),
+		cmocka_unit_test_setup(test_file_mixed, setup),
 		cmocka_unit_test_setup(test_file_bad_args, setup),
 		cmocka_unit_test_setup(test_file_corrupt_frame, setup),
 		cmocka_unit_test_setup(test_header_lies, setup),
