@@ -1125,26 +1125,34 @@ static int cmd_tier(int argc, char **argv)
 	if (!o.apply) {
 		qv_tier_status st;
 		rc = qv_tier_status_get(s, &st);
+		/* the policy demotes only with a cold tier and a hot capacity */
+		const char *idle = !cfg.cold_dir        ? "no cold tier, so nothing is demoted "
+		                                          "('quiver init --cold DIR')"
+		                   : !cfg.hot_capacity ? "no hot capacity, so nothing is demoted "
+		                                          "('quiver init --hot-capacity SIZE')"
+		                                        : NULL;
 		if (rc == 0 && o.json)
-			cli_json_print(json_pack("{s:I, s:I, s:f, s:f, s:b}", "hot_used",
+			cli_json_print(json_pack("{s:I, s:I, s:f, s:f, s:b, s:b}", "hot_used",
 			                         (json_int_t)st.tier[QV_TIER_HOT].used_bytes, "hot_capacity",
 			                         (json_int_t)cfg.hot_capacity, "high", cfg.high, "low",
-			                         cfg.low, "applied", 0));
+			                         cfg.low, "applied", 0, "policy_active", idle == NULL));
 		else if (rc == 0)
-			cli_printf("hot tier: %s used of %s (high %.0f%%, low %.0f%%); run with --apply to enforce\n",
+			cli_printf("hot tier: %s used of %s (high %.0f%%, low %.0f%%); %s\n",
 			       cli_bytes(st.tier[QV_TIER_HOT].used_bytes, a, sizeof(a)),
 			       cfg.hot_capacity ? cli_bytes(cfg.hot_capacity, b, sizeof(b)) : "unlimited",
-			       cfg.high * 100, cfg.low * 100);
+			       cfg.high * 100, cfg.low * 100, idle ? idle : "run with --apply to enforce");
 	} else {
 		qv_policy_result r;
 		rc = qv_tier_apply(s, &r);
 		if (rc == 0 && o.json)
-			cli_json_print(json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "hot_before",
-			                         (json_int_t)r.hot_before, "hot_after",
+			cli_json_print(json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:b}",
+			                         "hot_before", (json_int_t)r.hot_before, "hot_after",
 			                         (json_int_t)r.hot_after, "versions_demoted",
 			                         (json_int_t)r.versions, "shards", (json_int_t)r.moved.shards,
 			                         "raw_bytes", (json_int_t)r.moved.raw_bytes, "stored_bytes",
-			                         (json_int_t)r.moved.stored_bytes));
+			                         (json_int_t)r.moved.stored_bytes, "hot_capacity",
+			                         (json_int_t)cfg.hot_capacity, "high", cfg.high, "low",
+			                         cfg.low, "applied", 1));
 		else if (rc == 0)
 			cli_printf("tier policy: hot tier %s -> %s of %s; demoted %llu version%s (%llu shards)\n",
 			       cli_bytes(r.hot_before, a, sizeof(a)), cli_bytes(r.hot_after, b, sizeof(b)),

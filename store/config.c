@@ -250,6 +250,7 @@ int qv_store_init(const char *root, const qv_store_config *cfg, char *errbuf, si
 		return -EINVAL;
 	}
 	qv_store *s = NULL;
+	int locked = 0;
 	rc = qv_store_open(root, &s, errbuf, errlen);
 	if (rc)
 		return rc;
@@ -284,7 +285,14 @@ int qv_store_init(const char *root, const qv_store_config *cfg, char *errbuf, si
 		goto fail;
 	}
 	/* Existing shards stay where they are: refuse to point a tier that
-	 * holds some elsewhere. */
+	 * holds some elsewhere. Writers (publish, migrations) hold the lock
+	 * shared: none writes a shard between this count and the new file. */
+	rc = qv__lock_exclusive(s);
+	if (rc) {
+		snprintf(errbuf, errlen, "%s/lock: %s", root, qv_strerror(rc));
+		goto fail;
+	}
+	locked = 1;
 	uint64_t held[QV_TIERS] = {0};
 	rc = qv_shard_foreach(s, count_tiers, held);
 	if (rc) {
@@ -305,15 +313,14 @@ int qv_store_init(const char *root, const qv_store_config *cfg, char *errbuf, si
 		         cfg->cold_dir ? "moved" : "dropped");
 		goto fail;
 	}
-	qv_store_close(s);
-	s = NULL;
 
 	snprintf(path, sizeof(path), "%s/config.ini", root);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 	FILE *f = fopen(tmp, "w");
 	if (!f) {
+		rc = -errno;
 		snprintf(errbuf, errlen, "%s: %s", tmp, strerror(errno));
-		return -errno;
+		goto fail;
 	}
 	char high[32], low[32];
 	fprintf(f, "# written by quiver init\n[tiers]\nhot = %s\n", hot);
@@ -347,14 +354,17 @@ int qv_store_init(const char *root, const qv_store_config *cfg, char *errbuf, si
 		snprintf(errbuf, errlen, "%s: %s", path, qv_strerror(rc));
 		goto out_tmp;
 	}
+	qv__unlock(s);
+	qv_store_close(s);
 	/* open once more: creates the tier folders and checks the file */
 	rc = qv_store_open(root, &s, errbuf, errlen);
 	qv_store_close(s);
 	return rc;
 out_tmp:
 	unlink(tmp);
-	return rc;
 fail:
+	if (locked)
+		qv__unlock(s);
 	qv_store_close(s);
 	return rc;
 }

@@ -400,6 +400,10 @@ t_no_cold() {
 	err_one_line
 	expect_ok q status --json
 	jcheck "$OUT_FILE" 'd["tiers"][0]["used_bytes"] > 0' "status of a one-tier store"
+	expect_ok q tier
+	out_has "no cold tier, so nothing is demoted"
+	expect_ok q tier --json
+	jcheck "$OUT_FILE" 'd["policy_active"] is False' "tier --json of a one-tier store"
 	expect_ok q tier --apply
 }
 soft t_no_cold
