@@ -51,10 +51,10 @@ FIO=$(mktemp)   # one line per fio run: setting, GB/s
 for r in $(seq "$REPS"); do
   runs=""
   for qd in $FIO_QDS; do
-    read -r fb f4 fh <<<"$(fio_best "$SHARDS" --iodepth="$qd")"
-    echo "qd$qd-4k $f4" >>"$FIO"
-    [ "$FIO_HUGE" = yes ] && echo "qd$qd-huge $fh" >>"$FIO"
-    runs="$runs qd$qd:$(printf '%.3f/%.3f' "$f4" "$fh")"
+    fio_best "$SHARDS" --iodepth="$qd" || exit 1
+    echo "qd$qd-4k $F4" >>"$FIO"
+    if [ -n "$FH" ]; then echo "qd$qd-huge $FH" >>"$FIO"; fi
+    runs="$runs qd$qd:$(printf '%.3f/%.3f' "$F4" "${FH:-0}")"
   done
   fio_runs+=("[$runs ]")
   drop

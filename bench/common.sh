@@ -5,41 +5,65 @@
 # figure counts: a virtio disk reads much faster into physically contiguous
 # buffers (2-vCPU box: 1.26-1.68 against 0.97-1.11 GB/s), and quiver's own
 # read buffers are huge pages, so 4 KiB buffers alone would understate the
-# disk. Needs 16 huge pages reserved (bench_hugepages, as root); without
-# them only the 4 KiB figure is taken, and FIO_HUGE says so.
+# disk. Needs huge pages reserved (bench_hugepages, as root); without them
+# only the 4 KiB figure is taken, and FIO_HUGE says so.
+#
+# A fio run that fails, reports an error or reads less than every byte of
+# the files stops the script: a failed run must never count as a figure (a
+# 0 or a partial rate would lower the limit and flatter quiver).
 DROPPED=no FIO_HUGE=no
 drop() { sync; if echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then DROPPED=yes; fi; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-# Reserves 16 huge pages for fio's buffers until the script exits.
+# Reserves 64 huge pages (128 MiB: 64 reads of 1 MiB or 16 of 4 MiB, with
+# room) for fio's buffers until the script exits.
+FIO_HUGE_PAGES=64
 bench_hugepages() {
   local hp0
   hp0=$(cat /proc/sys/vm/nr_hugepages 2>/dev/null || echo 0)
-  if [ "$hp0" -lt 16 ] && { echo 16 > /proc/sys/vm/nr_hugepages; } 2>/dev/null; then
+  if [ "$hp0" -lt $FIO_HUGE_PAGES ] && { echo $FIO_HUGE_PAGES > /proc/sys/vm/nr_hugepages; } 2>/dev/null; then
     trap "echo $hp0 > /proc/sys/vm/nr_hugepages 2>/dev/null || true" EXIT
   fi
-  [ "$(cat /proc/sys/vm/nr_hugepages 2>/dev/null || echo 0)" -ge 16 ] && FIO_HUGE=yes
+  [ "$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)" -ge $FIO_HUGE_PAGES ] && FIO_HUGE=yes
   return 0
 }
 
-# fio_rate DIR [fio options]: GB/s of one O_DIRECT read of every file below
-# DIR, 1 MiB reads 16 deep (options after DIR override both), caches dropped
-# first.
+# fio_rate DIR [fio options]: sets RATE to the GB/s of one O_DIRECT read of
+# every file below DIR, 1 MiB reads 16 deep (options after DIR override
+# both), caches dropped first. Returns 1, saying why, if fio failed.
 fio_rate() {
-  local dir=$1
+  local dir=$1 out want bs=1048576 a
   shift
+  for a in "$@"; do case $a in --bs=*) bs=${a#--bs=} ;; esac; done
   drop
-  fio --name=read --opendir="$dir" --ioengine=io_uring --direct=1 --rw=read --bs=1M \
-    --iodepth=16 --file_service_type=sequential "$@" --output-format=json | sed -n '/^{/,$p' |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["read"]["bw_bytes"]/1e9)'
+  # fio reads whole blocks: each file's tail under one block is not read
+  want=$(find "$dir" -type f -printf '%s\n' | awk -v bs="$bs" '{n += int($1 / bs) * bs} END {print n + 0}')
+  out=$(fio --name=read --opendir="$dir" --ioengine=io_uring --direct=1 --rw=read --bs=1M \
+    --iodepth=16 --file_service_type=sequential "$@" --output-format=json 2>&1) ||
+    { echo "fio failed ($*): $(echo "$out" | grep -v '^ ' | tail -3)" >&2; return 1; }
+  RATE=$(echo "$out" | sed -n '/^{/,$p' | python3 -c '
+import json, sys
+j = json.load(sys.stdin)["jobs"][0]
+want = int(sys.argv[1])
+if j.get("error"):
+    sys.exit("fio job error %d" % j["error"])
+if j["read"]["io_bytes"] < want:
+    sys.exit("fio read %d of %d bytes" % (j["read"]["io_bytes"], want))
+print(j["read"]["bw_bytes"] / 1e9)' "$want") || { echo "fio run refused ($*)" >&2; return 1; }
 }
 
-# fio_best DIR [fio options]: "BEST FOUR_K HUGE" GB/s (HUGE 0 when not run).
+# fio_best DIR [fio options]: sets FB F4 FH, the GB/s of the better of the
+# two buffer kinds, of 4 KiB buffers and of huge-page ones (FH empty when not
+# run). Returns 1 if a run failed.
 fio_best() {
-  local f4 fh=0
-  f4=$(fio_rate "$@")
-  [ "$FIO_HUGE" = yes ] && fh=$(fio_rate "$@" --iomem=shmhuge || echo 0)
-  awk -v a="$f4" -v b="$fh" 'BEGIN {print (a > b ? a : b), a, b}'
+  FB= F4= FH=
+  fio_rate "$@" || return 1
+  F4=$RATE
+  if [ "$FIO_HUGE" = yes ]; then
+    fio_rate "$@" --iomem=shmhuge || return 1
+    FH=$RATE
+  fi
+  FB=$(awk -v a="$F4" -v b="${FH:-0}" 'BEGIN {print (a > b ? a : b)}')
 }
 
 # best_median FILE: FILE holds lines "SETTING GB/s", several runs of each;

@@ -15,6 +15,7 @@
  *               load_cuda of current, to the last byte on the GPU.
  * Prints (b)/(a). The target for cuda is (b) >= 0.9 x (a). */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,7 +47,19 @@ static int cmp_d(const void *a, const void *b)
 static double median(double *v, int n)
 {
 	qsort(v, (size_t)n, sizeof(double), cmp_d);
-	return v[n / 2];
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2; /* as Python's statistics.median */
+}
+
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fputs("daemon_bench: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+	exit(1);
 }
 
 /* One request over the bench's one connection, as an engine keeps one (the
@@ -117,16 +130,21 @@ int main(int argc, char **argv)
 			                                 "ref", refs[r % 2]), &fd);
 			bytes = (uint64_t)json_integer_value(json_object_get(j, "bytes"));
 			const char *src = json_string_value(json_object_get(j, "source"));
+			/* a swap that did not happen as measured is no figure */
+			if (!src || strcmp(src, "dram") != 0)
+				die("swap %d came from %s, not the DRAM tier", r, src ? src : "nowhere");
+			if (fd < 0 || bytes == 0)
+				die("swap %d: the daemon sent no memory (%llu bytes)", r,
+				    (unsigned long long)bytes);
 			unsigned char *m = mmap(NULL, bytes, PROT_READ, MAP_SHARED, fd, 0);
+			if (m == MAP_FAILED)
+				die("swap %d: mmap: %s", r, strerror(errno));
 			volatile unsigned sum = 0;
-			for (uint64_t off = 0; m != MAP_FAILED && off < bytes; off += 4096)
+			for (uint64_t off = 0; off < bytes; off += 4096)
 				sum += m[off]; /* the engine touches its memory */
 			swap[r] = (double)bytes / (now_s() - t0) / 1e9;
-			if (m != MAP_FAILED)
-				munmap(m, bytes);
+			munmap(m, bytes);
 			close(fd);
-			if (strcmp(src, "dram") != 0)
-				fprintf(stderr, "daemon_bench: swap %d came from %s, not dram\n", r, src);
 			json_decref(j);
 		}
 		double a_ = median(lim, 10), b_ = median(swap, reps);
@@ -190,8 +208,9 @@ int main(int argc, char **argv)
 		printf("  swap %d: %s in %.3f s (daemon: open %.4f s, copy %.4f s)\n", r, refs[r % 2],
 		       swap[r], json_real_value(json_object_get(j, "open_seconds")),
 		       json_real_value(json_object_get(j, "copy_seconds")));
-		if (strcmp(json_string_value(json_object_get(j, "source")), "dram") != 0)
-			fprintf(stderr, "daemon_bench: swap %d did not come from the DRAM tier\n", r);
+		const char *src = json_string_value(json_object_get(j, "source"));
+		if (!src || strcmp(src, "dram") != 0)
+			die("swap %d came from %s, not the DRAM tier", r, src ? src : "nowhere");
 		json_decref(j);
 		swap[r] = (double)bytes / swap[r] / 1e9;
 	}
@@ -200,6 +219,8 @@ int main(int argc, char **argv)
 	snprintf(cmd, sizeof(cmd), "quiver --root '%s' rollback '%s' >/dev/null", root, model);
 	double t0 = now_s();
 	int src = system(cmd);
+	if (src != 0)
+		die("'%s' failed (status %d)", cmd, src);
 	json_t *j = call(root, json_pack("{s:s, s:s, s:i, s:s, s:I}", "op", "load_cuda", "model",
 	                                 model, "device", device, "ipc_handle", hex, "bytes",
 	                                 (json_int_t)arena), NULL);

@@ -105,19 +105,38 @@ static int collect(const char *dir, struct files *f)
  * plain 4 KiB pages; faulted in. NULL on failure. */
 static char *buffer(size_t len, int huge)
 {
-	size_t map = len + (huge ? HUGE_ALIGN : 0);
+	/* a huge page needs a whole aligned 2 MiB: a 1 MiB buffer gets one of
+	 * its own (advising only len would split off a region too small) */
+	size_t span = huge ? (len + HUGE_ALIGN - 1) & ~(size_t)(HUGE_ALIGN - 1) : len;
+	size_t map = span + (huge ? HUGE_ALIGN : 0);
 	char *p = mmap(NULL, map, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
 	if (p == MAP_FAILED)
 		return NULL;
 	if (huge) {
 		p = (char *)(((uintptr_t)p + HUGE_ALIGN - 1) & ~(uintptr_t)(HUGE_ALIGN - 1));
-		(void)madvise(p, len, MADV_HUGEPAGE); /* best effort */
+		(void)madvise(p, span, MADV_HUGEPAGE); /* best effort */
 	} else {
-		(void)madvise(p, len, MADV_NOHUGEPAGE);
+		(void)madvise(p, span, MADV_NOHUGEPAGE);
 	}
-	memset(p, 0, len);
+	memset(p, 0, span);
 	return p;
+}
+
+/* KiB of this process's anonymous memory on transparent huge pages: what
+ * the buffers really got (0 if unknown). */
+static unsigned long anon_huge_kib(void)
+{
+	FILE *f = fopen("/proc/self/smaps_rollup", "r");
+	char line[256];
+	unsigned long kib = 0;
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "AnonHugePages: %lu kB", &kib) == 1)
+			break;
+	fclose(f);
+	return kib;
 }
 
 static void fail(struct run *r, const char *path, int e)
@@ -247,8 +266,9 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	printf("{\"bytes\": %llu, \"seconds\": %.6f, \"gb_per_s\": %.4f, \"streams\": %u, "
-	       "\"block_bytes\": %zu, \"huge_pages\": %s}\n",
-	       r.bytes, s, (double)r.bytes / s / 1e9, started, r.block, huge ? "true" : "false");
+	       "\"block_bytes\": %zu, \"huge_pages\": %s, \"anon_huge_kib\": %lu}\n",
+	       r.bytes, s, (double)r.bytes / s / 1e9, started, r.block, huge ? "true" : "false",
+	       anon_huge_kib());
 	for (size_t i = 0; i < f.n; i++) {
 		close(f.fd[i]);
 		free(f.path[i]);

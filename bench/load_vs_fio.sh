@@ -46,9 +46,9 @@ for qd in $QDS; do
   for chunk in $CHUNKS; do
     fio_r=(); fio_4k=(); fio_huge=(); q_r=(); first=()
     for r in $(seq "$REPS"); do
-      read -r fb f4 fh <<<"$(fio_best "$SHARDS" --bs="$(tobytes "$chunk")" --iodepth="$qd" \
-        --fixedbufs=1 --registerfiles=1)"
-      fio_r+=("$fb") fio_4k+=("$f4") fio_huge+=("$fh")
+      fio_best "$SHARDS" --bs="$(tobytes "$chunk")" --iodepth="$qd" --fixedbufs=1 \
+        --registerfiles=1 || exit 1
+      fio_r+=("$FB") fio_4k+=("$F4") fio_huge+=("${FH:-0}")
       drop
       out=$("$Q" --root "$W/store" load bench/model --device cpu --io direct --qd "$qd" \
         --chunk "$chunk" --json)
@@ -66,9 +66,9 @@ done
 FIO=$(mktemp)   # one line per fio run: setting, GB/s
 for r in $(seq "$REPS"); do
   for qd in $FIO_QDS; do
-    read -r fb f4 fh <<<"$(fio_best "$SHARDS" --iodepth="$qd")"
-    echo "qd$qd-4k $f4" >>"$FIO"
-    [ "$FIO_HUGE" = yes ] && echo "qd$qd-huge $fh" >>"$FIO"
+    fio_best "$SHARDS" --iodepth="$qd" || exit 1
+    echo "qd$qd-4k $F4" >>"$FIO"
+    if [ -n "$FH" ]; then echo "qd$qd-huge $FH" >>"$FIO"; fi
   done
 done
 read -r limit lbest <<<"$(best_median "$FIO")"
