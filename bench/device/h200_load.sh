@@ -3,7 +3,9 @@
 # In one run, on a generated ~8 GB bf16 model shaped like a 7B checkpoint:
 #   (c) pinned host-to-device copy rate (torch, pinned 1 GiB buffer, events)
 #   raw read rate of the store's shard files (dd iflag=direct, 1 and 4 streams)
-#   (d) quiver load --device cuda:0, cold (caches dropped) and warm
+#   (d) quiver load --device cuda:0, cold (caches dropped; REPS, default 3,
+#       interleaved with bench/direct_read's settings DR, whose best median is
+#       the limit the cold loads are held to) and warm
 #   (e) safetensors load_file(f, device="cuda") on the exported files, cold and warm
 # Usage (on the device machine, from the repo root): bench/device/h200_load.sh
 set -euo pipefail
@@ -12,7 +14,10 @@ Q=$QV_BUILD/cli/quiver
 W=${W:-/tmp/qvbench}
 mkdir -p "$W"
 HIDDEN=${HIDDEN:-4096} LAYERS=${LAYERS:-14} VOCAB=${VOCAB:-32000}
-QD=${QD:-16} CHUNK=${CHUNK:-4M}
+# the load's own defaults unless QD / CHUNK are given
+LOADOPT=()
+if [ -n "${QD:-}" ]; then LOADOPT+=(--qd "$QD"); fi
+if [ -n "${CHUNK:-}" ]; then LOADOPT+=(--chunk "$CHUNK"); fi
 t() { date +%s.%N; }
 rate() { awk -v a="$1" -v b="$2" -v n="$BYTES" 'BEGIN {printf "%.3f", n / (b - a) / 1e9}'; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
@@ -50,25 +55,53 @@ drop; t0=$(t)
 find "$W/store/shards" -type f -print0 | xargs -0 -P16 -I{} dd if={} of=/dev/null bs=16M iflag=direct status=none
 t1=$(t); echo "raw_dd_16streams_gbps $(rate "$t0" "$t1")"
 
-echo "== (d) quiver load --device cuda:0 (qd $QD, chunk $CHUNK)"
+echo "== (d) quiver load --device cuda:0 (${LOADOPT[*]:-default qd and chunk})"
 cat > "$W/q.py" <<'PY'
 import json, sys
 d = json.load(sys.stdin)
 b, s, i = d["bytes"], d["seconds"], d["device_init_seconds"]
 print(f"{sys.argv[1]} {b / s / 1e9:.3f} GB/s in {s:.3f} s; without CUDA context start ({i:.3f} s): "
-      f"{b / (s - i) / 1e9:.3f} GB/s; first tensor {d['first_tensor_seconds']:.3f} s; {d['engine']} {d['io']}")
+      f"{b / (s - i) / 1e9:.3f} GB/s; first tensor {d['first_tensor_seconds']:.3f} s; {d['engine']} {d['io']}; "
+      f"qd {d['qd']}, chunk {d['chunk_bytes']}")
 PY
-for r in 1 2; do
+# (d) cold against the disk's limit, interleaved: per repetition each
+# direct_read setting (O_DIRECT streams x MiB per read, into huge pages),
+# then a cold load; the limit is the best setting's median, as on the CPU box
+LOG=$W/cold_vs_limit.txt
+: > "$LOG"
+for r in $(seq "${REPS:-3}"); do
+  for dr in ${DR:-16x16 4x4 2x4 2x1}; do
+    drop
+    "$QV_BUILD/bench/direct_read" --streams "${dr%x*}" --block "${dr#*x}" "$W/store/shards" |
+      python3 -c 'import json,sys; d=json.load(sys.stdin); print("limit_%s %.4f (anon huge %d KiB)" % (sys.argv[1], d["gb_per_s"], d["anon_huge_kib"]))' "$dr" |
+      tee -a "$LOG"
+  done
   drop
-  "$Q" --root "$W/store" load bench/7b --device cuda:0 --io direct --qd "$QD" --chunk "$CHUNK" --json |
-    python3 "$W/q.py" quiver_cold
+  "$Q" --root "$W/store" load bench/7b --device cuda:0 --io direct "${LOADOPT[@]}" --json |
+    python3 "$W/q.py" quiver_cold | tee -a "$LOG"
 done
+python3 - "$LOG" <<'PY'
+import statistics, sys
+lim, q = {}, []
+for line in open(sys.argv[1]):
+    w = line.split()
+    if w[0].startswith("limit_"):
+        lim.setdefault(w[0][6:], []).append(float(w[1]))
+    elif w[0] == "quiver_cold":
+        q.append(float(w[1]))
+best = max(lim, key=lambda k: statistics.median(lim[k]))
+l, m = statistics.median(lim[best]), statistics.median(q)
+print(f"limit: direct_read {best} (streams x MiB), median {l:.3f} GB/s; "
+      + ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in lim.items()))
+print(f"(d) cold to cuda:0: median {m:.3f} GB/s of {len(q)} = {m / l:.3f} of the limit "
+      f"(target >= 0.95: {'met' if m / l >= 0.95 else 'MISSED'})")
+PY
 cat "$W"/store/shards/*/*/* > /dev/null
 for r in 1 2; do
-  "$Q" --root "$W/store" load bench/7b --device cuda:0 --io auto --qd "$QD" --chunk "$CHUNK" --json |
+  "$Q" --root "$W/store" load bench/7b --device cuda:0 --io auto "${LOADOPT[@]}" --json |
     python3 "$W/q.py" quiver_warm
 done
-"$Q" --root "$W/store" load bench/7b --device cuda:0 --io auto --qd "$QD" --chunk "$CHUNK" --verify --json |
+"$Q" --root "$W/store" load bench/7b --device cuda:0 --io auto "${LOADOPT[@]}" --verify --json |
   python3 "$W/q.py" quiver_warm_verify
 
 if [ -n "${SWEEP:-}" ]; then
