@@ -38,9 +38,12 @@ fio_rate() {
   drop
   # fio reads whole blocks: each file's tail under one block is not read
   want=$(find "$dir" -type f -printf '%s\n' | awk -v bs="$bs" '{n += int($1 / bs) * bs} END {print n + 0}')
+  local errf
+  errf=$(mktemp)
   out=$(fio --name=read --opendir="$dir" --ioengine=io_uring --direct=1 --rw=read --bs=1M \
-    --iodepth=16 --file_service_type=sequential "$@" --output-format=json 2>&1) ||
-    { echo "fio failed ($*): $(echo "$out" | grep -v '^ ' | tail -3)" >&2; return 1; }
+    --iodepth=16 --file_service_type=sequential "$@" --output-format=json 2>"$errf") ||
+    { echo "fio failed ($*): $(tail -3 "$errf")" >&2; rm -f "$errf"; return 1; }
+  rm -f "$errf"
   RATE=$(echo "$out" | sed -n '/^{/,$p' | python3 -c '
 import json, sys
 j = json.load(sys.stdin)["jobs"][0]
@@ -56,10 +59,17 @@ print(j["read"]["bw_bytes"] / 1e9)' "$want") || { echo "fio run refused ($*)" >&
 # two buffer kinds, of 4 KiB buffers and of huge-page ones (FH empty when not
 # run). Returns 1 if a run failed.
 fio_best() {
+  local a bs=1048576 qd=16 free
   FB= F4= FH=
   fio_rate "$@" || return 1
   F4=$RATE
-  if [ "$FIO_HUGE" = yes ]; then
+  # fio's huge-page buffers take iodepth x bs: skip (and say so) what the
+  # reserved pages cannot hold, rather than fail
+  for a in "$@"; do case $a in --bs=*) bs=${a#--bs=} ;; --iodepth=*) qd=${a#--iodepth=} ;; esac; done
+  free=$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)
+  if [ "$FIO_HUGE" = yes ] && [ $((qd * bs)) -gt $((free * 2097152)) ]; then
+    echo "fio: $qd x $bs bytes do not fit in $free free huge pages; 4 KiB buffers only" >&2
+  elif [ "$FIO_HUGE" = yes ]; then
     fio_rate "$@" --iomem=shmhuge || return 1
     FH=$RATE
   fi

@@ -19,7 +19,7 @@ static const double buckets[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 static const char *const ops[] = {"publish", "activate", "rollback", "alias",     "rm",
                                   "gc",      "demote",   "promote",  "pin",       "unpin",
                                   "tier",    "warm",     "cool",     "load_host", "load_cuda",
-                                  "protocol", "other"};
+                                  "size",    "release_cuda", "protocol", "other"};
 #define N_OPS (sizeof(ops) / sizeof(ops[0]))
 static const char *const sources[SRC_N] = {"dram", "hot", "cold"};
 

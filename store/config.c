@@ -29,7 +29,8 @@ struct cfg {
 	char cold[PATH_MAX];
 	uint64_t hot_capacity;
 	double high, low;
-	char bad[256]; /* the first bad line, explained */
+	char bad[256]; /* the first setting refused, explained */
+	char bad_name[96]; /* its key, to tell its line from a syntax error's */
 };
 
 /* A setting that is not understood stops the store from opening: a typo
@@ -70,9 +71,28 @@ static int on_entry(void *user, const char *section, const char *name, const cha
 	}
 	return 1;
 bad:
-	if (!*c->bad)
+	if (!*c->bad) {
 		snprintf(c->bad, sizeof(c->bad), "%s", why);
+		snprintf(c->bad_name, sizeof(c->bad_name), "%s", name); /* the line named */
+	}
 	return 0;
+}
+
+/* Whether line n (from 1) of path mentions word: libinih reports the first
+ * error's line, which may be a syntax error before the first refused setting. */
+static int line_has(const char *path, int n, const char *word)
+{
+	FILE *f = fopen(path, "re");
+	char line[INI_MAX_LINE + 2];
+	int found = 0;
+	for (int i = 1; f && fgets(line, sizeof(line), f); i++)
+		if (i == n) {
+			found = *word && strstr(line, word) != NULL;
+			break;
+		}
+	if (f)
+		fclose(f);
+	return found;
 }
 
 /* Parses the config file at path into c: 0, -ENOENT if there is none, or
@@ -84,7 +104,8 @@ static int config_parse(const char *path, struct cfg *c, char *errbuf, size_t er
 		return errno == ENOENT ? -ENOENT : -errno;
 	if (r != 0) {
 		snprintf(errbuf, errlen, "%s: line %d: %s", path, r,
-		         *c->bad ? c->bad
+		         *c->bad && line_has(path, r, c->bad_name)
+		                 ? c->bad
 		                 : "not a 'key = value' line or [section] (or longer than the limit)");
 		return QV_EFORMAT;
 	}
@@ -100,10 +121,29 @@ static int config_parse(const char *path, struct cfg *c, char *errbuf, size_t er
  * a command runs. */
 static int tier_dir(const char *root, const char *dir, char *out, size_t len)
 {
-	int n = !*dir ? snprintf(out, len, "%s", root)
-	        : *dir == '/' ? snprintf(out, len, "%s", dir)
-	                      : snprintf(out, len, "%s/%s", root, dir);
-	return n >= 0 && (size_t)n < len ? 0 : -ENAMETOOLONG;
+	int n;
+	if (!*dir || *dir == '/') {
+		n = snprintf(out, len, "%s", *dir ? dir : root);
+		return n >= 0 && (size_t)n < len ? 0 : -ENAMETOOLONG;
+	}
+	/* Before 2026-11-30 init wrote the root as typed when no --hot was
+	 * given ("hot = store" for --root store): such a value names the root
+	 * itself, or a folder relative to where init ran. */
+	const char *d = strncmp(dir, "./", 2) == 0 ? dir + 2 : dir;
+	size_t rl = strlen(root), dl = strlen(d);
+	struct stat st;
+	char shards[PATH_MAX * 2];
+	if (strcmp(root, d) == 0 || (rl > dl && strcmp(root + rl - dl, d) == 0 && root[rl - dl - 1] == '/')) {
+		n = snprintf(out, len, "%s", root);
+		return n >= 0 && (size_t)n < len ? 0 : -ENAMETOOLONG;
+	}
+	n = snprintf(out, len, "%s/%s", root, dir);
+	if (n < 0 || (size_t)n >= len)
+		return -ENAMETOOLONG;
+	snprintf(shards, sizeof(shards), "%s/shards", dir);
+	if (stat(out, &st) != 0 && stat(shards, &st) == 0) /* relative to here, as it was */
+		snprintf(out, len, "%s", dir);
+	return 0;
 }
 
 static char *join(const char *a, const char *b)
@@ -133,6 +173,8 @@ int qv__config_load(qv_store *s, char *errbuf, size_t errlen)
 	struct cfg c = {.high = 0.90, .low = 0.75};
 	char path[PATH_MAX];
 	snprintf(path, sizeof(path), "%s/config.ini", s->root);
+	if (stat(path, &s->config_st) != 0)
+		memset(&s->config_st, 0, sizeof(s->config_st));
 	int rc = config_parse(path, &c, errbuf, errlen);
 	if (rc == QV_EFORMAT)
 		return rc;
@@ -158,6 +200,22 @@ int qv__config_load(qv_store *s, char *errbuf, size_t errlen)
 	s->high = c.high;
 	s->low = c.low;
 	return 0;
+}
+
+int qv__config_check(qv_store *s)
+{
+	char path[PATH_MAX];
+	struct stat st;
+	snprintf(path, sizeof(path), "%s/config.ini", s->root);
+	if (stat(path, &st) != 0)
+		memset(&st, 0, sizeof(st));
+	if (st.st_ino == s->config_st.st_ino && st.st_dev == s->config_st.st_dev &&
+	    st.st_size == s->config_st.st_size && st.st_mtim.tv_sec == s->config_st.st_mtim.tv_sec &&
+	    st.st_mtim.tv_nsec == s->config_st.st_mtim.tv_nsec)
+		return 0;
+	return qv__err(s, QV_ECHANGED,
+	               "%s changed since this command opened the store ('quiver init'); run it again",
+	               path);
 }
 
 void qv__config_free(qv_store *s)
@@ -257,14 +315,13 @@ int qv_store_init(const char *root, const qv_store_config *cfg, char *errbuf, si
 	/* tier folders are kept as absolute paths: later commands run anywhere */
 	char hot[PATH_MAX], cold[PATH_MAX];
 	const char *want_hot = cfg->hot_dir ? cfg->hot_dir : root;
-	if (qv__mkdir_p(want_hot, 0755) || !realpath(want_hot, hot)) {
-		rc = -errno;
-		snprintf(errbuf, errlen, "%s: %s", want_hot, strerror(errno));
+	if ((rc = qv__mkdir_p(want_hot, 0755)) != 0 || (!realpath(want_hot, hot) && (rc = -errno))) {
+		snprintf(errbuf, errlen, "%s: %s", want_hot, qv_strerror(rc));
 		goto fail;
 	}
-	if (cfg->cold_dir && (qv__mkdir_p(cfg->cold_dir, 0755) || !realpath(cfg->cold_dir, cold))) {
-		rc = -errno;
-		snprintf(errbuf, errlen, "%s: %s", cfg->cold_dir, strerror(errno));
+	if (cfg->cold_dir && ((rc = qv__mkdir_p(cfg->cold_dir, 0755)) != 0 ||
+	                      (!realpath(cfg->cold_dir, cold) && (rc = -errno)))) {
+		snprintf(errbuf, errlen, "%s: %s", cfg->cold_dir, qv_strerror(rc));
 		goto fail;
 	}
 	const char *why;
@@ -305,6 +362,14 @@ int qv_store_init(const char *root, const qv_store_config *cfg, char *errbuf, si
 		snprintf(errbuf, errlen,
 		         "the hot tier %s already holds %llu shards; it cannot be moved to %s", now_hot,
 		         (unsigned long long)held[QV_TIER_HOT], hot);
+		goto fail;
+	}
+	if (held[QV_TIER_COLD] && !now_cold) {
+		/* config.ini lost or edited: the index still has cold shards */
+		snprintf(errbuf, errlen,
+		         "the index holds %llu cold shards, but config.ini names no cold tier; "
+		         "restore its 'cold =' line by hand",
+		         (unsigned long long)held[QV_TIER_COLD]);
 		goto fail;
 	}
 	if (held[QV_TIER_COLD] && (!cfg->cold_dir || !same_dir(now_cold, cold))) {

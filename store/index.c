@@ -226,20 +226,29 @@ int qv__txn_end(qv_store *s, MDB_txn *txn, int rc)
 }
 
 /* ---- locks ----------------------------------------------------------------- */
-int qv__lock_shared(qv_store *s)
+/* Takes the lock (LOCK_SH or LOCK_EX), then checks that the tiers this
+ * handle writes to are still the configured ones: init changes config.ini
+ * under the exclusive lock, and a writer that opened before it would put
+ * shards where no one looks any more. */
+static int lock_as(qv_store *s, int how)
 {
-	while (flock(s->lock_fd, LOCK_SH) < 0)
+	while (flock(s->lock_fd, how) < 0)
 		if (errno != EINTR)
 			return qv__err(s, -errno, "%s/lock: %s", s->root, strerror(errno));
-	return 0;
+	int rc = qv__config_check(s);
+	if (rc)
+		flock(s->lock_fd, LOCK_UN);
+	return rc;
+}
+
+int qv__lock_shared(qv_store *s)
+{
+	return lock_as(s, LOCK_SH);
 }
 
 int qv__lock_exclusive(qv_store *s)
 {
-	while (flock(s->lock_fd, LOCK_EX) < 0)
-		if (errno != EINTR)
-			return qv__err(s, -errno, "%s/lock: %s", s->root, strerror(errno));
-	return 0;
+	return lock_as(s, LOCK_EX);
 }
 
 void qv__unlock(qv_store *s)

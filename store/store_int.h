@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 
 #include <lmdb.h>
 
@@ -56,7 +57,12 @@ struct qv_store {
 	MDB_dbi db_meta, db_models, db_versions, db_manifests, db_aliases, db_history,
 		db_shards;
 	int lock_fd;          /* flock: publishers shared, deleters exclusive */
+	struct stat config_st; /* config.ini as this handle read it (st_ino 0: none) */
 };
+
+/* 0 if root/config.ini is still the file this handle read its tiers from;
+ * else QV_ECHANGED, reported on s (an init replaced it meanwhile). */
+int qv__config_check(qv_store *s);
 
 /* The message of the calling thread's last failed call (thread-local, so one
  * handle may serve several threads, as in the daemon). */

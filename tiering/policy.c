@@ -134,6 +134,11 @@ int qv_tier_apply(qv_store *s, qv_policy_result *res)
 				snprintf(why, sizeof(why), "demoting %s@%s: %s", c[i].model, c[i].label,
 				         qv_store_errmsg(s));
 			}
+			/* it may have moved some shards before failing */
+			rc = hot_bytes(s, &r.hot_after);
+			/* a full or broken cold tier fails every version alike */
+			if (mrc == -ENOSPC || mrc == -EIO || mrc == -EROFS || mrc == -EDQUOT)
+				break;
 			continue;
 		}
 		r.versions += m.shards > 0; /* one whose shards all stay hot moved nothing */

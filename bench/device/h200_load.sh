@@ -77,7 +77,7 @@ for r in $(seq "${REPS:-3}"); do
       tee -a "$LOG"
   done
   drop
-  "$Q" --root "$W/store" load bench/7b --device cuda:0 --io direct "${LOADOPT[@]}" --json |
+  "$Q" --root "$W/store" load bench/7b --device cuda:0 --io direct ${LOADOPT[@]+"${LOADOPT[@]}"} --json |
     python3 "$W/q.py" quiver_cold | tee -a "$LOG"
 done
 python3 - "$LOG" <<'PY'
@@ -98,10 +98,10 @@ print(f"(d) cold to cuda:0: median {m:.3f} GB/s of {len(q)} = {m / l:.3f} of the
 PY
 cat "$W"/store/shards/*/*/* > /dev/null
 for r in 1 2; do
-  "$Q" --root "$W/store" load bench/7b --device cuda:0 --io auto "${LOADOPT[@]}" --json |
+  "$Q" --root "$W/store" load bench/7b --device cuda:0 --io auto ${LOADOPT[@]+"${LOADOPT[@]}"} --json |
     python3 "$W/q.py" quiver_warm
 done
-"$Q" --root "$W/store" load bench/7b --device cuda:0 --io auto "${LOADOPT[@]}" --verify --json |
+"$Q" --root "$W/store" load bench/7b --device cuda:0 --io auto ${LOADOPT[@]+"${LOADOPT[@]}"} --verify --json |
   python3 "$W/q.py" quiver_warm_verify
 
 if [ -n "${SWEEP:-}" ]; then

@@ -117,6 +117,7 @@ def _views(arena, table):
 
 class _Client:
     def __init__(self, root):
+        self.root = root
         self.lib = library()
         self.h = ctypes.c_void_p()
         rc = self.lib.qv_client_connect(_lib.enc(root), ctypes.byref(self.h))
@@ -271,9 +272,20 @@ def _daemon_cuda(c, model, ref, device):
     req = {"op": "size", "model": model}
     if ref is not None:
         req["ref"] = ref
-    sz = c.call(req)
-    label = sz["version"]
-    need = ctypes.c_uint64(int(sz["bytes"]))
+    try:
+        sz = c.call(req)
+        label, need = sz["version"], ctypes.c_uint64(int(sz["bytes"]))
+    except QuiverError as e:
+        if "unknown op" not in str(e):
+            raise
+        # a daemon from before the size op: size it from the store here
+        s = _lib.store(c.root)
+        label, _ = s.resolve(model, ref)
+        need = ctypes.c_uint64()
+        rc = _lib.library().qv_load_size(s.handle, _lib.enc(model), _lib.enc(label),
+                                         ctypes.byref(need))
+        if rc:
+            s.fail(rc, f"{model}@{label}")
     buf = _cuda.DeviceBuffer(device, need.value)
     try:
         handle = buf.ipc_handle().hex()

@@ -94,6 +94,23 @@ t = {x["tier"] for x in json.load(sys.stdin)["tensors"]}
 print(t.pop() if len(t) == 1 else "mixed")'
 }
 
+# ---- init while a publish that opened the store before it runs ------------------------------
+# init may move an empty hot tier; a publish that read the old config must not
+# then write its shards into the old folder (where no one looks any more)
+t_init_during_publish() {
+	ROOT="$QV_SCRATCH/initpub/root"
+	held open m2/model q publish $M m2 --version v2
+	expect_ok q init --hot "$QV_SCRATCH/initpub/hot2"
+	release
+	[ "$HELD_RC" -ne 0 ] || fail "a publish that read the old config.ini succeeded after init moved the hot tier"
+	grep -q "changed since this command opened the store" "$QV_SCRATCH/held$N.err" ||
+		fail "the held publish did not say why: $(cat "$QV_SCRATCH/held$N.err")"
+	expect_ok q publish $M m2 --version v2
+	expect_ok q verify $M@v2
+	[ -z "$(find "$ROOT/shards" -type f 2>/dev/null)" ] || fail "shards were written into the old hot folder"
+}
+soft t_init_during_publish
+
 # ---- two demotes of one version ------------------------------------------------------------
 t_two_demotes() {
 	fresh_store two_demotes
