@@ -16,6 +16,7 @@
 # keeps.
 #
 #   bench/load_vs_fio.sh [WORKDIR]   (QUIVER=path, REPS=3, HIDDEN/LAYERS/VOCAB,
+#                                     QDS may include "auto": the load's default qd,
 #                                     FIO_QDS="16 4 2")
 set -euo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -46,16 +47,31 @@ for qd in $QDS; do
   for chunk in $CHUNKS; do
     fio_r=(); fio_4k=(); fio_huge=(); q_r=(); first=()
     for r in $(seq "$REPS"); do
-      fio_best "$SHARDS" --bs="$(tobytes "$chunk")" --iodepth="$qd" --fixedbufs=1 \
-        --registerfiles=1 || exit 1
-      fio_r+=("$FB") fio_4k+=("$F4") fio_huge+=("${FH:-0}")
+      # qd "auto": the load's own default (no fio at the same setting; the
+      # limit below is the measure)
+      qdopt=(--qd "$qd")
+      if [ "$qd" = auto ]; then
+        qdopt=()
+      else
+        fio_best "$SHARDS" --bs="$(tobytes "$chunk")" --iodepth="$qd" --fixedbufs=1 \
+          --registerfiles=1 || exit 1
+        fio_r+=("$FB") fio_4k+=("$F4") fio_huge+=("${FH:-0}")
+      fi
       drop
-      out=$("$Q" --root "$W/store" load bench/model --device cpu --io direct --qd "$qd" \
-        --chunk "$chunk" --json)
+      out=$("$Q" --root "$W/store" load bench/model --device cpu --io direct \
+        ${qdopt[@]+"${qdopt[@]}"} --chunk "$chunk" --json)
+      [ "$qd" = auto ] && echo "  auto: the load chose qd $(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["qd"])')"
       q_r+=("$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["gbps"])')")
       first+=("$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["first_tensor_seconds"])')")
     done
-    mf=$(median "${fio_r[@]}"); mq=$(median "${q_r[@]}")
+    mq=$(median "${q_r[@]}")
+    if [ "$qd" = auto ]; then
+      printf 'qd auto chunk %4s: quiver load %.3f GB/s  (first tensor %.3f s; runs %s)\n' "$chunk" "$mq" \
+        "$(median "${first[@]}")" "$(printf '%.2f,' "${q_r[@]}")"
+      results+=("$qd $chunk $mq")
+      continue
+    fi
+    mf=$(median "${fio_r[@]}")
     printf 'qd %3s chunk %4s: fio %.3f GB/s  quiver load %.3f GB/s  ratio %.3f  (first tensor %.3f s; runs fio %s / quiver %s)\n' \
       "$qd" "$chunk" "$mf" "$mq" "$(echo "$mq / $mf" | bc -l)" "$(median "${first[@]}")" \
       "$(printf '%.2f,' "${fio_r[@]}")" "$(printf '%.2f,' "${q_r[@]}")"
