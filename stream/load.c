@@ -25,13 +25,15 @@
 #include "stream_int.h"
 
 #define DEFAULT_QD 16u
-/* Hot reads in flight when the hot tier's disk is rotational. Both test
- * machines' virtio disks say they are, and read best with few reads in
- * flight: on the H200 machine, cold-cache loads to cuda:0 with 4 MiB chunks
- * ran 2.165 GB/s at qd 4 against 1.886 at qd 16 (medians of 3, interleaved,
- * 2026-11-30); on the 2-vCPU box 1.911 against 1.808 with 1 MiB chunks
- * (docs/BENCHMARKS.md). Flash keeps DEFAULT_QD. */
-#define HOT_QD_ROTATIONAL 4u
+/* Hot reads in flight for a GPU load whose O_DIRECT reads go to a disk the
+ * kernel calls rotational. The H200 machine's virtio disk says it is, and
+ * reads best with few requests in flight: cold-cache loads to cuda:0 with
+ * 1 MiB chunks ran 2.003 GB/s at qd 4 against 1.795 at qd 16 (medians of 4
+ * interleaved rounds, 2026-11-30). Host loads keep DEFAULT_QD: on the 2-vCPU
+ * box, whose disk says rotational too, qd 16 ran 2.40 against 2.03 (8
+ * interleaved rounds), the CPU's copies out of the ring wanting more slots
+ * to overlap with. Flash keeps DEFAULT_QD. */
+#define HOT_QD_ROTATIONAL_GPU 4u
 #define DEFAULT_CHUNK (1u << 20)
 #define DEFAULT_STREAMS 4u
 #define CACHED_ENOUGH 0.9
@@ -633,8 +635,9 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 	 * first file's disk holds them all. Reads from the page cache are
 	 * copies, which more in flight speed up (H200: warm loads to cuda:0
 	 * 15-20 GB/s at 16, 6.4-7.9 at 4) */
-	if (!o->qd && direct && p.n_hot > 0 && on_rotational_disk(p.hot[0].fd) == 1)
-		qd = HOT_QD_ROTATIONAL;
+	if (!o->qd && o->device != QV_DEVICE_CPU && direct && p.n_hot > 0 &&
+	    on_rotational_disk(p.hot[0].fd) == 1)
+		qd = HOT_QD_ROTATIONAL_GPU;
 	if (o->device == QV_DEVICE_CPU && direct && p.n_hot > 0)
 		qv__prefault_start(l->arena, p.arena_bytes, &pf); /* best effort, see prefault.c */
 

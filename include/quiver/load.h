@@ -40,9 +40,9 @@ enum qv_io_mode {
 typedef struct qv_load_opts {
 	int device;                /* QV_DEVICE_CPU, or a CUDA device index */
 	enum qv_io_mode io;
-	unsigned qd;               /* reads in flight (= ring slots); 0: default (4 for
-	                              O_DIRECT reads of hot files on a rotational disk,
-	                              else 16) */
+	unsigned qd;               /* reads in flight (= ring slots); 0: default (4 for a
+	                              GPU load's O_DIRECT reads of hot files on a
+	                              rotational disk, else 16) */
 	size_t chunk_bytes;        /* bytes per read, multiple of 4096; 0: default */
 	int verify;                /* check every shard's XXH3 on the fly: QV_ECORRUPT */
 	unsigned cuda_streams;     /* copy streams of the CUDA sink; 0: default (4) */
