@@ -31,10 +31,19 @@ bench_hugepages() {
 # fio_rate DIR [fio options]: sets RATE to the GB/s of one O_DIRECT read of
 # every file below DIR, 1 MiB reads 16 deep (options after DIR override
 # both), caches dropped first. Returns 1, saying why, if fio failed.
+# fio_opt NAME DEFAULT [fio options]: the value of --NAME=V among the options
+# (the last one, as fio takes it), else DEFAULT.
+fio_opt() {
+  local name=$1 v=$2 a
+  shift 2
+  for a in "$@"; do case $a in --"$name"=*) v=${a#--"$name"=} ;; esac; done
+  echo "$v"
+}
+
 fio_rate() {
-  local dir=$1 out want bs=1048576 a
+  local dir=$1 out want bs
   shift
-  for a in "$@"; do case $a in --bs=*) bs=${a#--bs=} ;; esac; done
+  bs=$(fio_opt bs 1048576 "$@")
   drop
   # fio reads whole blocks: each file's tail under one block is not read
   want=$(find "$dir" -type f -printf '%s\n' | awk -v bs="$bs" '{n += int($1 / bs) * bs} END {print n + 0}')
@@ -59,13 +68,13 @@ print(j["read"]["bw_bytes"] / 1e9)' "$want") || { echo "fio run refused ($*)" >&
 # two buffer kinds, of 4 KiB buffers and of huge-page ones (FH empty when not
 # run). Returns 1 if a run failed.
 fio_best() {
-  local a bs=1048576 qd=16 free
+  local bs qd free
   FB= F4= FH=
   fio_rate "$@" || return 1
   F4=$RATE
   # fio's huge-page buffers take iodepth x bs: skip (and say so) what the
   # reserved pages cannot hold, rather than fail
-  for a in "$@"; do case $a in --bs=*) bs=${a#--bs=} ;; --iodepth=*) qd=${a#--iodepth=} ;; esac; done
+  bs=$(fio_opt bs 1048576 "$@") qd=$(fio_opt iodepth 16 "$@")
   free=$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)
   if [ "$FIO_HUGE" = yes ] && [ $((qd * bs)) -gt $((free * 2097152)) ]; then
     echo "fio: $qd x $bs bytes do not fit in $free free huge pages; 4 KiB buffers only" >&2

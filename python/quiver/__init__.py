@@ -205,6 +205,18 @@ def _table_json(tensors):
             for t in tensors]
 
 
+def _host_arena(addr, nbytes, owner):
+    """A uint8 tensor over nbytes of memory at addr, no copy: the tensor holds
+    a ctypes array, which holds owner (what frees the memory)."""
+    import torch
+
+    class _Arena(ctypes.c_uint8 * nbytes):
+        pass
+    a = _Arena.from_address(addr)
+    a.owner = owner
+    return torch.frombuffer(a, dtype=torch.uint8)
+
+
 class _Mapping:
     """A private (copy-on-write) mapping of a memfd the daemon sent, unmapped
     when the object is collected. Made with libc's mmap, not Python's: an
@@ -231,12 +243,6 @@ class _Mapping:
         self.finalizer = weakref.finalize(self, libc.munmap, addr, nbytes)
         self.finalizer.atexit = False
 
-    def array(self):
-        class _Arena(ctypes.c_uint8 * self.nbytes):
-            pass
-        a = _Arena.from_address(self.addr)
-        a.owner = self  # the tensor holds a, a holds the mapping
-        return a
 
 
 def _daemon_host(c, model, ref):
@@ -256,9 +262,8 @@ def _daemon_host(c, model, ref):
             # private, copy-on-write: a DRAM hit is the daemon's own sealed,
             # read-only memfd, shared with every other engine
             m = _Mapping(fd, nbytes)
-            # no copy: the tensor's storage holds the array, the array holds
-            # m; the mapping goes when the last view is gone
-            arena = torch.frombuffer(m.array(), dtype=torch.uint8)
+            # the mapping goes when the last view is gone
+            arena = _host_arena(m.addr, nbytes, m)
     finally:
         if fd >= 0:
             os.close(fd)
@@ -354,11 +359,7 @@ def _local(s, model, ref, device):
         arena = torch.empty(0, dtype=torch.uint8,
                             device="cpu" if device < 0 else f"cuda:{device}")
     elif device < 0:
-        class _Arena(ctypes.c_uint8 * nbytes):
-            pass
-        a = _Arena.from_address(base)
-        a.owner = owner  # the tensor holds a, a holds the load
-        arena = torch.frombuffer(a, dtype=torch.uint8)
+        arena = _host_arena(base, nbytes, owner)  # the load goes with the last view
     else:
         from . import _cuda
         arena = _cuda.as_tensor(base, nbytes, device, owner)
