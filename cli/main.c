@@ -959,31 +959,23 @@ static int cmd_init(int argc, char **argv)
 	                                      {"low", required_argument, NULL, OPT_LOW},
 	                                      {0, 0, 0, 0}};
 	PARSE(extra, 0, 0);
+	/* the store as it is (created if new; the root resolved as every
+	 * command does): settings not given keep their current values */
 	char root[4096], err[1024] = "";
-	if (o.root) {
-		snprintf(root, sizeof(root), "%s", o.root);
-	} else if (getenv("QUIVER_ROOT") && *getenv("QUIVER_ROOT")) {
-		snprintf(root, sizeof(root), "%s", getenv("QUIVER_ROOT"));
-	} else if (getenv("HOME")) {
-		snprintf(root, sizeof(root), "%s/.local/share/quiver", getenv("HOME"));
-	} else {
-		cli_error("no store root: set --root, QUIVER_ROOT or HOME");
+	qv_store *s;
+	int rc = qv_store_open(o.root, &s, err, sizeof(err));
+	if (rc) {
+		cli_error("%s", *err ? err : qv_strerror(rc));
 		return EXIT_FAIL;
 	}
+	snprintf(root, sizeof(root), "%s", qv_store_root(s));
 	/* a daemon keeps the configuration it started with: it would go on
 	 * writing shards where the new one does not look */
 	qv_client *cl;
 	if (!cli_in_daemon() && qv_client_connect(root, &cl) == 0) {
 		qv_client_close(cl);
+		qv_store_close(s);
 		cli_error("quiverd serves %s; stop it before 'quiver init', then start it again", root);
-		return EXIT_FAIL;
-	}
-	/* settings not given keep their current values (a store without
-	 * config.ini: one hot tier at the root, no capacity, 0.90/0.75) */
-	qv_store *s;
-	int rc = qv_store_open(root, &s, err, sizeof(err));
-	if (rc) {
-		cli_error("%s", *err ? err : qv_strerror(rc));
 		return EXIT_FAIL;
 	}
 	qv_store_config now;
