@@ -116,9 +116,18 @@ static int stdout_flushed(int rc)
 	return rc;
 }
 
+/* A writer that must wait for another's lock says so, rather than hang
+ * without a word. */
+static void wait_notice(void *arg, const char *what)
+{
+	(void)arg;
+	fprintf(stderr, "quiver: waiting for %s: another quiver process holds it\n", what);
+}
+
 int main(int argc, char **argv)
 {
 	const char *root = NULL;
+	qv_store_set_wait_notice(NULL, wait_notice, NULL);
 	int i = 1;
 	while (i < argc && argv[i][0] == '-') {
 		if (strcmp(argv[i], "--root") == 0 && i + 1 < argc) {

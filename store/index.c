@@ -24,6 +24,11 @@
 
 #include "store_int.h"
 
+/* what handles opened from now on are told of waits (set before any
+ * thread opens a store) */
+static qv_wait_fn default_wait_fn;
+static void *default_wait_arg;
+
 size_t qv__key2(char *buf, const char *model, const char *name)
 {
 	size_t a = strlen(model), b = strlen(name);
@@ -136,6 +141,8 @@ int qv_store_open(const char *root, qv_store **out, char *errbuf, size_t errlen)
 	if (!s)
 		return -ENOMEM;
 	s->lock_fd = -1;
+	s->wait_fn = default_wait_fn;
+	s->wait_arg = default_wait_arg;
 	s->root = strdup(root);
 	index_dir = path_join(root, "index");
 	lock_path = path_join(root, "lock");
@@ -230,12 +237,37 @@ int qv__txn_end(qv_store *s, MDB_txn *txn, int rc)
  * handle writes to are still the configured ones: init changes config.ini
  * under the exclusive lock, and a writer that opened before it would put
  * shards where no one looks any more. */
+void qv_store_set_wait_notice(qv_store *s, qv_wait_fn fn, void *arg)
+{
+	if (s == NULL) {
+		default_wait_fn = fn;
+		default_wait_arg = arg;
+		return;
+	}
+	s->wait_fn = fn;
+	s->wait_arg = arg;
+}
+
+int qv_store_flock(qv_store *s, int fd, int how, const char *what)
+{
+	if (flock(fd, how | LOCK_NB) == 0)
+		return 0;
+	if (errno != EWOULDBLOCK && errno != EINTR)
+		return -errno;
+	if (errno == EWOULDBLOCK && s->wait_fn)
+		s->wait_fn(s->wait_arg, what);
+	while (flock(fd, how) < 0)
+		if (errno != EINTR)
+			return -errno;
+	return 0;
+}
+
 static int lock_as(qv_store *s, int how)
 {
-	while (flock(s->lock_fd, how) < 0)
-		if (errno != EINTR)
-			return qv__err(s, -errno, "%s/lock: %s", s->root, strerror(errno));
-	int rc = qv__config_check(s);
+	int rc = qv_store_flock(s, s->lock_fd, how, "the store's lock");
+	if (rc)
+		return qv__err(s, rc, "%s/lock: %s", s->root, strerror(-rc));
+	rc = qv__config_check(s);
 	if (rc)
 		flock(s->lock_fd, LOCK_UN);
 	return rc;

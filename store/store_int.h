@@ -57,6 +57,8 @@ struct qv_store {
 	MDB_dbi db_meta, db_models, db_versions, db_manifests, db_aliases, db_history,
 		db_shards;
 	int lock_fd;          /* flock: publishers shared, deleters exclusive */
+	qv_wait_fn wait_fn;   /* told before a lock wait (may be NULL) */
+	void *wait_arg;
 	struct stat config_st; /* config.ini as this handle read it (st_ino 0: none) */
 };
 

@@ -368,12 +368,11 @@ static int migrate_lock(qv_store *s)
 	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 	if (fd < 0)
 		return qv_store_fail(s, -errno, "%s: %s", path, strerror(errno));
-	while (flock(fd, LOCK_EX) < 0) {
-		if (errno != EINTR) {
-			int rc = qv_store_fail(s, -errno, "%s: %s", path, strerror(errno));
-			close(fd);
-			return rc;
-		}
+	int rc = qv_store_flock(s, fd, LOCK_EX, "another migration (migrate.lock)");
+	if (rc) {
+		qv_store_fail(s, rc, "%s: %s", path, strerror(-rc));
+		close(fd);
+		return rc;
 	}
 	return fd;
 }

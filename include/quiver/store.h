@@ -59,6 +59,23 @@ const char *qv_store_errmsg(const qv_store *s);
  * their errors through the same handle. */
 int qv_store_fail(qv_store *s, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* Called when a call on s finds a lock held by another process (a writer,
+ * `init`, a migration) and is about to wait for it; what names the lock.
+ * Called from the waiting thread, before it blocks; the call then goes on
+ * once the lock is free. */
+typedef void (*qv_wait_fn)(void *arg, const char *what);
+
+/* Sets the function told of waits on s (NULL, the default: wait silently).
+ * s == NULL sets it for the handles this process opens from then on
+ * (qv_store_init's own handle included). */
+void qv_store_set_wait_notice(qv_store *s, qv_wait_fn fn, void *arg);
+
+/* Takes fd's flock (LOCK_SH or LOCK_EX), waiting for it: first without
+ * blocking, and if another process holds it, tells s's wait notice (what:
+ * the lock's name) and then blocks. 0, or a negative errno (not reported on
+ * s). For modules layered on the store that keep locks of their own. */
+int qv_store_flock(qv_store *s, int fd, int how, const char *what);
+
 /* Progress of a long operation: done of total bytes. Called from the calling
  * thread only. */
 typedef void (*qv_progress_fn)(void *arg, uint64_t done_bytes, uint64_t total_bytes);

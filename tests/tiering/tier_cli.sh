@@ -273,6 +273,17 @@ t_init_refuses() {
 	expect_ok q status --json
 	jcheck "$OUT_FILE" 'd["low"] == 0.00001' "a small low watermark read back"
 	expect_ok q init --low 0.5
+	# a writer that finds the lock held says it waits, then goes on
+	command -v flock >/dev/null || { echo "SKIP part: no flock(1)"; return 0; }
+	flock -x "$ROOT/lock" sleep 1 &
+	local holder=$! i
+	for i in $(seq 50); do flock -n "$ROOT/lock" true || break; sleep 0.02; done
+	expect_ok q init --low 0.55
+	wait $holder
+	err_has "waiting for the store's lock"
+	expect_ok q status --json
+	jcheck "$OUT_FILE" 'd["low"] == 0.55' "init after the wait"
+	expect_ok q init --low 0.5
 }
 soft t_init_refuses
 
