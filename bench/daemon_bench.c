@@ -169,8 +169,10 @@ int main(int argc, char **argv)
 	size_t arena = need[0] > need[1] ? need[0] : need[1];
 	void *d = NULL, *h = NULL;
 	cudaIpcMemHandle_t ih;
+	char pci[32]; /* the GPU's name for quiverd, whose device numbers may differ */
 	if (cudaSetDevice(device) != cudaSuccess || cudaMalloc(&d, arena) != cudaSuccess ||
-	    cudaIpcGetMemHandle(&ih, d) != cudaSuccess) {
+	    cudaIpcGetMemHandle(&ih, d) != cudaSuccess ||
+	    cudaDeviceGetPCIBusId(pci, (int)sizeof(pci), device) != cudaSuccess) {
 		fprintf(stderr, "daemon_bench: CUDA allocation failed\n");
 		return 1;
 	}
@@ -200,9 +202,10 @@ int main(int argc, char **argv)
 	cudaFreeHost(h);
 	for (int r = 0; r < reps; r++) {
 		double t0 = now_s();
-		json_t *j = call(root, json_pack("{s:s, s:s, s:s, s:i, s:s, s:I}", "op", "load_cuda",
+		json_t *j = call(root, json_pack("{s:s, s:s, s:s, s:i, s:s, s:s, s:I}", "op", "load_cuda",
 		                                 "model", model, "ref", refs[r % 2], "device", device,
-		                                 "ipc_handle", hex, "bytes", (json_int_t)arena), NULL);
+		                                 "pci_bus_id", pci, "ipc_handle", hex, "bytes",
+		                                 (json_int_t)arena), NULL);
 		swap[r] = now_s() - t0;
 		bytes = (uint64_t)json_integer_value(json_object_get(j, "bytes"));
 		printf("  swap %d: %s in %.3f s (daemon: open %.4f s, copy %.4f s)\n", r, refs[r % 2],
@@ -221,9 +224,9 @@ int main(int argc, char **argv)
 	int src = system(cmd);
 	if (src != 0)
 		die("'%s' failed (status %d)", cmd, src);
-	json_t *j = call(root, json_pack("{s:s, s:s, s:i, s:s, s:I}", "op", "load_cuda", "model",
-	                                 model, "device", device, "ipc_handle", hex, "bytes",
-	                                 (json_int_t)arena), NULL);
+	json_t *j = call(root, json_pack("{s:s, s:s, s:i, s:s, s:s, s:I}", "op", "load_cuda", "model",
+	                                 model, "device", device, "pci_bus_id", pci, "ipc_handle", hex,
+	                                 "bytes", (json_int_t)arena), NULL);
 	double rb = now_s() - t0;
 	printf("(d) rollback + load of current to the GPU: %.3f s (%s, from %s, rollback exit %d)\n", rb,
 	       json_string_value(json_object_get(j, "version")),

@@ -650,6 +650,28 @@ static int op_load_cuda(struct conn *c, json_t *req)
 		                 "needs model, device, bytes and ipc_handle (128 lowercase hex digits)");
 	int device = (int)json_integer_value(jdev);
 	uint64_t have = (uint64_t)json_integer_value(jbytes);
+	json_t *jpci = json_object_get(req, "pci_bus_id");
+	if (jpci) {
+		/* the client's cuda:N is its own numbering (CUDA_VISIBLE_DEVICES);
+		 * the bus id names the GPU, and this process's number for it wins */
+		const char *pci = json_string_value(jpci);
+		int mine = -1;
+		rc = pci ? qv_gpu_device_by_pci(pci, &mine) : -EINVAL;
+		if (rc) {
+			char msg[256];
+			if (rc == -EINVAL)
+				snprintf(msg, sizeof(msg), "pci_bus_id is not a PCI bus id (0000:65:00.0)");
+			else if (rc == -ENODEV)
+				snprintf(msg, sizeof(msg),
+				         "quiverd sees no GPU at PCI bus id %s (the client's cuda:%d): start "
+				         "quiverd with that GPU visible (CUDA_VISIBLE_DEVICES)",
+				         pci, device);
+			else
+				snprintf(msg, sizeof(msg), "quiverd was built without CUDA");
+			return reply_err(c->fd, "load_cuda", rc, msg);
+		}
+		device = mine;
+	}
 	rc = qv_version_get(G.s, model, ref, 0, &v);
 	if (rc)
 		return reply_err(c->fd, "load_cuda", rc, qv_store_errmsg(G.s));
@@ -715,9 +737,9 @@ static int op_load_cuda(struct conn *c, json_t *req)
 		metrics_swap();
 	slot = -1;
 	rc = reply(c->fd,
-	           json_pack("{s:b, s:s, s:s, s:I, s:s, s:f, s:f, s:f, s:o}", "ok", 1, "model", model,
-	                     "version", v->label, "bytes", (json_int_t)need, "source",
-	                     warm ? "dram" : "store", "seconds", secs, "open_seconds", t_open,
+	           json_pack("{s:b, s:s, s:s, s:I, s:i, s:s, s:f, s:f, s:f, s:o}", "ok", 1, "model",
+	                     model, "version", v->label, "bytes", (json_int_t)need, "device", device,
+	                     "source", warm ? "dram" : "store", "seconds", secs, "open_seconds", t_open,
 	                     "copy_seconds", t_copy, "tensors", table_json(table)),
 	           -1);
 out:

@@ -16,7 +16,8 @@ void dram_init(uint64_t capacity);
 int dram_warm(qv_store *s, const char *model, const char *ref, char *err, size_t errlen);
 int dram_cool(qv_store *s, const char *model, const char *ref, char *err, size_t errlen);
 /* The entry of digest d, held against eviction until dram_release(); NULL if
- * not warm. *fd (if fd) is its memfd, valid while held. */
+ * not warm. *bytes: the load's size (0 for an empty version, whose memfd
+ * still holds a page). *fd (if fd) is its memfd, valid while held. */
 const void *dram_acquire(const uint8_t d[QV_DIGEST_LEN], size_t *bytes, const qv_load **table,
                          int *fd);
 void dram_release(const uint8_t d[QV_DIGEST_LEN]);

@@ -24,7 +24,8 @@ struct dram_entry {
 	uint8_t digest[QV_DIGEST_LEN];
 	char name[2 * QV_NAME_MAX + 2];  /* model@label it was warmed as */
 	void *buf;
-	size_t bytes;
+	size_t bytes;   /* of buf: at least a page */
+	size_t size;    /* the load's: 0 for an empty version */
 	int fd;         /* the memfd behind buf */
 	int pinned;
 	qv_load *table;
@@ -139,6 +140,7 @@ int dram_warm(qv_store *s, const char *model, const char *ref, char *err, size_t
 		snprintf(err, errlen, "%s", qv_store_errmsg(s));
 		goto out;
 	}
+	uint64_t size = need;
 	if (need == 0)
 		need = 4096; /* an empty version still takes a page: keep the accounting exact */
 	pthread_mutex_lock(&D.mu);
@@ -190,6 +192,7 @@ int dram_warm(qv_store *s, const char *model, const char *ref, char *err, size_t
 		D.used -= need;
 	} else {
 		memcpy(e->digest, v->digest, QV_DIGEST_LEN);
+		e->size = size;
 		snprintf(e->name, sizeof(e->name), "%s@%s", model, v->label);
 		e->last_use = ++D.clock;
 		e->next = D.head;
@@ -253,7 +256,7 @@ const void *dram_acquire(const uint8_t d[QV_DIGEST_LEN], size_t *bytes, const qv
 	if (e) {
 		e->readers++;
 		e->last_use = ++D.clock;
-		*bytes = e->bytes;
+		*bytes = e->size;
 		*table = e->table;
 		if (fd)
 			*fd = e->fd;

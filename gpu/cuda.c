@@ -35,6 +35,28 @@ int qv_gpu_device_count(const char **why)
 	return n;
 }
 
+int qv_gpu_pci_bus_id(int device, char *buf, size_t len)
+{
+	if (len < 16 || len > INT32_MAX)
+		return -EINVAL;
+	if (cudaDeviceGetPCIBusId(buf, (int)len, device) != cudaSuccess) {
+		cudaGetLastError();
+		return -ENODEV;
+	}
+	return 0;
+}
+
+int qv_gpu_device_by_pci(const char *bus_id, int *device)
+{
+	if (!qv__pci_bus_id_valid(bus_id))
+		return -EINVAL;
+	if (cudaDeviceGetByPCIBusId(device, bus_id) != cudaSuccess) {
+		cudaGetLastError();
+		return -ENODEV;
+	}
+	return 0;
+}
+
 int qv__cuda_host_register(void *p, size_t bytes)
 {
 	int n = 0;

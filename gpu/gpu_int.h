@@ -20,8 +20,12 @@ struct qv_sink {
 	char errmsg[256];
 };
 
-#endif
-
 /* CUDA host registration of p (cuda.c); -ENOTSUP without CUDA or a driver. */
 int qv__cuda_host_register(void *p, size_t bytes);
 void qv__cuda_host_unregister(void *p);
+
+/* Whether s has the shape of a PCI bus id, [domain:]bus:device.function in
+ * hex: nothing else is passed to the driver (pinned.c). */
+int qv__pci_bus_id_valid(const char *s);
+
+#endif

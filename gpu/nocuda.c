@@ -12,6 +12,20 @@ int qv_gpu_device_count(const char **why)
 	return 0;
 }
 
+int qv_gpu_pci_bus_id(int device, char *buf, size_t len)
+{
+	(void)device;
+	if (len > 0)
+		buf[0] = '\0';
+	return -ENOTSUP;
+}
+
+int qv_gpu_device_by_pci(const char *bus_id, int *device)
+{
+	*device = -1;
+	return qv__pci_bus_id_valid(bus_id) ? -ENOTSUP : -EINVAL;
+}
+
 int qv__cuda_host_register(void *p, size_t bytes)
 {
 	(void)p;

@@ -12,6 +12,7 @@
  * 2-vCPU box (virtio-blk, 254 segments a request) fio read the same files at
  * 1.26-1.68 GB/s into huge pages against 0.97-1.11 into 4 KiB pages, and the
  * cold readers gained as much (docs/BENCHMARKS.md). */
+#include <ctype.h>
 #include <errno.h>
 #include <stdint.h>
 #include <sys/mman.h>
@@ -71,4 +72,37 @@ int qv_gpu_host_register(void *p, size_t bytes)
 void qv_gpu_host_unregister(void *p)
 {
 	qv__cuda_host_unregister(p);
+}
+
+/* The hex digits at *p (at most max of them), *p moved past them. */
+static unsigned hex_run(const char **p, unsigned max)
+{
+	unsigned n = 0;
+	while (n <= max && isxdigit((unsigned char)(*p)[0])) {
+		(*p)++;
+		n++;
+	}
+	return n <= max ? n : 0;
+}
+
+int qv__pci_bus_id_valid(const char *s)
+{
+	/* [domain:]bus:device.function: 0000:65:00.0 or 65:00.0 */
+	const char *p = s;
+	unsigned first = hex_run(&p, 8);
+	if (first == 0 || *p++ != ':')
+		return 0;
+	unsigned second = hex_run(&p, 2);
+	if (second == 0)
+		return 0;
+	if (*p == ':') { /* first was the domain, second the bus */
+		p++;
+		if (hex_run(&p, 2) == 0)
+			return 0;
+	} else if (first > 2) {
+		return 0; /* no domain: first is the bus */
+	}
+	if (*p++ != '.' || hex_run(&p, 1) != 1)
+		return 0;
+	return *p == '\0';
 }

@@ -61,6 +61,16 @@ int qv_gpu_mem_info(int device, size_t *free_bytes, size_t *total_bytes);
 int qv_gpu_current_device(void);
 void qv_gpu_restore_device(int device);
 
+/* Device identity across processes: CUDA numbers the devices a process sees
+ * (CUDA_VISIBLE_DEVICES), so an engine's cuda:1 may be another process's
+ * cuda:0. The PCI bus id ("0000:65:00.0") names the GPU itself.
+ * qv_gpu_pci_bus_id writes device's into buf (len >= 16 bytes): 0, -ENODEV,
+ * or -ENOTSUP without CUDA. qv_gpu_device_by_pci sets *device to this
+ * process's number for bus_id: 0; -EINVAL for a string that is not a PCI
+ * bus id; -ENODEV if this process does not see that GPU; -ENOTSUP. */
+int qv_gpu_pci_bus_id(int device, char *buf, size_t len);
+int qv_gpu_device_by_pci(const char *bus_id, int *device);
+
 /* CUDA IPC: opens another process's allocation (a cudaIpcMemHandle_t of
  * QV_GPU_IPC_HANDLE_BYTES bytes) on device; close with qv_gpu_ipc_close().
  * *bytes: how many bytes the allocation holds from *dptr on, as the driver

@@ -296,7 +296,8 @@ def _daemon_cuda(c, model, ref, device):
         handle = buf.ipc_handle().hex()
         try:
             r = c.call({"op": "load_cuda", "model": model, "ref": label, "device": device,
-                        "ipc_handle": handle, "bytes": need.value})
+                        "pci_bus_id": _cuda.pci_bus_id(device), "ipc_handle": handle,
+                        "bytes": need.value})
         finally:
             # the daemon must let go of the allocation before it can be freed
             # (its mapping would keep the memory alive); closing the

@@ -37,6 +37,7 @@ def _driver():
             "cuMemAlloc_v2": [ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t],
             "cuMemFree_v2": [ctypes.c_uint64],
             "cuIpcGetMemHandle": [P, ctypes.c_uint64],
+            "cuDeviceGetPCIBusId": [ctypes.c_char_p, I, I],
             "cuGetErrorString": [I, ctypes.POINTER(ctypes.c_char_p)],
         }.items():
             f = getattr(cu, name)
@@ -55,6 +56,17 @@ def _check(cu, rc, what):
         cu.cuGetErrorString(rc, ctypes.byref(s))
         raise QuiverError(f"{what} failed: CUDA driver error {rc}"
                           f" ({s.value.decode() if s.value else 'unknown'})")
+
+
+def pci_bus_id(device):
+    """The PCI bus id of cuda:device as this process numbers it ("0000:65:00.0"):
+    the name quiverd finds the same GPU by whatever its CUDA_VISIBLE_DEVICES."""
+    cu = _driver()
+    dev = ctypes.c_int()
+    _check(cu, cu.cuDeviceGet(ctypes.byref(dev), device), f"cuDeviceGet({device})")
+    buf = ctypes.create_string_buffer(32)
+    _check(cu, cu.cuDeviceGetPCIBusId(buf, len(buf), dev), f"cuDeviceGetPCIBusId({device})")
+    return buf.value.decode()
 
 
 class _Context:

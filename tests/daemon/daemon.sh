@@ -189,6 +189,22 @@ t_abuse() {
 	*) fail "load_cuda unknown handle: expected the CUDA reason, got: $r" ;;
 	esac
 	kill -0 "$DPID" 2>/dev/null || fail "load_cuda unknown handle: quiverd died"
+	# a GPU named by PCI bus id: what is not one is refused before CUDA
+	# sees it; one that is, but that quiverd does not see (no GPU here), too
+	local h64
+	h64=$(printf 'ab%.0s' $(seq 64))
+	r=$(qvd call "{\"op\":\"load_cuda\",\"model\":\"m\",\"device\":0,\"bytes\":1,\"pci_bus_id\":\"0000:65:00.0;x\",\"ipc_handle\":\"$h64\"}") ||
+		fail "load_cuda with a bad pci_bus_id: $r"
+	case "$r" in *'"ok": false'*'not a PCI bus id'*) ;; *) fail "load_cuda with a bad pci_bus_id: $r" ;; esac
+	r=$(qvd call "{\"op\":\"load_cuda\",\"model\":\"m\",\"device\":0,\"bytes\":1,\"pci_bus_id\":7,\"ipc_handle\":\"$h64\"}") ||
+		fail "load_cuda with a numeric pci_bus_id: $r"
+	case "$r" in *'"ok": false'*'not a PCI bus id'*) ;; *) fail "load_cuda with a numeric pci_bus_id: $r" ;; esac
+	r=$(qvd call "{\"op\":\"load_cuda\",\"model\":\"m\",\"device\":0,\"bytes\":1,\"pci_bus_id\":\"0000:ff:1f.7\",\"ipc_handle\":\"$h64\"}") ||
+		fail "load_cuda on a GPU quiverd does not see: $r"
+	case "$r" in
+	*'"ok": false'*'sees no GPU at PCI bus id 0000:ff:1f.7'* | *'"ok": false'*'built without CUDA'*) ;;
+	*) fail "load_cuda on a GPU quiverd does not see: $r" ;;
+	esac
 	expect_err_reply "$(hexframe $M 1 0 - '{"op":"release_cuda","ipc_handle":"zz"}')" "release_cuda bad handle"
 	expect_err_reply "$(hexframe $M 1 0 - '{"op":"release_cuda"}')" "release_cuda without a handle"
 	# size: what to allocate for a load, without opening the store
@@ -282,6 +298,27 @@ t_metrics() {
 	[ "$(curl -s -o /dev/null -w '%{http_code}' "127.0.0.1:$MPORT/nope")" = 404 ] || fail "GET /nope is not 404"
 }
 soft t_metrics
+
+# ---- an empty version (no tensors): 0 bytes, warm or not ----------------------------------------
+t_empty_version() {
+	local r
+	printf '\x02\x00\x00\x00\x00\x00\x00\x00{}' >empty.safetensors
+	expect_ok q publish e empty.safetensors --version v1
+	for step in cold warm; do
+		if [ $step = warm ]; then
+			r=$(qvd call '{"op":"warm","model":"e","ref":"v1"}')
+			case "$r" in *'"ok": true'*) ;; *) fail "warm e@v1: $r" ;; esac
+		fi
+		r=$(qvd call '{"op":"size","model":"e","ref":"v1"}')
+		case "$r" in *'"ok": true'*'"bytes": 0'*) ;; *) fail "size of the empty e@v1 ($step): $r" ;; esac
+		r=$(qvd call '{"op":"load_host","model":"e","ref":"v1"}')
+		case "$r" in *'"ok": true'*'"bytes": 0'*'"tensors": []'*) ;; *) fail "load_host of the empty e@v1 ($step): $r" ;; esac
+	done
+	case "$r" in *'"source": "dram"'*) ;; *) fail "the warmed empty version did not come from DRAM: $r" ;; esac
+	r=$(qvd call '{"op":"cool","model":"e","ref":"v1"}')
+	case "$r" in *'"ok": true'*) ;; *) fail "cool e@v1: $r" ;; esac
+}
+soft t_empty_version
 
 # ---- a DRAM hit's memory is read-only for the client --------------------------------------------
 # Every engine that loads a warmed version maps the DRAM tier's own memfd;

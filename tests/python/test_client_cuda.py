@@ -123,6 +123,65 @@ def daemon_lets_go(root):
           f"{(free0 - free2) >> 20} MiB below where it was (its {size >> 20} MiB allocation held by quiverd)")
 
 
+ENGINE_ON_ONE_GPU = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from common import FAILS, compare, read_export
+import quiver
+from quiver import _cuda
+root, export = sys.argv[2], sys.argv[3]
+# this engine sees one GPU, its cuda:0; quiverd numbers it otherwise
+c = quiver._connect(root, True)
+sz = c.call({"op": "size", "model": "mixed"})
+buf = _cuda.DeviceBuffer(0, int(sz["bytes"]))
+r = c.call({"op": "load_cuda", "model": "mixed", "ref": sz["version"], "device": 0,
+            "pci_bus_id": _cuda.pci_bus_id(0), "ipc_handle": buf.ipc_handle().hex(),
+            "bytes": int(sz["bytes"])})
+c.close()
+print("daemon device", r["device"])
+w = quiver.load("mixed", device="cuda:0", root=root, via="daemon")
+compare("an engine that sees one GPU", w, read_export(export), "cuda:0")
+print("engine ok" if not FAILS else f"engine: {len(FAILS)} checks failed")
+"""
+
+
+def device_identity(root, exports):
+    """An engine names its GPU by PCI bus id: quiverd loads into that GPU
+    whatever either process's CUDA_VISIBLE_DEVICES, and refuses a GPU it
+    does not see rather than load into another."""
+    from quiver import _cuda
+    small = _cuda.DeviceBuffer(0, 4096)
+    expect_error("daemon cuda: a GPU quiverd does not see",
+                 lambda: quiver.daemon_call({"op": "load_cuda", "model": "mixed", "device": 0,
+                                             "pci_bus_id": "0000:ff:1f.7",
+                                             "ipc_handle": small.ipc_handle().hex(),
+                                             "bytes": 4096}, root=root),
+                 "sees no GPU at PCI bus id 0000:ff:1f.7")
+    expect_error("daemon cuda: not a bus id",
+                 lambda: quiver.daemon_call({"op": "load_cuda", "model": "mixed", "device": 0,
+                                             "pci_bus_id": "../../x",
+                                             "ipc_handle": small.ipc_handle().hex(),
+                                             "bytes": 4096}, root=root),
+                 "not a PCI bus id")
+    small.free()
+    n = torch.cuda.device_count()
+    if n < 2:
+        print(f"NOTE: one GPU ({n}): the engine-on-another-GPU check needs two; skipped")
+        return
+    last = n - 1
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(last),
+               PYTHONPATH=os.path.dirname(os.path.dirname(quiver.__file__)))
+    p = subprocess.run([sys.executable, "-c", ENGINE_ON_ONE_GPU,
+                        os.path.dirname(os.path.abspath(__file__)), root, exports["mixed"]],
+                       capture_output=True, text=True, env=env)
+    check(p.returncode == 0 and "engine ok" in p.stdout,
+          f"an engine with CUDA_VISIBLE_DEVICES={last}: exit {p.returncode}: "
+          f"{p.stdout[-300:]} {p.stderr[-800:]}")
+    check(f"daemon device {last}" in p.stdout,
+          f"quiverd loaded the engine's cuda:0 (its GPU {last}) into another GPU: {p.stdout[-300:]}")
+    print(f"an engine seeing only GPU {last} as cuda:0: quiverd loaded into its cuda:{last}")
+
+
 def main():
     if not torch.cuda.is_available():
         skip(f"torch {torch.__version__} sees no CUDA device")
@@ -167,6 +226,7 @@ def main():
         no_leak("daemon-store", root, "llama@v1", "daemon")
         no_leak("daemon-store", root, "big", "daemon")
         daemon_lets_go(root)
+        device_identity(root, exports)
         for spec in ("llama@v1", "llama@current", "mixed"):
             model, _, ref = spec.partition("@")
             req = {"op": "warm", "model": model}

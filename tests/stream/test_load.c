@@ -776,6 +776,36 @@ static void on_progress(void *arg, uint64_t done, uint64_t total)
 	p->total = total;
 }
 
+/* A GPU named by PCI bus id (daemon: load_cuda's pci_bus_id): only the
+ * shape of one reaches the driver, and a GPU this process does not see is
+ * -ENODEV (-ENOTSUP without CUDA), never another device. */
+static void test_pci_bus_id(void **state)
+{
+	(void)state;
+	static const char *bad[] = {"", "zz", "0000:65:00", "0000:65:00.00", "000000000:65:00.0",
+	                            "0000:665:00.0", "65:00.0x", "0000:65:00.0 ", ":65:00.0",
+	                            "0000:65.00.0", "123:00.0", "0000:65:00.0;rm", "-1"};
+	static const char *shaped[] = {"0000:ff:1f.7", "ff:1f.7", "0000ffff:ff:1f.7"};
+	int dev = 42;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		if (qv_gpu_device_by_pci(bad[i], &dev) != -EINVAL)
+			fail_msg("\"%s\" was taken for a PCI bus id", bad[i]);
+	}
+	for (size_t i = 0; i < sizeof(shaped) / sizeof(shaped[0]); i++) {
+		int rc = qv_gpu_device_by_pci(shaped[i], &dev);
+		if (rc != -ENODEV && rc != -ENOTSUP)
+			fail_msg("%s: %d, wanted -ENODEV or -ENOTSUP (no GPU sits there)", shaped[i], rc);
+	}
+	char id[32];
+	int n = qv_gpu_device_count(NULL);
+	if (n > 0) { /* a GPU's own bus id names it */
+		assert_int_equal(qv_gpu_pci_bus_id(n - 1, id, sizeof(id)), 0);
+		assert_int_equal(qv_gpu_device_by_pci(id, &dev), 0);
+		assert_int_equal(dev, n - 1);
+	}
+	assert_int_not_equal(qv_gpu_pci_bus_id(n, id, sizeof(id)), 0);
+}
+
 static void test_progress(void **state)
 {
 	struct env *e = *state;
@@ -894,6 +924,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_flipped_byte, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_opts, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_odirect_fallback, setup, teardown),
+		cmocka_unit_test(test_pci_bus_id),
 	};
 	int rc = cmocka_run_group_tests_name("load", tests, NULL, NULL);
 	if (rc)
