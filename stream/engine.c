@@ -230,6 +230,7 @@ static int complete(struct engine *e, unsigned s, int64_t res)
 	switch (qv__fault_check(e->reads)) {
 	case QV_FAULT_EIO: res = -EIO; break;
 	case QV_FAULT_SHORT: res = res > 1 ? res / 2 : res; break;
+	case QV_FAULT_EINVAL: res = -EINVAL; break;
 	default: break;
 	}
 	if (res == -EINVAL && e->cfg->direct) {
@@ -265,7 +266,7 @@ int qv__engine_run(const struct qv__engine_cfg *cfg, struct qv__backend *be,
                    struct qv__engine_stats *st, char *err, size_t errlen)
 {
 	struct engine e = {.cfg = cfg, .be = be, .t = t, .n = n, .sink = sink, .ring = ring,
-	                   .err = err, .errlen = errlen, .hash_t = SIZE_MAX};
+	                   .err = err, .errlen = errlen, .hash_t = SIZE_MAX, .reads = st->reads};
 	int rc = 0;
 	e.slots = calloc(cfg->qd, sizeof(*e.slots));
 	e.fifo = calloc(cfg->qd, sizeof(*e.fifo));
@@ -322,9 +323,9 @@ int qv__engine_run(const struct qv__engine_cfg *cfg, struct qv__backend *be,
 	if (rc == 0 && e.first_done == 0)
 		e.first_done = qv__stream_now() - e.t0;
 	st->bytes = e.done;
-	st->reads = e.reads;
 	st->first_done_s = e.first_done;
 out:
+	st->reads = e.reads;
 	if (e.xx)
 		XXH3_freeState(e.xx);
 	free(e.slots);

@@ -489,15 +489,15 @@ static int run_engine(qv_store *s, const qv_load_opts *o, struct plan *p, qv_sin
 	}
 	struct qv__engine_cfg cfg = {qd,          chunk,           direct,     o->verify,
 	                             o->progress, o->progress_arg, p->cold_raw};
-	struct qv__engine_stats st = {0};
+	struct qv__engine_stats st = {.reads = stats->reads};
 	double t_engine = qv__stream_now() - t0;
 	rc = qv__engine_run(&cfg, be, p->hot, p->n_hot, sink, ring, &st, err, sizeof(err));
 	stats->engine = be->name;
 	be->destroy(be);
+	stats->reads = st.reads;
 	if (rc && rc != QV__EDIRECT)
 		return qv_store_fail(s, rc, "%s", err);
 	stats->bytes = st.bytes;
-	stats->reads = st.reads;
 	if (p->t[0].tier == QV_TIER_HOT)
 		stats->first_tensor_seconds = t_engine + st.first_done_s;
 	return rc;
@@ -571,7 +571,7 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 	char *ring = NULL, *cold_bufs = NULL;
 	int pinned = 0, cold_pinned = 0, caller_device = -1;
 	size_t cold_len = 0, cold_buf = 0;
-	unsigned qd;
+	unsigned qd, ring_slots = 0;
 	size_t chunk;
 	int rc;
 
@@ -635,9 +635,11 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 	 * first file's disk holds them all. Reads from the page cache are
 	 * copies, which more in flight speed up (H200: warm loads to cuda:0
 	 * 15-20 GB/s at 16, 6.4-7.9 at 4) */
+	unsigned qd_buffered = qd; /* if O_DIRECT is refused after all */
 	if (!o->qd && o->device != QV_DEVICE_CPU && direct && p.n_hot > 0 &&
 	    on_rotational_disk(p.hot[0].fd) == 1)
 		qd = HOT_QD_ROTATIONAL_GPU;
+	ring_slots = qd > qd_buffered ? qd : qd_buffered;
 	if (o->device == QV_DEVICE_CPU && direct && p.n_hot > 0)
 		qv__prefault_start(l->arena, p.arena_bytes, &pf); /* best effort, see prefault.c */
 
@@ -664,14 +666,14 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 	}
 	/* the read ring serves hot shards only */
 	rc = p.n_hot == 0 ? 0
-	                  : qv_pinned_alloc((size_t)qd * chunk, o->device != QV_DEVICE_CPU,
+	                  : qv_pinned_alloc((size_t)ring_slots * chunk, o->device != QV_DEVICE_CPU,
 	                                    (void **)&ring, &pinned);
 	if (rc) {
-		rc = qv_store_fail(s, rc, "cannot allocate the %zu-byte read ring: %s", (size_t)qd * chunk,
-		                   strerror(-rc));
+		rc = qv_store_fail(s, rc, "cannot allocate the %zu-byte read ring: %s",
+		                   (size_t)ring_slots * chunk, strerror(-rc));
 		goto out;
 	}
-	unsigned n_slots = qd + threads * COLD_BUFS_PER_THREAD;
+	unsigned n_slots = ring_slots + threads * COLD_BUFS_PER_THREAD;
 	rc = o->device == QV_DEVICE_CPU
 		? qv_sink_host_create(l->arena, l->stats.arena_bytes, n_slots, &sink)
 		: qv_sink_cuda_create(o->device, l->arena, l->stats.arena_bytes, n_slots,
@@ -696,11 +698,12 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 				rc = qv_store_fail(s, QV_ECHANGED,
 				                   "%s@%s: shards moved to the cold tier during the load; "
 				                   "load again", model, l->v->label);
+		qd = qd_buffered; /* page-cache copies gain from more in flight */
 		if (rc == 0)
 			rc = run_engine(s, o, &p, sink, ring, qd, chunk, 0, 0, &l->stats, t0);
 	}
 	if (rc == 0)
-		rc = run_cold(s, o, &p, sink, qd, threads, cold_bufs, cold_buf, &l->stats,
+		rc = run_cold(s, o, &p, sink, ring_slots, threads, cold_bufs, cold_buf, &l->stats,
 		              qv__stream_now() - t0);
 	if (rc == 0 && qv_sink_finish(sink))
 		rc = qv_store_fail(s, -EIO, "%s", qv_sink_errmsg(sink));
@@ -719,7 +722,7 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 out:
 	qv__prefault_stop(pf);
 	qv_sink_destroy(sink);
-	qv_pinned_free(ring, (size_t)qd * chunk, pinned);
+	qv_pinned_free(ring, (size_t)ring_slots * chunk, pinned);
 	qv_pinned_free(cold_bufs, cold_len, cold_pinned);
 	plan_free(&p);
 	if (caller_device >= 0)

@@ -55,7 +55,8 @@ struct qv__engine_cfg {
 
 struct qv__engine_stats {
 	uint64_t bytes;
-	uint64_t reads;
+	uint64_t reads;        /* in: reads of this load's earlier attempts (the
+	                          fault seam counts per load); out: with this run's */
 	double first_done_s;   /* since the engine started */
 };
 

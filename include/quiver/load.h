@@ -112,9 +112,10 @@ void *qv_load_arena(const qv_load *l);
 void qv_load_destroy(qv_load *l);
 
 /* ---- test seams ------------------------------------------------------------- */
-enum qv_fault_kind { QV_FAULT_NONE = 0, QV_FAULT_EIO = 1, QV_FAULT_SHORT = 2 };
+enum qv_fault_kind { QV_FAULT_NONE = 0, QV_FAULT_EIO = 1, QV_FAULT_SHORT = 2, QV_FAULT_EINVAL = 3 };
 /* Makes the k-th read completion (1-based, counted per load) of the loads
- * that follow fail with EIO or come back short. k = 0 turns it off.
+ * that follow fail with EIO, come back short, or fail with EINVAL (what a
+ * file system that refuses an O_DIRECT read says). k = 0 turns it off.
  * Process-wide; for tests only. */
 void qv_load_fault_set(uint64_t k, enum qv_fault_kind kind);
 

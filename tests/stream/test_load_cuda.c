@@ -238,6 +238,25 @@ static void test_faults_and_damage(void **state)
 	check_device_load(e, l, need, "short read 3");
 	qv_load_destroy(l);
 	print_message("#   ok: a short read is resubmitted, the device copy matches\n");
+	/* O_DIRECT refused at the first read: the load starts over through the
+	 * page cache, as deep as a page-cache load goes (a rotational disk's
+	 * smaller O_DIRECT depth is no use to copies) */
+	qv_load_opts ob = {.device = g_dev, .io = QV_IO_BUFFERED};
+	rc = qv_load_run(e->s, MODEL, "v1", NULL, 0, &ob, &l);
+	LT_CHECK(rc == 0, "buffered load: %d %s", rc, qv_store_errmsg(e->s));
+	unsigned qd_buffered = qv_load_get_stats(l)->qd;
+	qv_load_destroy(l);
+	qv_load_opts od = {.device = g_dev, .io = QV_IO_DIRECT};
+	qv_load_fault_set(1, QV_FAULT_EINVAL);
+	rc = qv_load_run(e->s, MODEL, "v1", NULL, 0, &od, &l);
+	qv_load_fault_set(0, QV_FAULT_NONE);
+	LT_CHECK(rc == 0, "O_DIRECT refused: %d %s", rc, qv_store_errmsg(e->s));
+	check_device_load(e, l, need, "O_DIRECT refused");
+	LT_CHECK(qv_load_get_stats(l)->io == QV_IO_BUFFERED && qv_load_get_stats(l)->qd == qd_buffered,
+	         "O_DIRECT refused: io %s at qd %u, a buffered load's qd is %u",
+	         lt_io_name(qv_load_get_stats(l)->io), qv_load_get_stats(l)->qd, qd_buffered);
+	qv_load_destroy(l);
+	print_message("#   ok: O_DIRECT refused: reloaded through the page cache at qd %u\n", qd_buffered);
 	/* a flipped byte: verify catches it */
 	char p[PATH_MAX];
 	uint64_t soff = 0;
