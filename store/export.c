@@ -59,6 +59,22 @@ static int shard_check_tier(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int tie
 	return 0;
 }
 
+/* Why a shard on a non-hot tier that its reader called corrupt is: a file
+ * whose size is not the index's is named as such (truncated, most often),
+ * not as whichever frame's checksum it breaks. NULL if its size is right. */
+static const char *cold_size_why(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int tier)
+{
+	char path[PATH_MAX];
+	qv_shard_info info;
+	struct stat st;
+	qv_shard_path_tier(s, d, tier, path, sizeof(path));
+	if (qv_shard_info_get(s, d, &info) != 0 || info.tier != tier || stat(path, &st) != 0 ||
+	    (uint64_t)st.st_size == info.stored_size)
+		return NULL;
+	return (uint64_t)st.st_size < info.stored_size ? "truncated (shorter than the index says)"
+	                                               : "size mismatch (longer than the index says)";
+}
+
 /* Hashes the whole shard; 0 if it matches d and has size bytes (size < 0:
  * any). On mismatch returns QV_ECORRUPT and sets *why. */
 static int shard_check(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int tier, int64_t size,
@@ -69,7 +85,11 @@ static int shard_check(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int tier, in
 		qv_shard_info info;
 		if (size < 0 && qv_shard_info_get(s, d, &info) == 0)
 			size = (int64_t)info.size;
-		return shard_check_tier(s, d, tier, (uint64_t)(size < 0 ? 0 : size), buf, why);
+		int rc = shard_check_tier(s, d, tier, (uint64_t)(size < 0 ? 0 : size), buf, why);
+		const char *sw = rc == QV_ECORRUPT ? cold_size_why(s, d, tier) : NULL;
+		if (sw)
+			*why = sw;
+		return rc;
 	}
 	qv__shard_path(s, d, path, sizeof(path));
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -212,8 +232,10 @@ static int copy_shard_once(struct exporter *x, const char *fname, const uint8_t 
 		             : qv__shard_read(x->s, d, info.tier, off + done, x->buf, n);
 		if (rc) {
 			const char *why = rc == QV_EFORMAT ? "truncated"
-			                  : rc == QV_ECORRUPT ? "damaged (checksum mismatch)"
-			                  : qv_strerror(rc);
+			                  : rc != QV_ECORRUPT ? qv_strerror(rc)
+			                  : fd < 0 ? cold_size_why(x->s, d, info.tier) : NULL;
+			if (why == NULL)
+				why = "damaged (checksum mismatch)";
 			rc = qv__err(x->s, rc == QV_EFORMAT || rc == QV_ECORRUPT || rc == -ENOENT ? QV_ECORRUPT : rc,
 			             "%s: shard %.16s: %s", fname, hex, why);
 			goto out;

@@ -253,7 +253,14 @@ static int move_shard(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int dtype, in
 			rc = QV_ECORRUPT;
 		if (rc == 0)
 			rc = decode_to_fd(in, hdr, out, d);
-		if (rc)
+		if (rc == QV_ECORRUPT && info.stored_size != (uint64_t)st.st_size)
+			rc = qv_store_fail(s, rc,
+			                   "shard %.16s: the cold copy holds %llu bytes, the index says "
+			                   "%llu%s",
+			                   hex, (unsigned long long)st.st_size,
+			                   (unsigned long long)info.stored_size,
+			                   (uint64_t)st.st_size < info.stored_size ? " (truncated)" : "");
+		else if (rc)
 			rc = qv_store_fail(s, rc, "shard %.16s: decoding the cold copy: %s", hex,
 			                   rc == QV_ECORRUPT ? "damaged (checksum mismatch)" : qv_strerror(rc));
 		stored = info.size;

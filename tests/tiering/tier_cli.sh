@@ -235,6 +235,18 @@ PY
 	[ ! -e "$HOT/shards/${sh:0:2}/${sh:2:2}/$sh" ] || fail "failed promote left a hot copy"
 	expect_ok q show $M@v3 --json
 	jcheck "$OUT_FILE" '[t["tier"] for t in d["tensors"] if t["name"] == "w.bf16"] == ["cold"]' "damaged shard not cold after a failed promote"
+	# a cold file cut short is named as such by every reader
+	truncate -s -1000 "$f"
+	expect_rc 3 q verify $M@v3
+	cat "$OUT_FILE" "$ERR_FILE" >both.txt
+	grep -q "truncated" both.txt || fail "verify of a truncated cold shard does not say so: $(cat both.txt)"
+	expect_rc 3 q load $M@v3
+	grep -q truncated "$ERR_FILE" || fail "load of a truncated cold shard: $(err)"
+	expect_rc 3 q export $M@v3 exp3trunc
+	grep -q truncated "$ERR_FILE" || fail "export of a truncated cold shard: $(err)"
+	run_cmd q promote $M@v3
+	[ "$RC" -ne 0 ] || fail "promote of a truncated cold version succeeded"
+	grep -q truncated "$ERR_FILE" || fail "promote of a truncated cold shard: $(err)"
 	# gone: remove the damaged version
 	expect_ok q rm $M@v3
 	expect_ok q verify
