@@ -314,12 +314,15 @@ int qv_store_init(const char *root, const qv_store_config *cfg, char *errbuf, si
 		return rc;
 	/* tier folders are kept as absolute paths: later commands run anywhere */
 	char hot[PATH_MAX], cold[PATH_MAX];
+	/* folders made here go again if init is refused */
+	char new_hot[PATH_MAX] = "", new_cold[PATH_MAX] = "";
 	const char *want_hot = cfg->hot_dir ? cfg->hot_dir : root;
-	if ((rc = qv__mkdir_p(want_hot, 0755)) != 0 || (!realpath(want_hot, hot) && (rc = -errno))) {
+	if ((rc = qv__mkdir_p_new(want_hot, 0755, new_hot, sizeof(new_hot))) != 0 ||
+	    (!realpath(want_hot, hot) && (rc = -errno))) {
 		snprintf(errbuf, errlen, "%s: %s", want_hot, qv_strerror(rc));
 		goto fail;
 	}
-	if (cfg->cold_dir && ((rc = qv__mkdir_p(cfg->cold_dir, 0755)) != 0 ||
+	if (cfg->cold_dir && ((rc = qv__mkdir_p_new(cfg->cold_dir, 0755, new_cold, sizeof(new_cold))) != 0 ||
 	                      (!realpath(cfg->cold_dir, cold) && (rc = -errno)))) {
 		snprintf(errbuf, errlen, "%s: %s", cfg->cold_dir, qv_strerror(rc));
 		goto fail;
@@ -431,6 +434,9 @@ fail:
 	if (locked)
 		qv__unlock(s);
 	qv_store_close(s);
+	qv__rmdir_new(want_hot, new_hot);
+	if (cfg->cold_dir)
+		qv__rmdir_new(cfg->cold_dir, new_cold);
 	return rc;
 }
 

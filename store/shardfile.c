@@ -21,27 +21,59 @@ void qv__shard_path(const qv_store *s, const uint8_t d[QV_DIGEST_LEN], char *buf
 	qv_shard_path(s, d, buf, n);
 }
 
-int qv__mkdir_p(const char *path, unsigned mode)
+int qv__mkdir_p_new(const char *path, unsigned mode, char *created, size_t len)
 {
 	char buf[PATH_MAX];
 	size_t n = strlen(path);
+	if (created && len > 0)
+		created[0] = '\0';
 	if (n == 0 || n >= sizeof(buf))
 		return -ENAMETOOLONG;
 	memcpy(buf, path, n + 1);
-	for (char *p = buf + 1; *p; p++) {
-		if (*p != '/')
+	for (char *p = buf + 1;; p++) {
+		if (*p != '/' && *p != '\0')
 			continue;
+		char was = *p;
 		*p = 0;
-		if (mkdir(buf, mode) < 0 && errno != EEXIST)
+		if (mkdir(buf, mode) == 0) {
+			if (created && len > 0 && created[0] == '\0')
+				snprintf(created, len, "%s", buf);
+		} else if (errno != EEXIST) {
 			return -errno;
-		*p = '/';
+		}
+		*p = was;
+		if (was == '\0')
+			break;
 	}
-	if (mkdir(buf, mode) < 0 && errno != EEXIST)
-		return -errno;
 	struct stat st;
 	if (stat(buf, &st) < 0)
 		return -errno;
 	return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
+}
+
+int qv__mkdir_p(const char *path, unsigned mode)
+{
+	return qv__mkdir_p_new(path, mode, NULL, 0);
+}
+
+void qv__rmdir_new(const char *path, const char *created)
+{
+	char buf[PATH_MAX];
+	size_t top = strlen(created);
+	if (top == 0 || strncmp(path, created, top) != 0 ||
+	    (path[top] != '\0' && path[top] != '/') || strlen(path) >= sizeof(buf))
+		return;
+	snprintf(buf, sizeof(buf), "%s", path);
+	for (size_t n = strlen(buf); n > top && buf[n - 1] == '/'; n--)
+		buf[n - 1] = '\0';
+	for (;;) {
+		if (rmdir(buf) < 0 || strlen(buf) <= top)
+			return; /* not empty (or gone): what is in it stays */
+		char *slash = strrchr(buf, '/');
+		if (!slash)
+			return;
+		*slash = '\0';
+	}
 }
 
 int qv__shard_dir_make(const qv_store *s, const uint8_t d[QV_DIGEST_LEN])

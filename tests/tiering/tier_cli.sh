@@ -258,8 +258,14 @@ t_init_refuses() {
 	local before
 	expect_ok q demote $M@v1 # the cold tier holds shards
 	before=$(cat "$ROOT/config.ini")
-	expect_rc 1 q init --hot "$HOT" --cold "$QV_SCRATCH/cold2"
+	expect_rc 1 q init --hot "$HOT" --cold "$QV_SCRATCH/new/a/cold2/"
 	err_has "cold tier .* holds [0-9]+ shards"
+	[ ! -e "$QV_SCRATCH/new" ] || fail "a refused init left the folders it made: $(find "$QV_SCRATCH/new")"
+	mkdir -p "$QV_SCRATCH/kept/x"
+	expect_rc 1 q init --hot "$QV_SCRATCH/kept/x/y/hot" --cold "$COLD"
+	[ -d "$QV_SCRATCH/kept/x" ] && [ ! -e "$QV_SCRATCH/kept/x/y" ] ||
+		fail "a refused init removed a folder it did not make, or left one it made"
+	rm -rf "$QV_SCRATCH/kept"
 	err_one_line
 	expect_rc 1 q init --hot "$QV_SCRATCH/hot2" --cold "$COLD"
 	err_has "hot tier"
