@@ -115,7 +115,7 @@ static void run_task(const struct task *t)
 	if (t->kind == TASK_POLICY) {
 		qv_policy_result r;
 		pthread_mutex_lock(&G.cmd_mu);
-		int rc = qv_tier_apply(G.s, &r);
+		int rc = qv_tier_apply(G.s, &r, NULL, NULL);
 		pthread_mutex_unlock(&G.cmd_mu);
 		if (rc) {
 			metrics_error("tier");
@@ -129,7 +129,7 @@ static void run_task(const struct task *t)
 	} else if (t->kind == TASK_PROMOTE) {
 		qv_migrate_result m;
 		pthread_mutex_lock(&G.cmd_mu);
-		int rc = qv_tier_promote(G.s, t->model, t->label, &m);
+		int rc = qv_tier_promote(G.s, t->model, t->label, &m, NULL, NULL);
 		pthread_mutex_unlock(&G.cmd_mu);
 		if (rc) {
 			metrics_error("promote");

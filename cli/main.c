@@ -246,7 +246,10 @@ static int promote_if_cold(qv_store *s, const char *model, const char *label, in
 		return 0;
 	}
 	qv_migrate_result m;
-	int rc = qv_tier_promote(s, model, label, &m);
+	cli_progress pg;
+	cli_progress_start(&pg, "promote");
+	int rc = qv_tier_promote(s, model, label, &m, cli_progress_cb, &pg);
+	cli_progress_end(&pg);
 	if (rc)
 		return cli_fail(s, rc);
 	*secs = m.seconds;
@@ -267,7 +270,10 @@ static int run_policy(qv_store *s, int json)
 	if (!cfg.cold_dir || !cfg.hot_capacity)
 		return 0;
 	qv_policy_result r;
-	int rc = qv_tier_apply(s, &r);
+	cli_progress pg;
+	cli_progress_start(&pg, "demote");
+	int rc = qv_tier_apply(s, &r, cli_progress_cb, &pg);
+	cli_progress_end(&pg);
 	if (rc) /* the publish itself stands: a failing policy is a warning here */
 		cli_error("warning: the tier policy after this publish failed (%s); "
 		          "'quiver tier --apply' runs it again", qv_store_errmsg(s));
@@ -937,7 +943,9 @@ static int cmd_load(int argc, char **argv)
 	rc = EXIT_OK;
 	if (o.promote && st->cold_bytes) {
 		qv_migrate_result m;
-		int prc = qv_tier_promote(s, model, ref ? ref : "current", &m);
+		cli_progress_start(&pg, "promote");
+		int prc = qv_tier_promote(s, model, ref ? ref : "current", &m, cli_progress_cb, &pg);
+		cli_progress_end(&pg);
 		if (prc)
 			rc = cli_fail(s, prc);
 		else if (!o.json)
@@ -1090,7 +1098,11 @@ static int cmd_migrate(int argc, char **argv, int demote)
 	if ((pr = ref_and_store(c, &o, argv[first], 1, buf, &model, &ref, &s)) >= 0)
 		return pr;
 	qv_migrate_result m;
-	int rc = demote ? qv_tier_demote(s, model, ref, &m) : qv_tier_promote(s, model, ref, &m);
+	cli_progress pg;
+	cli_progress_start(&pg, demote ? "demote" : "promote");
+	int rc = demote ? qv_tier_demote(s, model, ref, &m, cli_progress_cb, &pg)
+	                : qv_tier_promote(s, model, ref, &m, cli_progress_cb, &pg);
+	cli_progress_end(&pg);
 	rc = rc ? cli_fail(s, rc) : print_migrate(&o, demote ? "demoted" : "promoted", model, ref, &m);
 	if (rc == EXIT_OK && demote && m.shards > 0)
 		note_protected_demote(s, model, ref);
@@ -1135,7 +1147,10 @@ static int cmd_tier(int argc, char **argv)
 			       cfg.high * 100, cfg.low * 100, idle ? idle : "run with --apply to enforce");
 	} else {
 		qv_policy_result r;
-		rc = qv_tier_apply(s, &r);
+		cli_progress pg;
+		cli_progress_start(&pg, "demote");
+		rc = qv_tier_apply(s, &r, cli_progress_cb, &pg);
+		cli_progress_end(&pg);
 		if (rc == 0 && o.json)
 			cli_json_print(json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:b}",
 			                         "hot_before", (json_int_t)r.hot_before, "hot_after",

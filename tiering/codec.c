@@ -1122,7 +1122,8 @@ static void header_pack(unsigned char *buf, enum qv_codec_dtype dtype, int level
 }
 
 int qv_codec_encode_fd(int in_fd, uint64_t raw_size, int dtype_flags, int level,
-		       uint32_t frame_bytes, int out_fd, uint64_t *stored_size)
+		       uint32_t frame_bytes, int out_fd, uint64_t *stored_size,
+		       qv_codec_progress_fn progress, void *progress_arg)
 {
 	struct qv_codec_ctx *ctx = NULL;
 	struct qv_codec_frame *frames = NULL;
@@ -1203,6 +1204,8 @@ int qv_codec_encode_fd(int in_fd, uint64_t raw_size, int dtype_flags, int level,
 		if (rc != 0)
 			goto out;
 		pos += padded;
+		if (progress)
+			progress(progress_arg, raw_off + len);
 	}
 	header_pack(head, dtype, level, raw_size, frame_bytes, (uint32_t)count, frames);
 	rc = pwrite_full(out_fd, head, (size_t)data_offset_of(count), 0);

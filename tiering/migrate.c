@@ -162,8 +162,21 @@ static int make_fanout(const char *shard_path)
 
 /* Writes the decoded raw bytes of cold file in_fd (header hdr) to out_fd,
  * checking every frame's XXH3 and the whole shard's SHA-256 against d. */
+/* Where a shard's move stands, for the migration's progress. */
+struct shard_progress {
+	struct qv__tier_progress *pg;
+	uint64_t before; /* bytes the migration had moved when this shard began */
+};
+
+static void shard_progress(void *arg, uint64_t raw_done)
+{
+	struct shard_progress *sp = arg;
+	uint64_t done = sp->before + raw_done;
+	sp->pg->fn(sp->pg->arg, done < sp->pg->total ? done : sp->pg->total, sp->pg->total);
+}
+
 static int decode_to_fd(int in_fd, const struct qv_codec_header *hdr, int out_fd,
-                        const uint8_t d[QV_DIGEST_LEN])
+                        const uint8_t d[QV_DIGEST_LEN], struct shard_progress *sp)
 {
 	struct qv_codec_ctx *ctx = NULL;
 	size_t cap = QV_CODEC_FRAME_MAX, scratch_len = qv_codec_scratch_bytes(cap);
@@ -192,6 +205,8 @@ static int decode_to_fd(int in_fd, const struct qv_codec_header *hdr, int out_fd
 				w += (size_t)m;
 		}
 		at += f->raw_bytes;
+		if (sp && rc == 0)
+			shard_progress(sp, at);
 	}
 	if (rc == 0) {
 		uint8_t got[QV_DIGEST_LEN];
@@ -209,10 +224,14 @@ static int decode_to_fd(int in_fd, const struct qv_codec_header *hdr, int out_fd
 }
 
 /* Moves shard d from tier `from` to tier `to`; dtype guides the codec. The
- * caller holds the migration lock; epoch as for qv_shard_relocate(). */
+ * caller holds the migration lock; epoch as for qv_shard_relocate(). pg (may
+ * be NULL or without fn): the migration's progress, r->raw_bytes of it done
+ * before this shard. */
 static int move_shard(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int dtype, int from, int to,
-                      uint64_t epoch, qv_migrate_result *r)
+                      uint64_t epoch, qv_migrate_result *r, struct qv__tier_progress *pg)
 {
+	struct shard_progress sp = {pg, pg ? pg->base + r->raw_bytes : 0};
+	struct shard_progress *spp = pg && pg->fn ? &sp : NULL;
 	char src[PATH_MAX], dst[PATH_MAX], tmp[PATH_MAX + 64], hex[QV_HEX_LEN + 1];
 	qv_shard_info info;
 	struct qv_codec_header *hdr = NULL;
@@ -243,7 +262,8 @@ static int move_shard(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int dtype, in
 	}
 	if (to == QV_TIER_COLD) {
 		posix_fadvise(in, 0, 0, POSIX_FADV_SEQUENTIAL);
-		rc = qv_codec_encode_fd(in, info.size, dtype, 0, 0, out, &stored);
+		rc = qv_codec_encode_fd(in, info.size, dtype, 0, 0, out, &stored,
+		                        spp ? shard_progress : NULL, spp);
 		if (rc)
 			rc = qv_store_fail(s, rc, "shard %.16s: compressing: %s", hex, qv_strerror(rc));
 	} else {
@@ -252,7 +272,7 @@ static int move_shard(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int dtype, in
 		if (rc == 0 && hdr->raw_size != info.size)
 			rc = QV_ECORRUPT;
 		if (rc == 0)
-			rc = decode_to_fd(in, hdr, out, d);
+			rc = decode_to_fd(in, hdr, out, d, spp);
 		if (rc == QV_ECORRUPT && info.stored_size != (uint64_t)st.st_size)
 			rc = qv_store_fail(s, rc,
 			                   "shard %.16s: the cold copy holds %llu bytes, the index says "
@@ -415,7 +435,7 @@ static int decide(qv_store *s, const qv_version *v, int policy, uint64_t *epoch,
  * policy, which leaves the version alone if it is protected by the time the
  * migration lock is taken or becomes protected during the move. */
 static int migrate_version(qv_store *s, const char *model, const char *ref, int to, int policy,
-                           qv_migrate_result *res)
+                           qv_migrate_result *res, struct qv__tier_progress *pg)
 {
 	qv_migrate_result r = {0};
 	qv_version *v = NULL;
@@ -445,6 +465,15 @@ static int migrate_version(qv_store *s, const char *model, const char *ref, int 
 	locked = 1;
 	if (to == QV_TIER_COLD)
 		rc = decide(s, v, policy, &epoch, &keep, &skip);
+	if (rc == 0 && !skip && pg && pg->fn && pg->total == 0) {
+		/* the raw bytes this move is about: shards not yet there, not kept */
+		for (size_t i = 0; i < mine.n; i++) {
+			qv_shard_info info;
+			if ((to != QV_TIER_COLD || !qv__dlist_has(&keep, mine.d[i])) &&
+			    qv_shard_info_get(s, mine.d[i], &info) == 0 && info.tier != to)
+				pg->total += info.size;
+		}
+	}
 	/* a version protected during the move makes it decide again; a bound
 	 * on how often, against a loop that protects versions without end */
 	for (size_t i = 0, again = 0; rc == 0 && !skip && i < mine.n;) {
@@ -453,7 +482,7 @@ static int migrate_version(qv_store *s, const char *model, const char *ref, int 
 			i++;
 			continue;
 		}
-		rc = move_shard(s, mine.d[i], mine.dtype[i], 1 - to, to, epoch, &r);
+		rc = move_shard(s, mine.d[i], mine.dtype[i], 1 - to, to, epoch, &r, pg);
 		uint64_t now;
 		if (rc == QV_ECHANGED && to == QV_TIER_COLD && again++ < 1000 &&
 		    qv_store_protect_epoch(s, &now) == 0 && now != epoch) {
@@ -476,20 +505,24 @@ out:
 	return rc;
 }
 
-int qv_tier_demote(qv_store *s, const char *model, const char *ref, qv_migrate_result *res)
+int qv_tier_demote(qv_store *s, const char *model, const char *ref, qv_migrate_result *res,
+                   qv_progress_fn progress, void *progress_arg)
 {
-	return migrate_version(s, model, ref, QV_TIER_COLD, 0, res);
+	struct qv__tier_progress pg = {progress, progress_arg, 0, 0};
+	return migrate_version(s, model, ref, QV_TIER_COLD, 0, res, &pg);
 }
 
 int qv__tier_demote_policy(qv_store *s, const char *model, const char *label,
-                           qv_migrate_result *res)
+                           qv_migrate_result *res, struct qv__tier_progress *pg)
 {
-	return migrate_version(s, model, label, QV_TIER_COLD, 1, res);
+	return migrate_version(s, model, label, QV_TIER_COLD, 1, res, pg);
 }
 
-int qv_tier_promote(qv_store *s, const char *model, const char *ref, qv_migrate_result *res)
+int qv_tier_promote(qv_store *s, const char *model, const char *ref, qv_migrate_result *res,
+                    qv_progress_fn progress, void *progress_arg)
 {
-	return migrate_version(s, model, ref, QV_TIER_HOT, 0, res);
+	struct qv__tier_progress pg = {progress, progress_arg, 0, 0};
+	return migrate_version(s, model, ref, QV_TIER_HOT, 0, res, &pg);
 }
 
 int qv_tier_of_version(qv_store *s, const qv_version *v, int *tier)

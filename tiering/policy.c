@@ -106,7 +106,8 @@ static int candidates(qv_store *s, struct cand **out, size_t *n_out)
 	return 0;
 }
 
-int qv_tier_apply(qv_store *s, qv_policy_result *res)
+int qv_tier_apply(qv_store *s, qv_policy_result *res, qv_progress_fn progress,
+                  void *progress_arg)
 {
 	qv_policy_result r;
 	qv_store_config cfg;
@@ -125,9 +126,13 @@ int qv_tier_apply(qv_store *s, qv_policy_result *res)
 	 * does not stop the others; the first failure is reported */
 	int first = 0;
 	char why[512] = "";
+	/* progress: the bytes the hot tier sheds, of what it must shed */
+	struct qv__tier_progress pg = {progress, progress_arg, 0,
+	                               r.hot_before - (uint64_t)low};
 	for (size_t i = 0; rc == 0 && i < n && (double)r.hot_after > low; i++) {
 		qv_migrate_result m;
-		int mrc = qv__tier_demote_policy(s, c[i].model, c[i].label, &m);
+		pg.base = r.hot_after < r.hot_before ? r.hot_before - r.hot_after : 0;
+		int mrc = qv__tier_demote_policy(s, c[i].model, c[i].label, &m, &pg);
 		if (mrc) {
 			if (!first) {
 				first = mrc;

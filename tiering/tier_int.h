@@ -27,7 +27,14 @@ double qv__tier_now(void);
 /* qv_tier_demote() for the placement policy: leaves model@label alone if it
  * is protected (current, aliased, pinned) once the migration lock is held,
  * or becomes protected during the move. */
+/* A migration's progress: fn is told base + the raw bytes moved since, of
+ * total (0: the migration counts its own total). */
+struct qv__tier_progress {
+	qv_progress_fn fn;
+	void *arg;
+	uint64_t base, total;
+};
 int qv__tier_demote_policy(qv_store *s, const char *model, const char *label,
-                           qv_migrate_result *res);
+                           qv_migrate_result *res, struct qv__tier_progress *pg);
 
 #endif

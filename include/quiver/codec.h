@@ -195,6 +195,10 @@ int qv_codec_frame_decode(struct qv_codec_ctx *ctx, const struct qv_codec_frame 
  * Returns 0 if frame_bytes is out of bounds or the result would overflow. */
 uint64_t qv_codec_file_bound(uint64_t raw_size, uint32_t frame_bytes);
 
+/* Told the raw bytes encoded so far, after each frame (from the calling
+ * thread). */
+typedef void (*qv_codec_progress_fn)(void *arg, uint64_t raw_done);
+
 /* Reads raw_size bytes from in_fd (from offset 0, with pread) and writes the
  * complete cold file to out_fd (from offset 0, with pwrite; the file is
  * truncated to its final size, *stored_size, a multiple of QV_CODEC_ALIGN).
@@ -205,9 +209,11 @@ uint64_t qv_codec_file_bound(uint64_t raw_size, uint32_t frame_bytes);
  * buffers once (about 3.5 * frame_bytes plus the table).
  * Returns 0, -EINVAL, QV_ELIMIT (too many frames), QV_ECHANGED (in_fd
  * ended before raw_size bytes), -ENOMEM, or -errno from pread/pwrite/
- * ftruncate. After a failure out_fd holds garbage the caller discards. */
+ * ftruncate. After a failure out_fd holds garbage the caller discards.
+ * progress (may be NULL) is told of each frame done. */
 int qv_codec_encode_fd(int in_fd, uint64_t raw_size, int dtype, int level,
-		       uint32_t frame_bytes, int out_fd, uint64_t *stored_size);
+		       uint32_t frame_bytes, int out_fd, uint64_t *stored_size,
+		       qv_codec_progress_fn progress, void *progress_arg);
 
 /* Reads and validates the header and frame table of the cold file open on
  * fd, whose size is file_size (untrusted bytes: every field, offset and

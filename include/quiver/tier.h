@@ -36,12 +36,16 @@ typedef struct qv_migrate_result {
 
 /* Moves every shard of model@ref to the cold tier, except shards that a
  * version staying hot (current, aliased, pinned, or entirely hot and not
- * being demoted) also uses. -ENOTSUP if the store has no cold tier. */
-int qv_tier_demote(qv_store *s, const char *model, const char *ref, qv_migrate_result *res);
+ * being demoted) also uses. -ENOTSUP if the store has no cold tier.
+ * progress (may be NULL): raw bytes moved of the shards to move, as each
+ * frame is done. */
+int qv_tier_demote(qv_store *s, const char *model, const char *ref, qv_migrate_result *res,
+                   qv_progress_fn progress, void *progress_arg);
 
 /* Moves every shard of model@ref to the hot tier (checking each frame's
- * checksum and the shard's SHA-256 on the way). */
-int qv_tier_promote(qv_store *s, const char *model, const char *ref, qv_migrate_result *res);
+ * checksum and the shard's SHA-256 on the way). progress as for demote. */
+int qv_tier_promote(qv_store *s, const char *model, const char *ref, qv_migrate_result *res,
+                    qv_progress_fn progress, void *progress_arg);
 
 typedef struct qv_policy_result {
 	uint64_t hot_before, hot_after;   /* bytes on the hot tier */
@@ -50,8 +54,10 @@ typedef struct qv_policy_result {
 } qv_policy_result;
 
 /* Runs the placement policy once (see above). Does nothing without a cold
- * tier or a hot capacity. */
-int qv_tier_apply(qv_store *s, qv_policy_result *res);
+ * tier or a hot capacity. progress (may be NULL): raw bytes moved of the
+ * bytes the hot tier must shed to reach the low watermark. */
+int qv_tier_apply(qv_store *s, qv_policy_result *res, qv_progress_fn progress,
+                  void *progress_arg);
 
 typedef struct qv_tier_usage {
 	const char *dir;         /* NULL: the tier does not exist */

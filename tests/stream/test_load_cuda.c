@@ -97,7 +97,7 @@ static int setup_cold(void **state)
 	qv_tier_attach(e->s);
 	std_model(e);
 	qv_migrate_result r;
-	rc = qv_tier_demote(e->s, MODEL, "v1", &r);
+	rc = qv_tier_demote(e->s, MODEL, "v1", &r, NULL, NULL);
 	LT_CHECK(rc == 0, "qv_tier_demote: %d (%s) %s", rc, qv_strerror(rc), qv_store_errmsg(e->s));
 	*state = e;
 	return 0;

@@ -142,7 +142,7 @@ int main(int argc, char **argv)
 				values((enum qv_codec_dtype)d, raw / 2, shard);
 			if (pwrite(in_fd, shard, raw, 0) != (ssize_t)raw ||
 			    qv_codec_encode_fd(in_fd, raw, (enum qv_codec_dtype)d, 0,
-					       QV_CODEC_FRAME_MIN, out_fd, &stored) != 0) {
+					       QV_CODEC_FRAME_MIN, out_fd, &stored, NULL, NULL) != 0) {
 				fprintf(stderr, "fuzz_codec_seeds: encoding a cold file failed\n");
 				return 1;
 			}

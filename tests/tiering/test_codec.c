@@ -479,14 +479,35 @@ static unsigned char *read_all(int fd, size_t n)
 	return p;
 }
 
-/* Encodes len bytes of src into a new temp file; returns its fd. */
+/* What encode_fd told its progress function: calls, and the last count. */
+struct seen {
+	uint64_t calls, last;
+	int backwards;
+};
+
+static void on_progress(void *arg, uint64_t raw_done)
+{
+	struct seen *s = arg;
+	s->backwards |= raw_done <= s->last && s->calls > 0;
+	s->calls++;
+	s->last = raw_done;
+}
+
+/* Encodes len bytes of src into a new temp file; returns its fd. Progress
+ * comes once a frame, rising to len. */
 static int encode_to_file(enum qv_codec_dtype dtype, const unsigned char *src, size_t len,
 			  uint32_t frame_bytes, uint64_t *stored)
 {
 	int in = temp_fd(), out = temp_fd();
+	struct seen seen = { 0 };
+	uint32_t fb = frame_bytes ? frame_bytes : QV_CODEC_FRAME_DEFAULT;
 
 	write_all(in, src, len, 0);
-	assert_int_equal(qv_codec_encode_fd(in, len, dtype, 0, frame_bytes, out, stored), 0);
+	assert_int_equal(qv_codec_encode_fd(in, len, dtype, 0, frame_bytes, out, stored, on_progress,
+					    &seen), 0);
+	assert_int_equal(seen.calls, (len + fb - 1) / fb);
+	assert_int_equal(seen.last, len);
+	assert_false(seen.backwards);
 	assert_int_equal(*stored % QV_CODEC_ALIGN, 0);
 	assert_int_equal((uint64_t)lseek(out, 0, SEEK_END), *stored);
 	assert_true(*stored <= qv_codec_file_bound(len, frame_bytes ? frame_bytes :
@@ -586,15 +607,15 @@ static void test_file_bad_args(void **state)
 
 	(void)state;
 	write_all(in, buf, sizeof(buf), 0);
-	assert_int_equal(qv_codec_encode_fd(in, 16, QV_CODEC_F32, 0, MIB - 4096, out, &stored), -EINVAL);
-	assert_int_equal(qv_codec_encode_fd(in, 16, QV_CODEC_F32, 0, MIB + 1, out, &stored), -EINVAL);
-	assert_int_equal(qv_codec_encode_fd(in, 16, QV_CODEC_F32, 0, 8 * MIB, out, &stored), -EINVAL);
-	assert_int_equal(qv_codec_encode_fd(in, 16, QV_CODEC_F32, 42, 0, out, &stored), -EINVAL);
+	assert_int_equal(qv_codec_encode_fd(in, 16, QV_CODEC_F32, 0, MIB - 4096, out, &stored, NULL, NULL), -EINVAL);
+	assert_int_equal(qv_codec_encode_fd(in, 16, QV_CODEC_F32, 0, MIB + 1, out, &stored, NULL, NULL), -EINVAL);
+	assert_int_equal(qv_codec_encode_fd(in, 16, QV_CODEC_F32, 0, 8 * MIB, out, &stored, NULL, NULL), -EINVAL);
+	assert_int_equal(qv_codec_encode_fd(in, 16, QV_CODEC_F32, 42, 0, out, &stored, NULL, NULL), -EINVAL);
 	/* the input is shorter than it claims */
-	assert_int_equal(qv_codec_encode_fd(in, 17, QV_CODEC_F32, 0, 0, out, &stored), QV_ECHANGED);
-	assert_int_equal(qv_codec_encode_fd(in, UINT64_MAX, QV_CODEC_F32, 0, 0, out, &stored),
+	assert_int_equal(qv_codec_encode_fd(in, 17, QV_CODEC_F32, 0, 0, out, &stored, NULL, NULL), QV_ECHANGED);
+	assert_int_equal(qv_codec_encode_fd(in, UINT64_MAX, QV_CODEC_F32, 0, 0, out, &stored, NULL, NULL),
 			 QV_ELIMIT);
-	assert_int_equal(qv_codec_encode_fd(-1, 16, QV_CODEC_F32, 0, 0, out, &stored), -EINVAL);
+	assert_int_equal(qv_codec_encode_fd(-1, 16, QV_CODEC_F32, 0, 0, out, &stored, NULL, NULL), -EINVAL);
 	assert_int_equal(qv_codec_file_bound(1, 5), 0);
 	close(in);
 	close(out);

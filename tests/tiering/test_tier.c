@@ -201,23 +201,57 @@ static qv_shard_info shard_of(struct env *e, const char *ref, const char *name, 
 	return info;
 }
 
+/* What a migration told its progress function. */
+struct seen {
+	uint64_t calls, last, total;
+	int bad; /* went backwards, past its total, or changed its total */
+};
+
+static void on_progress(void *arg, uint64_t done, uint64_t total)
+{
+	struct seen *s = arg;
+	s->bad |= done > total || (s->calls > 0 && (done < s->last || total != s->total));
+	s->calls++;
+	s->last = done;
+	s->total = total;
+}
+
+/* A migration's progress rose, never backwards, to the raw bytes it moved. */
+static void check_progress(const struct seen *s, const qv_migrate_result *r, const char *what)
+{
+	LT_CHECK(!s->bad, "%s: progress went backwards or past its total", what);
+	if (r->shards == 0)
+		LT_CHECK(s->calls == 0, "%s: moved nothing but told progress %llu times", what,
+		         (unsigned long long)s->calls);
+	else
+		LT_CHECK(s->calls >= r->shards && s->last == r->raw_bytes && s->total == r->raw_bytes,
+		         "%s: progress %llu of %llu in %llu calls, moved %llu bytes in %llu shards",
+		         what, (unsigned long long)s->last, (unsigned long long)s->total,
+		         (unsigned long long)s->calls, (unsigned long long)r->raw_bytes,
+		         (unsigned long long)r->shards);
+}
+
 static qv_migrate_result demote(struct env *e, const char *ref)
 {
 	qv_migrate_result r;
+	struct seen s = {0};
 	memset(&r, 0xff, sizeof(r));
-	int rc = qv_tier_demote(e->s, MODEL, ref, &r);
+	int rc = qv_tier_demote(e->s, MODEL, ref, &r, on_progress, &s);
 	LT_CHECK(rc == 0, "qv_tier_demote(%s): %d (%s) %s", ref, rc, qv_strerror(rc),
 	         qv_store_errmsg(e->s));
+	check_progress(&s, &r, "demote");
 	return r;
 }
 
 static qv_migrate_result promote(struct env *e, const char *ref)
 {
 	qv_migrate_result r;
+	struct seen s = {0};
 	memset(&r, 0xff, sizeof(r));
-	int rc = qv_tier_promote(e->s, MODEL, ref, &r);
+	int rc = qv_tier_promote(e->s, MODEL, ref, &r, on_progress, &s);
 	LT_CHECK(rc == 0, "qv_tier_promote(%s): %d (%s) %s", ref, rc, qv_strerror(rc),
 	         qv_store_errmsg(e->s));
+	check_progress(&s, &r, "promote");
 	return r;
 }
 
@@ -746,7 +780,7 @@ static void test_cold_damage(void **state)
 	         qv_strerror(rc));
 
 	qv_migrate_result r;
-	rc = qv_tier_promote(e->s, MODEL, "v1", &r);
+	rc = qv_tier_promote(e->s, MODEL, "v1", &r, NULL, NULL);
 	LT_CHECK(rc == QV_ECORRUPT, "qv_tier_promote of damaged v1: %d (%s), want QV_ECORRUPT: %s", rc,
 	         qv_strerror(rc), qv_store_errmsg(e->s));
 	info = shard_of(e, "v1", "w.bf16", NULL);
@@ -816,8 +850,17 @@ static void test_policy(void **state)
 	         (unsigned long long)st.tier[QV_TIER_HOT].capacity);
 
 	qv_policy_result p;
-	int rc = qv_tier_apply(e->s, &p);
+	struct seen seen = {0};
+	int rc = qv_tier_apply(e->s, &p, on_progress, &seen);
 	LT_CHECK(rc == 0, "qv_tier_apply: %d (%s) %s", rc, qv_strerror(rc), qv_store_errmsg(e->s));
+	/* progress: what the hot tier shed, of what it had to (down to low) */
+	qv_store_config cfg;
+	qv_store_config_get(e->s, &cfg);
+	uint64_t must = p.hot_before - (uint64_t)(cfg.low * (double)cfg.hot_capacity);
+	LT_CHECK(!seen.bad && seen.calls >= 3 && seen.total == must && seen.last == must,
+	         "policy progress: %llu of %llu in %llu calls (bad %d), the hot tier had to shed %llu",
+	         (unsigned long long)seen.last, (unsigned long long)seen.total,
+	         (unsigned long long)seen.calls, seen.bad, (unsigned long long)must);
 	LT_CHECK(p.hot_before == 28 * MIB && p.hot_after == 16 * MIB && p.versions == 3 &&
 	         p.moved.shards == 3,
 	         "policy: hot %llu -> %llu, %llu versions, %llu shards (want 28 MiB -> 16 MiB, 3, 3)",
@@ -830,7 +873,7 @@ static void test_policy(void **state)
 		LT_CHECK(tier_of(e, hot[i]) == QV_TIER_HOT, "policy demoted %s", hot[i]);
 
 	/* under the high watermark: nothing to do */
-	rc = qv_tier_apply(e->s, &p);
+	rc = qv_tier_apply(e->s, &p, NULL, NULL);
 	LT_CHECK(rc == 0 && p.versions == 0 && p.hot_after == p.hot_before,
 	         "second apply: rc %d, demoted %llu", rc, (unsigned long long)p.versions);
 
@@ -844,7 +887,7 @@ static void test_policy(void **state)
 		snprintf(label, sizeof(label), "v%d", i + 1);
 		publish(e, i, label, i == 8);
 	}
-	rc = qv_tier_apply(e->s, &p);
+	rc = qv_tier_apply(e->s, &p, NULL, NULL);
 	LT_CHECK(rc == 0, "third apply: %d %s", rc, qv_store_errmsg(e->s));
 	LT_CHECK(p.hot_before == 24 * MIB && p.hot_after == 16 * MIB && p.versions == 2,
 	         "third apply: hot %llu -> %llu, %llu versions (want 24 MiB -> 16 MiB, 2)",
@@ -884,7 +927,7 @@ static void test_policy_only_protected(void **state)
 	assert_int_equal(qv_version_pin(e->s, MODEL, "v1", 1), 0);
 	assert_int_equal(qv_alias_set(e->s, MODEL, "prod", "v2"), 0);
 	qv_policy_result p;
-	int rc = qv_tier_apply(e->s, &p);
+	int rc = qv_tier_apply(e->s, &p, NULL, NULL);
 	LT_CHECK(rc == 0 && p.versions == 1, "apply: rc %d (%s), %llu versions demoted, want 1", rc,
 	         qv_strerror(rc), (unsigned long long)p.versions);
 	assert_int_equal(tier_of(e, "v3"), QV_TIER_COLD);
@@ -1012,14 +1055,14 @@ static void test_no_cold_tier(void **state)
 	std_version(e, 1, NULL, 0);
 	publish(e, 1, "v2", 1);
 	qv_migrate_result r;
-	int rc = qv_tier_demote(e->s, MODEL, "v1", &r);
+	int rc = qv_tier_demote(e->s, MODEL, "v1", &r, NULL, NULL);
 	LT_CHECK(rc == -ENOTSUP, "demote without a cold tier: %d (%s), want -ENOTSUP", rc,
 	         qv_strerror(rc));
-	rc = qv_tier_promote(e->s, MODEL, "v1", &r);
+	rc = qv_tier_promote(e->s, MODEL, "v1", &r, NULL, NULL);
 	LT_CHECK(rc == -ENOTSUP, "promote without a cold tier: %d (%s), want -ENOTSUP", rc,
 	         qv_strerror(rc));
 	qv_policy_result p;
-	rc = qv_tier_apply(e->s, &p);
+	rc = qv_tier_apply(e->s, &p, NULL, NULL);
 	LT_CHECK(rc == 0 && p.versions == 0, "apply without a cold tier: rc %d, %llu demoted", rc,
 	         (unsigned long long)p.versions);
 	assert_int_equal(tier_of(e, "v1"), QV_TIER_HOT);
@@ -1034,7 +1077,7 @@ static void test_no_cold_tier(void **state)
 	snprintf(root2, sizeof(root2), "%s/plain", e->base);
 	e->s = lt_store_open(root2);
 	qv_tier_attach(e->s);
-	rc = qv_tier_demote(e->s, MODEL, "v1", &r);
+	rc = qv_tier_demote(e->s, MODEL, "v1", &r, NULL, NULL);
 	LT_CHECK(rc == -ENOTSUP, "demote on a plain store: %d (%s), want -ENOTSUP", rc,
 	         qv_strerror(rc));
 }
@@ -1050,9 +1093,9 @@ static void test_init_and_errors(void **state)
 	publish(e, 1, "v2", 1);
 	demote(e, "v1");
 	qv_migrate_result r;
-	int rc = qv_tier_demote(e->s, MODEL, "nope", &r);
+	int rc = qv_tier_demote(e->s, MODEL, "nope", &r, NULL, NULL);
 	LT_CHECK(rc == QV_ENOTFOUND, "demote of an unknown version: %d, want QV_ENOTFOUND", rc);
-	rc = qv_tier_promote(e->s, "org/none", "v1", &r);
+	rc = qv_tier_promote(e->s, "org/none", "v1", &r, NULL, NULL);
 	LT_CHECK(rc == QV_ENOTFOUND, "promote of an unknown model: %d, want QV_ENOTFOUND", rc);
 	rc = qv_version_pin(e->s, MODEL, "nope", 1);
 	LT_CHECK(rc == QV_ENOTFOUND, "pin of an unknown version: %d, want QV_ENOTFOUND", rc);
