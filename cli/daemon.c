@@ -860,6 +860,14 @@ static void usage(FILE *f)
 }
 
 
+/* A command of the daemon's that waits for another process's lock (a CLI
+ * run with QUIVER_NO_DAEMON, a script holding it) says so in the log. */
+static void wait_logged(void *arg, const char *what)
+{
+	(void)arg;
+	log_info("waiting for %s: another process holds it", what);
+}
+
 int daemon_main(int argc, char **argv)
 {
 	static const struct option lo[] = {{"root", required_argument, NULL, 'r'},
@@ -906,6 +914,7 @@ int daemon_main(int argc, char **argv)
 		return 1;
 	}
 	qv_tier_attach(G.s);
+	qv_store_set_wait_notice(G.s, wait_logged, NULL);
 	snprintf(G.root, sizeof(G.root), "%s", qv_store_root(G.s));
 
 	/* one daemon per root */

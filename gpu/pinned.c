@@ -87,7 +87,8 @@ static unsigned hex_run(const char **p, unsigned max)
 
 int qv__pci_bus_id_valid(const char *s)
 {
-	/* [domain:]bus:device.function: 0000:65:00.0 or 65:00.0 */
+	/* [domain:]bus:device[.function], the forms cudaDeviceGetByPCIBusId
+	 * takes: 0000:65:00.0, 65:00.0, 0000:65:00 */
 	const char *p = s;
 	unsigned first = hex_run(&p, 8);
 	if (first == 0 || *p++ != ':')
@@ -102,7 +103,10 @@ int qv__pci_bus_id_valid(const char *s)
 	} else if (first > 2) {
 		return 0; /* no domain: first is the bus */
 	}
-	if (*p++ != '.' || hex_run(&p, 1) != 1)
-		return 0;
+	if (*p == '.') {
+		p++;
+		if (hex_run(&p, 1) != 1)
+			return 0;
+	}
 	return *p == '\0';
 }

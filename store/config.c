@@ -315,14 +315,15 @@ int qv_store_init(const char *root, const qv_store_config *cfg, char *errbuf, si
 	/* tier folders are kept as absolute paths: later commands run anywhere */
 	char hot[PATH_MAX], cold[PATH_MAX];
 	/* folders made here go again if init is refused */
-	char new_hot[PATH_MAX] = "", new_cold[PATH_MAX] = "";
+	struct qv__made made_hot = {0}, made_cold = {0};
+	int written = 0; /* config.ini names the folders: they stay */
 	const char *want_hot = cfg->hot_dir ? cfg->hot_dir : root;
-	if ((rc = qv__mkdir_p_new(want_hot, 0755, new_hot, sizeof(new_hot))) != 0 ||
+	if ((rc = qv__mkdir_p_new(want_hot, 0755, &made_hot)) != 0 ||
 	    (!realpath(want_hot, hot) && (rc = -errno))) {
 		snprintf(errbuf, errlen, "%s: %s", want_hot, qv_strerror(rc));
 		goto fail;
 	}
-	if (cfg->cold_dir && ((rc = qv__mkdir_p_new(cfg->cold_dir, 0755, new_cold, sizeof(new_cold))) != 0 ||
+	if (cfg->cold_dir && ((rc = qv__mkdir_p_new(cfg->cold_dir, 0755, &made_cold)) != 0 ||
 	                      (!realpath(cfg->cold_dir, cold) && (rc = -errno)))) {
 		snprintf(errbuf, errlen, "%s: %s", cfg->cold_dir, qv_strerror(rc));
 		goto fail;
@@ -416,6 +417,7 @@ int qv_store_init(const char *root, const qv_store_config *cfg, char *errbuf, si
 		goto out_tmp;
 	if (rename(tmp, path) < 0)
 		rc = -errno;
+	written = rc == 0;
 	if (rc == 0)
 		rc = qv__fsync_dir(root);
 	if (rc) {
@@ -434,9 +436,10 @@ fail:
 	if (locked)
 		qv__unlock(s);
 	qv_store_close(s);
-	qv__rmdir_new(want_hot, new_hot);
-	if (cfg->cold_dir)
-		qv__rmdir_new(cfg->cold_dir, new_cold);
+	if (!written) { /* the cold tier first: it may lie inside the hot one */
+		qv__made_undo(&made_cold);
+		qv__made_undo(&made_hot);
+	}
 	return rc;
 }
 

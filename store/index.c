@@ -233,10 +233,6 @@ int qv__txn_end(qv_store *s, MDB_txn *txn, int rc)
 }
 
 /* ---- locks ----------------------------------------------------------------- */
-/* Takes the lock (LOCK_SH or LOCK_EX), then checks that the tiers this
- * handle writes to are still the configured ones: init changes config.ini
- * under the exclusive lock, and a writer that opened before it would put
- * shards where no one looks any more. */
 void qv_store_set_wait_notice(qv_store *s, qv_wait_fn fn, void *arg)
 {
 	if (s == NULL) {
@@ -254,7 +250,7 @@ int qv_store_flock(qv_store *s, int fd, int how, const char *what)
 		return 0;
 	if (errno != EWOULDBLOCK && errno != EINTR)
 		return -errno;
-	if (errno == EWOULDBLOCK && s->wait_fn)
+	if (errno == EWOULDBLOCK && s && s->wait_fn)
 		s->wait_fn(s->wait_arg, what);
 	while (flock(fd, how) < 0)
 		if (errno != EINTR)
@@ -262,6 +258,10 @@ int qv_store_flock(qv_store *s, int fd, int how, const char *what)
 	return 0;
 }
 
+/* Takes the lock (LOCK_SH or LOCK_EX), then checks that the tiers this
+ * handle writes to are still the configured ones: init changes config.ini
+ * under the exclusive lock, and a writer that opened before it would put
+ * shards where no one looks any more. */
 static int lock_as(qv_store *s, int how)
 {
 	int rc = qv_store_flock(s, s->lock_fd, how, "the store's lock");

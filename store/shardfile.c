@@ -21,12 +21,14 @@ void qv__shard_path(const qv_store *s, const uint8_t d[QV_DIGEST_LEN], char *buf
 	qv_shard_path(s, d, buf, n);
 }
 
-int qv__mkdir_p_new(const char *path, unsigned mode, char *created, size_t len)
+int qv__mkdir_p_new(const char *path, unsigned mode, struct qv__made *made)
 {
 	char buf[PATH_MAX];
 	size_t n = strlen(path);
-	if (created && len > 0)
-		created[0] = '\0';
+	if (made) {
+		made->path = path;
+		made->n = 0;
+	}
 	if (n == 0 || n >= sizeof(buf))
 		return -ENAMETOOLONG;
 	memcpy(buf, path, n + 1);
@@ -36,8 +38,8 @@ int qv__mkdir_p_new(const char *path, unsigned mode, char *created, size_t len)
 		char was = *p;
 		*p = 0;
 		if (mkdir(buf, mode) == 0) {
-			if (created && len > 0 && created[0] == '\0')
-				snprintf(created, len, "%s", buf);
+			if (made && made->n < QV__MADE_MAX)
+				made->len[made->n++] = (size_t)(p - buf);
 		} else if (errno != EEXIST) {
 			return -errno;
 		}
@@ -53,26 +55,20 @@ int qv__mkdir_p_new(const char *path, unsigned mode, char *created, size_t len)
 
 int qv__mkdir_p(const char *path, unsigned mode)
 {
-	return qv__mkdir_p_new(path, mode, NULL, 0);
+	return qv__mkdir_p_new(path, mode, NULL);
 }
 
-void qv__rmdir_new(const char *path, const char *created)
+void qv__made_undo(const struct qv__made *made)
 {
 	char buf[PATH_MAX];
-	size_t top = strlen(created);
-	if (top == 0 || strncmp(path, created, top) != 0 ||
-	    (path[top] != '\0' && path[top] != '/') || strlen(path) >= sizeof(buf))
-		return;
-	snprintf(buf, sizeof(buf), "%s", path);
-	for (size_t n = strlen(buf); n > top && buf[n - 1] == '/'; n--)
-		buf[n - 1] = '\0';
-	for (;;) {
-		if (rmdir(buf) < 0 || strlen(buf) <= top)
-			return; /* not empty (or gone): what is in it stays */
-		char *slash = strrchr(buf, '/');
-		if (!slash)
-			return;
-		*slash = '\0';
+	/* the very strings mkdir made, deepest first; one that is not empty
+	 * (or is gone) stays as it is */
+	for (unsigned i = made->n; i-- > 0;) {
+		if (made->len[i] >= sizeof(buf))
+			continue;
+		memcpy(buf, made->path, made->len[i]);
+		buf[made->len[i]] = '\0';
+		(void)rmdir(buf);
 	}
 }
 

@@ -185,11 +185,17 @@ int qv__shard_dir_make(const qv_store *s, const uint8_t d[QV_DIGEST_LEN]);
 int qv__fsync_dir(const char *path);
 int qv__fsync_parent(const char *path);
 int qv__mkdir_p(const char *path, unsigned mode);
-/* qv__mkdir_p that also names in created (len bytes) the shallowest folder
- * it made ("" if none), and its undo: removes the empty folders from path up
- * to created. */
-int qv__mkdir_p_new(const char *path, unsigned mode, char *created, size_t len);
-void qv__rmdir_new(const char *path, const char *created);
+/* qv__mkdir_p that records the folders it made (as prefixes of path, which
+ * must outlive made), and its undo: rmdir of exactly those, deepest first,
+ * each only if empty. */
+#define QV__MADE_MAX 64
+struct qv__made {
+	const char *path;
+	size_t len[QV__MADE_MAX];
+	unsigned n;
+};
+int qv__mkdir_p_new(const char *path, unsigned mode, struct qv__made *made);
+void qv__made_undo(const struct qv__made *made);
 /* Copies len bytes from in_fd@in_off to out_fd@out_off (copy_file_range with
  * a pread/pwrite fallback). */
 int qv__copy_range(int in_fd, uint64_t in_off, int out_fd, uint64_t out_off, uint64_t len);

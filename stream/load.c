@@ -250,7 +250,7 @@ static int open_cold(qv_store *s, struct plan *p, size_t i, struct qv__cold_targ
 	if (rc == 0 && ct->hdr->raw_size != t->size)
 		rc = QV_ECORRUPT;
 	qv_shard_info info;
-	if (rc == QV_ECORRUPT && qv_shard_info_get(s, p->digest[i], &info) == 0 &&
+	if ((rc == QV_ECORRUPT || rc == QV_EFORMAT) && qv_shard_info_get(s, p->digest[i], &info) == 0 &&
 	    info.tier == QV_TIER_COLD && info.stored_size != (uint64_t)st.st_size)
 		return qv_store_fail(s, QV_ECORRUPT,
 		                     "cold shard %s is damaged: its file holds %llu bytes, the index "

@@ -273,8 +273,8 @@ static int move_shard(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int dtype, in
 			rc = QV_ECORRUPT;
 		if (rc == 0)
 			rc = decode_to_fd(in, hdr, out, d, spp);
-		if (rc == QV_ECORRUPT && info.stored_size != (uint64_t)st.st_size)
-			rc = qv_store_fail(s, rc,
+		if ((rc == QV_ECORRUPT || rc == QV_EFORMAT) && info.stored_size != (uint64_t)st.st_size)
+			rc = qv_store_fail(s, QV_ECORRUPT,
 			                   "shard %.16s: the cold copy holds %llu bytes, the index says "
 			                   "%llu%s",
 			                   hex, (unsigned long long)st.st_size,

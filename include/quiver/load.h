@@ -40,9 +40,10 @@ enum qv_io_mode {
 typedef struct qv_load_opts {
 	int device;                /* QV_DEVICE_CPU, or a CUDA device index */
 	enum qv_io_mode io;
-	unsigned qd;               /* reads in flight (= ring slots); 0: default (4 for a
-	                              GPU load's O_DIRECT reads of hot files on a
-	                              rotational disk, else 16) */
+	unsigned qd;               /* reads in flight; 0: default (4 for a GPU load's
+	                              O_DIRECT reads of hot files on a rotational disk,
+	                              else 16; the ring holds 16 slots then, for the
+	                              page-cache retry if O_DIRECT is refused) */
 	size_t chunk_bytes;        /* bytes per read, multiple of 4096; 0: default */
 	int verify;                /* check every shard's XXH3 on the fly: QV_ECORRUPT */
 	unsigned cuda_streams;     /* copy streams of the CUDA sink; 0: default (4) */
@@ -68,7 +69,8 @@ typedef struct qv_load_stats {
 	uint64_t bytes;            /* shard bytes delivered */
 	uint64_t arena_bytes;
 	uint64_t tensors;
-	uint64_t reads;            /* read requests completed */
+	uint64_t reads;            /* hot read requests completed (those of a refused
+	                              O_DIRECT attempt too) */
 	uint64_t cold_bytes;       /* of bytes: decoded from the cold tier */
 	unsigned decode_threads;   /* workers that decoded cold frames (0: none needed) */
 	double seconds;            /* wall time of the load, everything included */

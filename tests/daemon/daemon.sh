@@ -457,6 +457,26 @@ PY
 }
 soft t_disconnect
 
+# ---- a forwarded command that waits for another's lock says so in the log --------------------
+t_wait_logged() {
+	local i holder pub rc
+	rm -f "$QV_SCRATCH/release"
+	flock -x "$ROOT/lock" bash -c 'while [ ! -e "$1" ]; do sleep 0.05; done' _ "$QV_SCRATCH/release" &
+	holder=$!
+	for i in $(seq 200); do flock -n "$ROOT/lock" true || break; sleep 0.05; done
+	q publish waited m3.safetensors --version w1 >waited.out 2>waited.err &
+	pub=$!
+	for i in $(seq 200); do grep -q "waiting for the store's lock" "$DLOG" && break; sleep 0.05; done
+	touch "$QV_SCRATCH/release"
+	wait "$holder"
+	wait "$pub"
+	rc=$?
+	[ "$rc" -eq 0 ] || fail "a publish through quiverd after a wait: exit $rc: $(cat waited.err)"
+	grep -q "waiting for the store's lock: another process holds it" "$DLOG" ||
+		fail "quiverd did not log that its publish waited for the store's lock"
+}
+command -v flock >/dev/null && soft t_wait_logged
+
 # ---- SIGTERM ------------------------------------------------------------------------------------
 # (daemon start/stop run in this shell: soft() checks run in subshells,
 # which cannot wait for the daemon)

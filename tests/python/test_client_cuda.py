@@ -169,13 +169,16 @@ def device_identity(root, exports):
         print(f"NOTE: one GPU ({n}): the engine-on-another-GPU check needs two; skipped")
         return
     last = n - 1
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(last),
+    # our cuda:{last} in the child's terms: an entry of our own list, if we have one
+    seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    child = seen.split(",")[last].strip() if seen else str(last)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=child,
                PYTHONPATH=os.path.dirname(os.path.dirname(quiver.__file__)))
     p = subprocess.run([sys.executable, "-c", ENGINE_ON_ONE_GPU,
                         os.path.dirname(os.path.abspath(__file__)), root, exports["mixed"]],
                        capture_output=True, text=True, env=env)
     check(p.returncode == 0 and "engine ok" in p.stdout,
-          f"an engine with CUDA_VISIBLE_DEVICES={last}: exit {p.returncode}: "
+          f"an engine with CUDA_VISIBLE_DEVICES={child}: exit {p.returncode}: "
           f"{p.stdout[-300:]} {p.stderr[-800:]}")
     check(f"daemon device {last}" in p.stdout,
           f"quiverd loaded the engine's cuda:0 (its GPU {last}) into another GPU: {p.stdout[-300:]}")

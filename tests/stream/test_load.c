@@ -654,7 +654,12 @@ static void test_direct_refused_midway(void **state)
 	                  .verify = 1};
 	qv_load *l = load_ok(e, "v1", NULL, 0, &o, "baseline");
 	uint64_t reads = qv_load_get_stats(l)->reads;
+	int direct = qv_load_get_stats(l)->io == QV_IO_DIRECT;
 	qv_load_destroy(l);
+	if (!direct) {
+		print_message("# SKIP: this file system refuses O_DIRECT at open already\n");
+		skip();
+	}
 	const uint64_t ks[] = {1, 2, reads / 2, reads};
 	for (size_t i = 0; i < 4; i++) {
 		char w[128];
@@ -808,10 +813,10 @@ static void on_progress(void *arg, uint64_t done, uint64_t total)
 static void test_pci_bus_id(void **state)
 {
 	(void)state;
-	static const char *bad[] = {"", "zz", "0000:65:00", "0000:65:00.00", "000000000:65:00.0",
+	static const char *bad[] = {"", "zz", "0000:65:00.", "0000:65:00.00", "000000000:65:00.0",
 	                            "0000:665:00.0", "65:00.0x", "0000:65:00.0 ", ":65:00.0",
 	                            "0000:65.00.0", "123:00.0", "0000:65:00.0;rm", "-1"};
-	static const char *shaped[] = {"0000:ff:1f.7", "ff:1f.7", "0000ffff:ff:1f.7"};
+	static const char *shaped[] = {"0000:ff:1f.7", "ff:1f.7", "0000ffff:ff:1f.7", "0000:ff:1f"};
 	int dev = 42;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		if (qv_gpu_device_by_pci(bad[i], &dev) != -EINVAL)

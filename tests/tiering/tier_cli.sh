@@ -235,18 +235,21 @@ PY
 	[ ! -e "$HOT/shards/${sh:0:2}/${sh:2:2}/$sh" ] || fail "failed promote left a hot copy"
 	expect_ok q show $M@v3 --json
 	jcheck "$OUT_FILE" '[t["tier"] for t in d["tensors"] if t["name"] == "w.bf16"] == ["cold"]' "damaged shard not cold after a failed promote"
-	# a cold file cut short is named as such by every reader
-	truncate -s -1000 "$f"
-	expect_rc 3 q verify $M@v3
-	cat "$OUT_FILE" "$ERR_FILE" >both.txt
-	grep -q "truncated" both.txt || fail "verify of a truncated cold shard does not say so: $(cat both.txt)"
-	expect_rc 3 q load $M@v3
-	grep -q truncated "$ERR_FILE" || fail "load of a truncated cold shard: $(err)"
-	expect_rc 3 q export $M@v3 exp3trunc
-	grep -q truncated "$ERR_FILE" || fail "export of a truncated cold shard: $(err)"
-	run_cmd q promote $M@v3
-	[ "$RC" -ne 0 ] || fail "promote of a truncated cold version succeeded"
-	grep -q truncated "$ERR_FILE" || fail "promote of a truncated cold shard: $(err)"
+	# a cold file cut short is named as such by every reader, in its
+	# frames or in its header
+	local cut
+	for cut in -1000 0; do
+		truncate -s "$cut" "$f"
+		expect_rc 3 q verify $M@v3
+		cat "$OUT_FILE" "$ERR_FILE" >both.txt
+		grep -q "truncated" both.txt || fail "verify of a cold shard cut to $cut: $(cat both.txt)"
+		expect_rc 3 q load $M@v3
+		grep -q truncated "$ERR_FILE" || fail "load of a cold shard cut to $cut: $(err)"
+		expect_rc 3 q export $M@v3 exp3trunc
+		grep -q truncated "$ERR_FILE" || fail "export of a cold shard cut to $cut: $(err)"
+		expect_rc 3 q promote $M@v3
+		grep -q truncated "$ERR_FILE" || fail "promote of a cold shard cut to $cut: $(err)"
+	done
 	# gone: remove the damaged version
 	expect_ok q rm $M@v3
 	expect_ok q verify
@@ -266,6 +269,15 @@ t_init_refuses() {
 	[ -d "$QV_SCRATCH/kept/x" ] && [ ! -e "$QV_SCRATCH/kept/x/y" ] ||
 		fail "a refused init removed a folder it did not make, or left one it made"
 	rm -rf "$QV_SCRATCH/kept"
+	# what it made, not what the path names: ".." leads back to a folder
+	# that was there, and a cold tier inside the hot one goes too
+	mkdir -p "$QV_SCRATCH/keep_me"
+	expect_rc 1 q init --hot "$QV_SCRATCH/n1/../keep_me" --cold "$COLD"
+	[ -d "$QV_SCRATCH/keep_me" ] || fail "a refused init removed keep_me, which it did not make"
+	[ ! -e "$QV_SCRATCH/n1" ] || fail "a refused init left n1, which it made"
+	expect_rc 1 q init --hot "$QV_SCRATCH/n2" --cold "$QV_SCRATCH/n2/c"
+	[ ! -e "$QV_SCRATCH/n2" ] || fail "a refused init left n2 (hot) with n2/c (cold) in it"
+	rmdir "$QV_SCRATCH/keep_me"
 	err_one_line
 	expect_rc 1 q init --hot "$QV_SCRATCH/hot2" --cold "$COLD"
 	err_has "hot tier"
@@ -293,12 +305,17 @@ t_init_refuses() {
 	expect_ok q init --low 0.5
 	# a writer that finds the lock held says it waits, then goes on
 	command -v flock >/dev/null || { echo "SKIP part: no flock(1)"; return 0; }
-	flock -x "$ROOT/lock" sleep 1 &
-	local holder=$! i
-	for i in $(seq 50); do flock -n "$ROOT/lock" true || break; sleep 0.02; done
-	expect_ok q init --low 0.55
+	rm -f "$QV_SCRATCH/release"
+	flock -x "$ROOT/lock" bash -c 'while [ ! -e "$1" ]; do sleep 0.05; done' _ "$QV_SCRATCH/release" &
+	local holder=$! i waiter
+	for i in $(seq 200); do flock -n "$ROOT/lock" true || break; sleep 0.05; done
+	q init --low 0.55 >waited.out 2>waited.err &
+	waiter=$!
+	for i in $(seq 200); do grep -q "waiting for" waited.err && break; sleep 0.05; done
+	touch "$QV_SCRATCH/release"
 	wait $holder
-	err_has "waiting for the store's lock"
+	wait $waiter || fail "init after a wait for the lock: $(cat waited.err)"
+	grep -q "waiting for the store's lock" waited.err || fail "init did not say it waited: $(cat waited.err)"
 	expect_ok q status --json
 	jcheck "$OUT_FILE" 'd["low"] == 0.55' "init after the wait"
 	expect_ok q init --low 0.5
