@@ -175,6 +175,23 @@ static void shard_progress(void *arg, uint64_t raw_done)
 	sp->pg->fn(sp->pg->arg, done < sp->pg->total ? done : sp->pg->total, sp->pg->total);
 }
 
+/* A frame of a cold copy is written: start writing out what is dirty (see
+ * decode_to_fd; 1.07 GB demotes, 5 interleaved pairs: 4.72-5.27 s against
+ * 5.47-6.02), and report progress. The write-out is a hint: the fsync
+ * before the rename reports what fails. */
+struct encode_frame {
+	int out_fd;
+	struct shard_progress *sp;
+};
+
+static void encoded_frame(void *arg, uint64_t raw_done)
+{
+	struct encode_frame *ef = arg;
+	(void)sync_file_range(ef->out_fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+	if (ef->sp)
+		shard_progress(ef->sp, raw_done);
+}
+
 static int decode_to_fd(int in_fd, const struct qv_codec_header *hdr, int out_fd,
                         const uint8_t d[QV_DIGEST_LEN], struct shard_progress *sp)
 {
@@ -204,6 +221,13 @@ static int decode_to_fd(int in_fd, const struct qv_codec_header *hdr, int out_fd
 			else
 				w += (size_t)m;
 		}
+		/* start writing the frame out now: the fsync before the rename
+		 * then waits for the last frames only, and the page cache does
+		 * not fill with dirty pages (1.07 GB promotes on the 2-vCPU box,
+		 * 5 interleaved pairs: 3.51-4.18 s against 4.24-4.82). A hint:
+		 * the fsync reports what fails. */
+		if (rc == 0)
+			(void)sync_file_range(out_fd, (off_t)at, (off_t)f->raw_bytes, SYNC_FILE_RANGE_WRITE);
 		at += f->raw_bytes;
 		if (sp && rc == 0)
 			shard_progress(sp, at);
@@ -262,8 +286,8 @@ static int move_shard(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int dtype, in
 	}
 	if (to == QV_TIER_COLD) {
 		posix_fadvise(in, 0, 0, POSIX_FADV_SEQUENTIAL);
-		rc = qv_codec_encode_fd(in, info.size, dtype, 0, 0, out, &stored,
-		                        spp ? shard_progress : NULL, spp);
+		struct encode_frame ef = {out, spp};
+		rc = qv_codec_encode_fd(in, info.size, dtype, 0, 0, out, &stored, encoded_frame, &ef);
 		if (rc)
 			rc = qv_store_fail(s, rc, "shard %.16s: compressing: %s", hex, qv_strerror(rc));
 	} else {
