@@ -151,18 +151,15 @@ def device_identity(root, exports):
     does not see rather than load into another."""
     from quiver import _cuda
     small = _cuda.DeviceBuffer(0, 4096)
-    expect_error("daemon cuda: a GPU quiverd does not see",
-                 lambda: quiver.daemon_call({"op": "load_cuda", "model": "mixed", "device": 0,
-                                             "pci_bus_id": "0000:ff:1f.7",
-                                             "ipc_handle": small.ipc_handle().hex(),
-                                             "bytes": 4096}, root=root),
+
+    def load_on(bus_id):
+        return quiver.daemon_call({"op": "load_cuda", "model": "mixed", "device": 0,
+                                   "pci_bus_id": bus_id, "ipc_handle": small.ipc_handle().hex(),
+                                   "bytes": 4096}, root=root)
+
+    expect_error("daemon cuda: a GPU quiverd does not see", lambda: load_on("0000:ff:1f.7"),
                  "sees no GPU at PCI bus id 0000:ff:1f.7")
-    expect_error("daemon cuda: not a bus id",
-                 lambda: quiver.daemon_call({"op": "load_cuda", "model": "mixed", "device": 0,
-                                             "pci_bus_id": "../../x",
-                                             "ipc_handle": small.ipc_handle().hex(),
-                                             "bytes": 4096}, root=root),
-                 "not a PCI bus id")
+    expect_error("daemon cuda: not a bus id", lambda: load_on("../../x"), "not a PCI bus id")
     small.free()
     n = torch.cuda.device_count()
     if n < 2:
