@@ -39,6 +39,8 @@ typedef struct cli_progress {
 void cli_progress_start(cli_progress *p, const char *what);
 void cli_progress_cb(void *arg, uint64_t done, uint64_t total);
 void cli_progress_end(cli_progress *p);
+/* Clears the line of the bar being drawn, if any, before a message. */
+void cli_progress_pause(void);
 
 /* Splits "model@ref" into model and ref (ref NULL if absent). buf holds the copy. */
 int cli_split_ref(const char *arg, char *buf, size_t len, const char **model, const char **ref);

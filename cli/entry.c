@@ -121,6 +121,7 @@ static int stdout_flushed(int rc)
 static void wait_notice(void *arg, const char *what)
 {
 	(void)arg;
+	cli_progress_pause();
 	fprintf(stderr, "quiver: waiting for %s: another quiver process holds it\n", what);
 }
 

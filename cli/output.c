@@ -103,6 +103,18 @@ double cli_now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* The bar on the terminal now, if any: a message must clear its line. */
+static cli_progress *g_bar;
+
+void cli_progress_pause(void)
+{
+	if (g_bar && g_bar->active) {
+		fputs("\r\033[K", stderr);
+		g_bar->active = 0; /* drawn again at its next step */
+		g_bar->last = 0;
+	}
+}
+
 void cli_progress_start(cli_progress *p, const char *what)
 {
 	memset(p, 0, sizeof(*p));
@@ -121,7 +133,8 @@ void cli_progress_cb(void *arg, uint64_t done, uint64_t total)
 		return;
 	p->last = now;
 	p->active = 1;
-	const int width = 30;
+	g_bar = p;
+	const int width = 24; /* the line fits 80 columns */
 	int fill = (int)((double)done / (double)total * width);
 	char bar[64], a[32], b[32];
 	for (int i = 0; i < width; i++)
@@ -139,6 +152,8 @@ void cli_progress_end(cli_progress *p)
 	if (p->active)
 		fputs("\r\033[K", stderr);
 	p->active = 0;
+	if (g_bar == p)
+		g_bar = NULL;
 }
 
 int cli_split_ref(const char *arg, char *buf, size_t len, const char **model, const char **ref)

@@ -87,8 +87,9 @@ static unsigned hex_run(const char **p, unsigned max)
 
 int qv__pci_bus_id_valid(const char *s)
 {
-	/* [domain:]bus:device[.function], the forms cudaDeviceGetByPCIBusId
-	 * takes: 0000:65:00.0, 65:00.0, 0000:65:00 */
+	/* the forms cudaDeviceGetByPCIBusId documents: domain:bus:device.function,
+	 * bus:device.function, domain:bus:device (0000:65:00.0, 65:00.0,
+	 * 0000:65:00) */
 	const char *p = s;
 	unsigned first = hex_run(&p, 8);
 	if (first == 0 || *p++ != ':')
@@ -96,7 +97,8 @@ int qv__pci_bus_id_valid(const char *s)
 	unsigned second = hex_run(&p, 2);
 	if (second == 0)
 		return 0;
-	if (*p == ':') { /* first was the domain, second the bus */
+	int domain = *p == ':';
+	if (domain) { /* first was the domain, second the bus */
 		p++;
 		if (hex_run(&p, 2) == 0)
 			return 0;
@@ -107,6 +109,8 @@ int qv__pci_bus_id_valid(const char *s)
 		p++;
 		if (hex_run(&p, 1) != 1)
 			return 0;
+	} else if (!domain) {
+		return 0; /* bus:device names no function and no domain */
 	}
 	return *p == '\0';
 }

@@ -38,8 +38,8 @@ int qv__mkdir_p_new(const char *path, unsigned mode, struct qv__made *made)
 		char was = *p;
 		*p = 0;
 		if (mkdir(buf, mode) == 0) {
-			if (made && made->n < QV__MADE_MAX)
-				made->len[made->n++] = (size_t)(p - buf);
+			if (made && made->n < sizeof(made->len) / sizeof(made->len[0]))
+				made->len[made->n++] = (uint16_t)(p - buf);
 		} else if (errno != EEXIST) {
 			return -errno;
 		}

@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <limits.h>
 #include <stdint.h>
 #include <sys/stat.h>
 
@@ -188,10 +189,9 @@ int qv__mkdir_p(const char *path, unsigned mode);
 /* qv__mkdir_p that records the folders it made (as prefixes of path, which
  * must outlive made), and its undo: rmdir of exactly those, deepest first,
  * each only if empty. */
-#define QV__MADE_MAX 64
 struct qv__made {
 	const char *path;
-	size_t len[QV__MADE_MAX];
+	uint16_t len[PATH_MAX / 2]; /* a new folder takes 2 characters of path at least */
 	unsigned n;
 };
 int qv__mkdir_p_new(const char *path, unsigned mode, struct qv__made *made);

@@ -168,11 +168,22 @@ struct shard_progress {
 	uint64_t before; /* bytes the migration had moved when this shard began */
 };
 
+void qv__tier_progress_report(struct qv__tier_progress *pg, uint64_t done)
+{
+	if (!pg->fn)
+		return;
+	if (done > pg->total)
+		done = pg->total;
+	if (done < pg->reported) /* a shard moved again, a version that failed */
+		done = pg->reported;
+	pg->reported = done;
+	pg->fn(pg->arg, done, pg->total);
+}
+
 static void shard_progress(void *arg, uint64_t raw_done)
 {
 	struct shard_progress *sp = arg;
-	uint64_t done = sp->before + raw_done;
-	sp->pg->fn(sp->pg->arg, done < sp->pg->total ? done : sp->pg->total, sp->pg->total);
+	qv__tier_progress_report(sp->pg, sp->before + raw_done);
 }
 
 /* A frame of a cold copy is written: start writing out what is dirty (see
@@ -455,6 +466,22 @@ static int decide(qv_store *s, const qv_version *v, int policy, uint64_t *epoch,
 	return rc;
 }
 
+/* The progress total of a migration: done (what it has told already) plus
+ * the raw bytes of mine[from..] still to move, not on `to` yet and not kept. */
+static void count_total(qv_store *s, const struct qv__dlist *mine, size_t from, int to,
+                        const struct qv__dlist *keep, struct qv__tier_progress *pg, uint64_t done)
+{
+	pg->total = done;
+	for (size_t i = from; i < mine->n; i++) {
+		qv_shard_info info;
+		if ((to != QV_TIER_COLD || !qv__dlist_has(keep, mine->d[i])) &&
+		    qv_shard_info_get(s, mine->d[i], &info) == 0 && info.tier != to)
+			pg->total += info.size;
+	}
+	if (pg->total < pg->reported) /* a shard told in part, now kept */
+		pg->total = pg->reported;
+}
+
 /* Moves model@ref's shards to tier `to`. policy: a demotion by the placement
  * policy, which leaves the version alone if it is protected by the time the
  * migration lock is taken or becomes protected during the move. */
@@ -489,15 +516,8 @@ static int migrate_version(qv_store *s, const char *model, const char *ref, int 
 	locked = 1;
 	if (to == QV_TIER_COLD)
 		rc = decide(s, v, policy, &epoch, &keep, &skip);
-	if (rc == 0 && !skip && pg && pg->fn && pg->total == 0) {
-		/* the raw bytes this move is about: shards not yet there, not kept */
-		for (size_t i = 0; i < mine.n; i++) {
-			qv_shard_info info;
-			if ((to != QV_TIER_COLD || !qv__dlist_has(&keep, mine.d[i])) &&
-			    qv_shard_info_get(s, mine.d[i], &info) == 0 && info.tier != to)
-				pg->total += info.size;
-		}
-	}
+	if (rc == 0 && !skip && pg && pg->fn && pg->own_total)
+		count_total(s, &mine, 0, to, &keep, pg, 0);
 	/* a version protected during the move makes it decide again; a bound
 	 * on how often, against a loop that protects versions without end */
 	for (size_t i = 0, again = 0; rc == 0 && !skip && i < mine.n;) {
@@ -511,6 +531,8 @@ static int migrate_version(qv_store *s, const char *model, const char *ref, int 
 		if (rc == QV_ECHANGED && to == QV_TIER_COLD && again++ < 1000 &&
 		    qv_store_protect_epoch(s, &now) == 0 && now != epoch) {
 			rc = decide(s, v, policy, &epoch, &keep, &skip);
+			if (rc == 0 && !skip && pg && pg->fn && pg->own_total)
+				count_total(s, &mine, i, to, &keep, pg, pg->base + r.raw_bytes);
 			continue; /* the same shard, under the new decision */
 		}
 		i++;
@@ -532,7 +554,7 @@ out:
 int qv_tier_demote(qv_store *s, const char *model, const char *ref, qv_migrate_result *res,
                    qv_progress_fn progress, void *progress_arg)
 {
-	struct qv__tier_progress pg = {progress, progress_arg, 0, 0};
+	struct qv__tier_progress pg = {.fn = progress, .arg = progress_arg, .own_total = 1};
 	return migrate_version(s, model, ref, QV_TIER_COLD, 0, res, &pg);
 }
 
@@ -545,7 +567,7 @@ int qv__tier_demote_policy(qv_store *s, const char *model, const char *label,
 int qv_tier_promote(qv_store *s, const char *model, const char *ref, qv_migrate_result *res,
                     qv_progress_fn progress, void *progress_arg)
 {
-	struct qv__tier_progress pg = {progress, progress_arg, 0, 0};
+	struct qv__tier_progress pg = {.fn = progress, .arg = progress_arg, .own_total = 1};
 	return migrate_version(s, model, ref, QV_TIER_HOT, 0, res, &pg);
 }
 

@@ -43,7 +43,24 @@ struct cand {
 	char model[QV_NAME_MAX + 1];
 	char label[QV_NAME_MAX + 1];
 	int64_t last_load_ns, created_ns;
+	uint64_t hot_raw;  /* raw bytes of its hot shards (for progress) */
 };
+
+/* Raw bytes of v's shards on the hot tier. */
+static uint64_t hot_raw_of(qv_store *s, const qv_version *v)
+{
+	struct qv__dlist l;
+	uint64_t sum = 0;
+	if (qv__version_shards(v, &l) != 0)
+		return 0;
+	for (size_t i = 0; i < l.n; i++) {
+		qv_shard_info info;
+		if (qv_shard_info_get(s, l.d[i], &info) == 0 && info.tier == QV_TIER_HOT)
+			sum += info.size;
+	}
+	qv__dlist_free(&l);
+	return sum;
+}
 
 static int cmp_cand(const void *a, const void *b)
 {
@@ -74,6 +91,7 @@ static int candidates(qv_store *s, struct cand **out, size_t *n_out)
 			rc = qv_version_get(s, lv->model, lv->label, QV_WITH_MANIFEST, &v);
 			if (rc == 0)
 				rc = qv_tier_of_version(s, v, &tier);
+			uint64_t hot_raw = rc == 0 && tier != QV_TIER_COLD ? hot_raw_of(s, v) : 0;
 			qv_version_free(v);
 			if (rc || tier == QV_TIER_COLD)
 				continue;
@@ -90,6 +108,7 @@ static int candidates(qv_store *s, struct cand **out, size_t *n_out)
 			snprintf(c[n].label, sizeof(c[n].label), "%s", lv->label);
 			c[n].last_load_ns = lv->last_load_ns;
 			c[n].created_ns = lv->created_ns;
+			c[n].hot_raw = hot_raw;
 			n++;
 		}
 		qv_version_list_free(vl);
@@ -126,9 +145,12 @@ int qv_tier_apply(qv_store *s, qv_policy_result *res, qv_progress_fn progress,
 	 * does not stop the others; the first failure is reported */
 	int first = 0;
 	char why[512] = "";
-	/* progress: the bytes the hot tier sheds, of what it must shed */
-	struct qv__tier_progress pg = {progress, progress_arg, 0,
-	                               r.hot_before - (uint64_t)low};
+	/* progress: the bytes the hot tier sheds, of the hot bytes of the
+	 * versions it will take, in order, to shed enough (shards they share
+	 * with versions staying hot stay, so it may end short of the total) */
+	struct qv__tier_progress pg = {.fn = progress, .arg = progress_arg};
+	for (size_t i = 0; i < n && (double)pg.total < (double)r.hot_before - low; i++)
+		pg.total += c[i].hot_raw;
 	for (size_t i = 0; rc == 0 && i < n && (double)r.hot_after > low; i++) {
 		qv_migrate_result m;
 		pg.base = r.hot_after < r.hot_before ? r.hot_before - r.hot_after : 0;

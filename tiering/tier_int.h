@@ -28,12 +28,16 @@ double qv__tier_now(void);
  * is protected (current, aliased, pinned) once the migration lock is held,
  * or becomes protected during the move. */
 /* A migration's progress: fn is told base + the raw bytes moved since, of
- * total (0: the migration counts its own total). */
+ * total (own_total: the migration counts it, and counts again when it decides
+ * again), never less than it told before (reported). */
 struct qv__tier_progress {
 	qv_progress_fn fn;
 	void *arg;
-	uint64_t base, total;
+	uint64_t base, total, reported;
+	int own_total;
 };
+/* Tells pg->fn done (clamped between what it was told before and total). */
+void qv__tier_progress_report(struct qv__tier_progress *pg, uint64_t done);
 int qv__tier_demote_policy(qv_store *s, const char *model, const char *label,
                            qv_migrate_result *res, struct qv__tier_progress *pg);
 

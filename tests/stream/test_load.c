@@ -815,7 +815,7 @@ static void test_pci_bus_id(void **state)
 	(void)state;
 	static const char *bad[] = {"", "zz", "0000:65:00.", "0000:65:00.00", "000000000:65:00.0",
 	                            "0000:665:00.0", "65:00.0x", "0000:65:00.0 ", ":65:00.0",
-	                            "0000:65.00.0", "123:00.0", "0000:65:00.0;rm", "-1"};
+	                            "0000:65.00.0", "123:00.0", "0000:65:00.0;rm", "-1", "65:00"};
 	static const char *shaped[] = {"0000:ff:1f.7", "ff:1f.7", "0000ffff:ff:1f.7", "0000:ff:1f"};
 	int dev = 42;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
