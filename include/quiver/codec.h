@@ -205,8 +205,10 @@ typedef void (*qv_codec_progress_fn)(void *arg, uint64_t raw_done);
  * frame_bytes: QV_CODEC_FRAME_MIN..MAX, a multiple of QV_CODEC_ALIGN (0 =
  * default); level as for qv_codec_frame_encode(); dtype an enum
  * qv_codec_dtype, optionally with QV_CODEC_MIXED. Does not fsync: durability
- * is the caller's (write to a temp file, fsync, rename). Allocates its
- * buffers once (about 3.5 * frame_bytes plus the table).
+ * is the caller's (write to a temp file, fsync, rename). Encodes on up to
+ * 4 threads (the cores the process may use), each frame on one; writes,
+ * in order, and reports progress on the calling thread. Allocates its
+ * buffers once (about 7 * frame_bytes a thread, plus the table).
  * Returns 0, -EINVAL, QV_ELIMIT (too many frames), QV_ECHANGED (in_fd
  * ended before raw_size bytes), -ENOMEM, or -errno from pread/pwrite/
  * ftruncate. After a failure out_fd holds garbage the caller discards.
