@@ -1130,7 +1130,8 @@ static void header_pack(unsigned char *buf, enum qv_codec_dtype dtype, int level
  * before it in order (two sets of buffers take turns); the caller alone
  * writes and reports progress. A thread per frame costs tens of
  * microseconds against milliseconds of encoding. Buffers: about 3.5 frames
- * a thread and set (2 MiB frames, 4 threads: about 56 MiB). */
+ * a thread and set, 4.5 for mixed dtypes (2 MiB frames, 4 threads: about
+ * 56 MiB), and a zstd context each. */
 #define ENCODE_THREADS_MAX 4u
 
 struct enc_common {

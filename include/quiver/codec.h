@@ -208,7 +208,8 @@ typedef void (*qv_codec_progress_fn)(void *arg, uint64_t raw_done);
  * is the caller's (write to a temp file, fsync, rename). Encodes on up to
  * 4 threads (the cores the process may use), each frame on one; writes,
  * in order, and reports progress on the calling thread. Allocates its
- * buffers once (about 7 * frame_bytes a thread, plus the table).
+ * buffers once (about 7 * frame_bytes a thread, 9 with QV_CODEC_MIXED, plus
+ * zstd's contexts and the table).
  * Returns 0, -EINVAL, QV_ELIMIT (too many frames), QV_ECHANGED (in_fd
  * ended before raw_size bytes), -ENOMEM, or -errno from pread/pwrite/
  * ftruncate. After a failure out_fd holds garbage the caller discards.
