@@ -59,20 +59,24 @@ static int shard_check_tier(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int tie
 	return 0;
 }
 
-/* Why a shard on a non-hot tier that its reader called corrupt is: a file
- * whose size is not the index's is named as such (truncated, most often),
- * not as whichever frame's checksum it breaks. NULL if its size is right. */
+const char *qv_shard_size_why(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int tier,
+                              uint64_t file_size)
+{
+	qv_shard_info info;
+	if (qv_shard_info_get(s, d, &info) != 0 || info.tier != tier ||
+	    file_size == info.stored_size)
+		return NULL;
+	return file_size < info.stored_size ? "truncated (shorter than the index says)"
+	                                    : "size mismatch (longer than the index says)";
+}
+
+/* qv_shard_size_why() of d's file on tier as it is now. */
 static const char *cold_size_why(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int tier)
 {
 	char path[PATH_MAX];
-	qv_shard_info info;
 	struct stat st;
 	qv_shard_path_tier(s, d, tier, path, sizeof(path));
-	if (qv_shard_info_get(s, d, &info) != 0 || info.tier != tier || stat(path, &st) != 0 ||
-	    (uint64_t)st.st_size == info.stored_size)
-		return NULL;
-	return (uint64_t)st.st_size < info.stored_size ? "truncated (shorter than the index says)"
-	                                               : "size mismatch (longer than the index says)";
+	return stat(path, &st) == 0 ? qv_shard_size_why(s, d, tier, (uint64_t)st.st_size) : NULL;
 }
 
 /* Hashes the whole shard; 0 if it matches d and has size bytes (size < 0:

@@ -249,15 +249,12 @@ static int open_cold(qv_store *s, struct plan *p, size_t i, struct qv__cold_targ
 	int rc = qv_codec_header_read(t->fd, (uint64_t)st.st_size, &ct->hdr);
 	if (rc == 0 && ct->hdr->raw_size != t->size)
 		rc = QV_ECORRUPT;
-	qv_shard_info info;
-	if ((rc == QV_ECORRUPT || rc == QV_EFORMAT) && qv_shard_info_get(s, p->digest[i], &info) == 0 &&
-	    info.tier == QV_TIER_COLD && info.stored_size != (uint64_t)st.st_size)
-		return qv_store_fail(s, QV_ECORRUPT,
-		                     "cold shard %s is damaged: its file holds %llu bytes, the index "
-		                     "says %llu%s",
-		                     t->name, (unsigned long long)st.st_size,
-		                     (unsigned long long)info.stored_size,
-		                     (uint64_t)st.st_size < info.stored_size ? " (truncated)" : "");
+	const char *sw = rc == QV_ECORRUPT || rc == QV_EFORMAT
+	                         ? qv_shard_size_why(s, p->digest[i], QV_TIER_COLD, (uint64_t)st.st_size)
+	                         : NULL;
+	if (sw)
+		return qv_store_fail(s, QV_ECORRUPT, "cold shard %s is damaged: %s, %llu bytes", t->name,
+		                     sw, (unsigned long long)st.st_size);
 	if (rc)
 		return qv_store_fail(s, rc == QV_EFORMAT ? QV_ECORRUPT : rc,
 		                     "cold shard %s is damaged (%s)", t->name, qv_strerror(rc));

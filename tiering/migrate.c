@@ -168,7 +168,8 @@ struct shard_progress {
 	uint64_t before; /* bytes the migration had moved when this shard began */
 };
 
-void qv__tier_progress_report(struct qv__tier_progress *pg, uint64_t done)
+/* Tells pg->fn done, clamped between what it was told before and total. */
+static void progress_report(struct qv__tier_progress *pg, uint64_t done)
 {
 	if (!pg->fn)
 		return;
@@ -183,7 +184,7 @@ void qv__tier_progress_report(struct qv__tier_progress *pg, uint64_t done)
 static void shard_progress(void *arg, uint64_t raw_done)
 {
 	struct shard_progress *sp = arg;
-	qv__tier_progress_report(sp->pg, sp->before + raw_done);
+	progress_report(sp->pg, sp->before + raw_done);
 }
 
 /* A frame of a cold copy is written: start writing out what is dirty (see
@@ -308,13 +309,12 @@ static int move_shard(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int dtype, in
 			rc = QV_ECORRUPT;
 		if (rc == 0)
 			rc = decode_to_fd(in, hdr, out, d, spp);
-		if ((rc == QV_ECORRUPT || rc == QV_EFORMAT) && info.stored_size != (uint64_t)st.st_size)
-			rc = qv_store_fail(s, QV_ECORRUPT,
-			                   "shard %.16s: the cold copy holds %llu bytes, the index says "
-			                   "%llu%s",
-			                   hex, (unsigned long long)st.st_size,
-			                   (unsigned long long)info.stored_size,
-			                   (uint64_t)st.st_size < info.stored_size ? " (truncated)" : "");
+		const char *sw = rc == QV_ECORRUPT || rc == QV_EFORMAT
+		                         ? qv_shard_size_why(s, d, from, (uint64_t)st.st_size)
+		                         : NULL;
+		if (sw)
+			rc = qv_store_fail(s, QV_ECORRUPT, "shard %.16s: its cold copy: %s, %llu bytes",
+			                   hex, sw, (unsigned long long)st.st_size);
 		else if (rc)
 			rc = qv_store_fail(s, rc, "shard %.16s: decoding the cold copy: %s", hex,
 			                   rc == QV_ECORRUPT ? "damaged (checksum mismatch)" : qv_strerror(rc));

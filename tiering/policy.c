@@ -43,15 +43,19 @@ struct cand {
 	char model[QV_NAME_MAX + 1];
 	char label[QV_NAME_MAX + 1];
 	int64_t last_load_ns, created_ns;
-	uint64_t hot_raw;  /* raw bytes of its hot shards (for progress) */
 };
 
-/* Raw bytes of v's shards on the hot tier. */
-static uint64_t hot_raw_of(qv_store *s, const qv_version *v)
+/* Raw bytes of model@label's shards on the hot tier (0 if it cannot tell). */
+static uint64_t hot_raw_of(qv_store *s, const char *model, const char *label)
 {
 	struct qv__dlist l;
+	qv_version *v = NULL;
 	uint64_t sum = 0;
-	if (qv__version_shards(v, &l) != 0)
+	int rc = qv_version_get(s, model, label, QV_WITH_MANIFEST, &v);
+	if (rc == 0)
+		rc = qv__version_shards(v, &l);
+	qv_version_free(v);
+	if (rc != 0)
 		return 0;
 	for (size_t i = 0; i < l.n; i++) {
 		qv_shard_info info;
@@ -91,7 +95,6 @@ static int candidates(qv_store *s, struct cand **out, size_t *n_out)
 			rc = qv_version_get(s, lv->model, lv->label, QV_WITH_MANIFEST, &v);
 			if (rc == 0)
 				rc = qv_tier_of_version(s, v, &tier);
-			uint64_t hot_raw = rc == 0 && tier != QV_TIER_COLD ? hot_raw_of(s, v) : 0;
 			qv_version_free(v);
 			if (rc || tier == QV_TIER_COLD)
 				continue;
@@ -108,7 +111,6 @@ static int candidates(qv_store *s, struct cand **out, size_t *n_out)
 			snprintf(c[n].label, sizeof(c[n].label), "%s", lv->label);
 			c[n].last_load_ns = lv->last_load_ns;
 			c[n].created_ns = lv->created_ns;
-			c[n].hot_raw = hot_raw;
 			n++;
 		}
 		qv_version_list_free(vl);
@@ -149,8 +151,8 @@ int qv_tier_apply(qv_store *s, qv_policy_result *res, qv_progress_fn progress,
 	 * versions it will take, in order, to shed enough (shards they share
 	 * with versions staying hot stay, so it may end short of the total) */
 	struct qv__tier_progress pg = {.fn = progress, .arg = progress_arg};
-	for (size_t i = 0; i < n && (double)pg.total < (double)r.hot_before - low; i++)
-		pg.total += c[i].hot_raw;
+	for (size_t i = 0; progress && i < n && (double)pg.total < (double)r.hot_before - low; i++)
+		pg.total += hot_raw_of(s, c[i].model, c[i].label);
 	for (size_t i = 0; rc == 0 && i < n && (double)r.hot_after > low; i++) {
 		qv_migrate_result m;
 		pg.base = r.hot_after < r.hot_before ? r.hot_before - r.hot_after : 0;

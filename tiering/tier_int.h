@@ -36,8 +36,6 @@ struct qv__tier_progress {
 	uint64_t base, total, reported;
 	int own_total;
 };
-/* Tells pg->fn done (clamped between what it was told before and total). */
-void qv__tier_progress_report(struct qv__tier_progress *pg, uint64_t done);
 int qv__tier_demote_policy(qv_store *s, const char *model, const char *label,
                            qv_migrate_result *res, struct qv__tier_progress *pg);
 

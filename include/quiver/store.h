@@ -358,6 +358,13 @@ int qv_shard_relocate(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int from, int
 /* Looks up shard d in the index. QV_ENOTFOUND if the index does not know it. */
 int qv_shard_info_get(qv_store *s, const uint8_t d[QV_DIGEST_LEN], qv_shard_info *out);
 
+/* For a reader that found shard d's file on tier damaged: why, if the file's
+ * size (file_size) is not the one the index records ("truncated (shorter
+ * than the index says)", "size mismatch (longer than the index says)"); NULL
+ * if it is, or the index puts d elsewhere. A static string. */
+const char *qv_shard_size_why(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int tier,
+                              uint64_t file_size);
+
 /* Writes the path of shard d's file on the hot tier into buf (len bytes;
  * PATH_MAX is always enough). Returns 0 or -ENAMETOOLONG. */
 int qv_shard_path(const qv_store *s, const uint8_t d[QV_DIGEST_LEN], char *buf, size_t len);
