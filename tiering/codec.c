@@ -1123,16 +1123,166 @@ static void header_pack(unsigned char *buf, enum qv_codec_dtype dtype, int level
 	put64(buf + 8, XXH3_64bits(buf + 16, table_end - 16));
 }
 
-/* ---- encoding a file on several threads ----
+/* ---- frames on several threads ----
  *
- * Frames are independent. A round of up to ENCODE_THREADS_MAX frames is read
- * and encoded at once, a thread a frame, while the caller writes the round
- * before it in order (two sets of buffers take turns); the caller alone
- * writes and reports progress. A thread per frame costs tens of
- * microseconds against milliseconds of encoding. Buffers: about 3.5 frames
- * a thread and set, 4.5 for mixed dtypes (2 MiB frames, 4 threads: about
- * 56 MiB), and a zstd context each. */
-#define ENCODE_THREADS_MAX 4u
+ * Frames are independent. A round of up to CODEC_THREADS_MAX frames is read
+ * and encoded (or decoded) at once, a thread a frame, while the caller
+ * writes (or hands on) the round before it in order: two sets of buffers
+ * take turns, and the caller alone does I/O on the output and reports
+ * progress. A thread per frame costs tens of microseconds against
+ * milliseconds of work. */
+#define CODEC_THREADS_MAX 4u
+
+struct par_slot {
+	int (*run)(void *job);
+	void *job;
+	int rc;
+	pthread_t th;
+	int started;
+};
+
+/* One round: k jobs, each on a thread of its own where one starts (else on
+ * the caller's, at the join). */
+struct par_round {
+	struct par_slot s[CODEC_THREADS_MAX];
+	unsigned k;
+};
+
+static void *par_thread(void *arg)
+{
+	struct par_slot *x = arg;
+	x->rc = x->run(x->job);
+	return NULL;
+}
+
+/* Starts the round's first k slots (run and job set by the caller). */
+static void par_start(struct par_round *r, unsigned k)
+{
+	r->k = k;
+	for (unsigned j = 0; j < k; j++) {
+		r->s[j].rc = 0;
+		r->s[j].started = pthread_create(&r->s[j].th, NULL, par_thread, &r->s[j]) == 0;
+	}
+}
+
+static void par_join(struct par_round *r)
+{
+	for (unsigned j = 0; j < r->k; j++) {
+		struct par_slot *x = &r->s[j];
+		if (x->started)
+			pthread_join(x->th, NULL);
+		else
+			x->rc = x->run(x->job);
+		x->started = 0;
+	}
+}
+
+/* Threads to work with: the cores this process may run on, at most
+ * CODEC_THREADS_MAX, at most one a frame. */
+static unsigned par_threads(uint64_t frames)
+{
+	cpu_set_t set;
+	long cores = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set)
+								   : sysconf(_SC_NPROCESSORS_ONLN);
+	uint64_t n = cores < 1 ? 1 : (uint64_t)cores;
+	if (n > CODEC_THREADS_MAX)
+		n = CODEC_THREADS_MAX;
+	if (n > frames)
+		n = frames;
+	return n < 1 ? 1u : (unsigned)n;
+}
+
+/* Gets up to `want` workers ready in each of two sets (worker i and
+ * CODEC_THREADS_MAX + i alike), fewer if memory is short: init(ctx, k)
+ * readies worker k, fini(ctx, k) frees it (also one init failed on).
+ * Returns how many a set has (at least 1), or init's error. */
+static int par_workers(unsigned want, int (*init)(void *ctx, unsigned k),
+		       void (*fini)(void *ctx, unsigned k), void *ctx)
+{
+	unsigned n = 0;
+
+	for (; n < want; n++) {
+		int a = init(ctx, n);
+		int b = a == 0 ? init(ctx, CODEC_THREADS_MAX + n) : a;
+		if (a != 0 || b != 0) {
+			fini(ctx, n);
+			if (a == 0)
+				fini(ctx, CODEC_THREADS_MAX + n);
+			if (n == 0)
+				return a ? a : b;
+			break; /* fewer threads, then */
+		}
+	}
+	return (int)n;
+}
+
+/* Frees the workers par_workers() got ready (n in each set). */
+static void par_workers_free(int n, void (*fini)(void *ctx, unsigned k), void *ctx)
+{
+	for (int j = 0; j < n; j++) {
+		fini(ctx, (unsigned)j);
+		fini(ctx, CODEC_THREADS_MAX + (unsigned)j);
+	}
+}
+
+typedef void (*par_setup_fn)(void *ctx, unsigned set, unsigned j, uint64_t job,
+			     struct par_slot *slot);
+
+/* Starts jobs first.. (at most nw, none past count) as a round on worker
+ * set `set`; returns how many. */
+static unsigned par_round_start(struct par_round *r, unsigned set, uint64_t first, uint64_t count,
+				unsigned nw, par_setup_fn setup, void *ctx)
+{
+	unsigned k = count - first < nw ? (unsigned)(count - first) : nw;
+	for (unsigned j = 0; j < k; j++)
+		setup(ctx, set, j, first + j, &r->s[j]);
+	par_start(r, k);
+	return k;
+}
+
+/* Runs jobs 0..count-1 in rounds of nw, on two sets of workers that take
+ * turns: while one round runs, take() hands on the round before it, in
+ * order, on the calling thread. setup(ctx, set, j, job, slot) readies slot
+ * j of a round on worker set `set` for job `job` (slot->run, slot->job);
+ * take(ctx, set, j, rc) gets the job's result (rc, what it returned) and
+ * returns nonzero to stop. Returns 0 or what take returned (once the round
+ * still running has ended). */
+static int par_pipeline(uint64_t count, unsigned nw, par_setup_fn setup,
+			int (*take)(void *ctx, unsigned set, unsigned j, int rc), void *ctx)
+{
+	struct par_round round[2];
+	unsigned set = 0; /* the round to hand on next */
+	uint64_t first;
+	int rc = 0;
+
+	if (count == 0)
+		return 0;
+	first = par_round_start(&round[0], 0, 0, count, nw, setup, ctx);
+	for (;;) {
+		struct par_round *r = &round[set];
+		int next = -1;
+
+		par_join(r);
+		if (first < count) {
+			next = (int)(set ^ 1u);
+			first += par_round_start(&round[next], (unsigned)next, first, count, nw,
+						 setup, ctx);
+		}
+		for (unsigned j = 0; j < r->k && rc == 0; j++)
+			rc = take(ctx, set, j, r->s[j].rc);
+		if (rc != 0 || next < 0) {
+			if (next >= 0)
+				par_join(&round[next]);
+			return rc;
+		}
+		set = (unsigned)next;
+	}
+}
+
+/* ---- encoding a file ----
+ *
+ * Buffers: about 3.5 frames a thread and set, 4.5 for mixed dtypes (2 MiB
+ * frames, 4 threads: about 56 MiB), and a zstd context each. */
 
 struct enc_common {
 	int in_fd;
@@ -1151,7 +1301,6 @@ struct enc_worker {
 	size_t len;
 	struct qv_codec_frame f;       /* ... and what came of it: f, in *result */
 	unsigned char *result;
-	int rc;
 };
 
 static void enc_worker_free(struct enc_worker *w)
@@ -1177,8 +1326,9 @@ static int enc_worker_init(struct enc_worker *w, const struct enc_common *c)
 }
 
 /* Reads and encodes frame w->frame into w->f and *w->result. */
-static int enc_frame(struct enc_worker *w)
+static int enc_frame(void *job)
 {
+	struct enc_worker *w = job;
 	const struct enc_common *c = w->c;
 	size_t got;
 	int rc = pread_full(c->in_fd, w->in, w->len, w->frame * c->frame_bytes, &got);
@@ -1208,73 +1358,72 @@ static int enc_frame(struct enc_worker *w)
 	return 0;
 }
 
-static void *enc_thread(void *arg)
-{
-	struct enc_worker *w = arg;
-	w->rc = enc_frame(w);
-	return NULL;
-}
-
-/* Threads to encode with: the cores this process may run on, at most
- * ENCODE_THREADS_MAX, at most one a frame. */
-static unsigned enc_threads(uint64_t frames)
-{
-	cpu_set_t set;
-	long cores = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set)
-								   : sysconf(_SC_NPROCESSORS_ONLN);
-	uint64_t n = cores < 1 ? 1 : (uint64_t)cores;
-	if (n > ENCODE_THREADS_MAX)
-		n = ENCODE_THREADS_MAX;
-	if (n > frames)
-		n = frames;
-	return n < 1 ? 1u : (unsigned)n;
-}
-
-/* One round: k frames from frame `first`, each on a thread of its own where
- * one starts (else on the caller's, at the join). */
-struct enc_round {
-	struct enc_worker *w;   /* ENCODE_THREADS_MAX of them */
-	pthread_t th[ENCODE_THREADS_MAX];
-	int started[ENCODE_THREADS_MAX];
-	unsigned k;
+/* An encoding: its workers, and where the frames it has written stand. */
+struct enc_run {
+	const struct enc_common *c;
+	struct enc_worker w[2 * CODEC_THREADS_MAX];
+	struct qv_codec_frame *frames;
+	uint64_t pos; /* where the next frame goes in the file */
+	int out_fd;
+	qv_codec_progress_fn progress;
+	void *progress_arg;
 };
 
-static void round_start(struct enc_round *r, uint64_t first, unsigned k, uint64_t raw_size,
-			uint32_t frame_bytes)
+static int enc_init(void *ctx, unsigned k)
 {
-	r->k = k;
-	for (unsigned j = 0; j < k; j++) {
-		uint64_t raw_off = (first + j) * frame_bytes;
-		r->w[j].frame = first + j;
-		r->w[j].len = raw_size - raw_off < frame_bytes ? (size_t)(raw_size - raw_off)
-								: frame_bytes;
-		r->w[j].rc = 0;
-		r->started[j] = pthread_create(&r->th[j], NULL, enc_thread, &r->w[j]) == 0;
-	}
+	struct enc_run *e = ctx;
+	return enc_worker_init(&e->w[k], e->c);
 }
 
-static void round_join(struct enc_round *r)
+static void enc_fini(void *ctx, unsigned k)
 {
-	for (unsigned j = 0; j < r->k; j++) {
-		if (r->started[j])
-			pthread_join(r->th[j], NULL);
-		else
-			r->w[j].rc = enc_frame(&r->w[j]);
-		r->started[j] = 0;
-	}
+	struct enc_run *e = ctx;
+	enc_worker_free(&e->w[k]);
+}
+
+static void enc_setup(void *ctx, unsigned set, unsigned j, uint64_t frame, struct par_slot *slot)
+{
+	struct enc_run *e = ctx;
+	struct enc_worker *w = &e->w[set * CODEC_THREADS_MAX + j];
+	uint64_t raw_off = frame * e->c->frame_bytes;
+
+	w->frame = frame;
+	w->len = e->c->raw_size - raw_off < e->c->frame_bytes ? (size_t)(e->c->raw_size - raw_off)
+							      : e->c->frame_bytes;
+	slot->run = enc_frame;
+	slot->job = w;
+}
+
+/* Writes an encoded frame, padded, after the one before it. */
+static int enc_take(void *ctx, unsigned set, unsigned j, int rc)
+{
+	struct enc_run *e = ctx;
+	struct enc_worker *x = &e->w[set * CODEC_THREADS_MAX + j];
+	size_t padded;
+
+	if (rc != 0)
+		return rc;
+	e->frames[x->frame] = x->f;
+	e->frames[x->frame].offset = e->pos;
+	padded = (size_t)qv_codec_align(x->f.stored_bytes);
+	memset(x->result + x->f.stored_bytes, 0, padded - x->f.stored_bytes);
+	rc = pwrite_full(e->out_fd, x->result, padded, e->pos);
+	if (rc != 0)
+		return rc;
+	e->pos += padded;
+	if (e->progress)
+		e->progress(e->progress_arg, x->frame * e->c->frame_bytes + x->len);
+	return 0;
 }
 
 int qv_codec_encode_fd(int in_fd, uint64_t raw_size, int dtype_flags, int level,
 		       uint32_t frame_bytes, int out_fd, uint64_t *stored_size,
 		       qv_codec_progress_fn progress, void *progress_arg)
 {
-	struct enc_worker w[2 * ENCODE_THREADS_MAX];
-	struct enc_round round[2] = {{.w = w}, {.w = w + ENCODE_THREADS_MAX}};
-	struct qv_codec_frame *frames = NULL;
+	struct enc_run e = {.out_fd = out_fd, .progress = progress, .progress_arg = progress_arg};
 	unsigned char *head = NULL;
-	unsigned nw = 0;
-	int pending = -1; /* the round being encoded while the other is written */
-	uint64_t count, pos;
+	int nw = 0;
+	uint64_t count;
 	int rc = -EINVAL;
 	int mixed = (dtype_flags & QV_CODEC_MIXED) != 0;
 	enum qv_codec_dtype dtype = (enum qv_codec_dtype)(dtype_flags & ~QV_CODEC_MIXED);
@@ -1298,81 +1447,34 @@ int qv_codec_encode_fd(int in_fd, uint64_t raw_size, int dtype_flags, int level,
 
 	const struct enc_common c = {in_fd, raw_size, frame_bytes, dtype, level, mixed,
 				     qv_codec_scratch_bytes(frame_bytes)};
+	e.c = &c;
 	rc = -ENOMEM;
-	frames = calloc(count > 0 ? count : 1, sizeof(*frames));
+	e.frames = calloc(count > 0 ? count : 1, sizeof(*e.frames));
 	head = malloc(data_offset_of(count));
-	if (frames == NULL || head == NULL)
+	if (e.frames == NULL || head == NULL)
 		goto out;
-	/* the same number of workers in both sets; fewer if memory is short */
-	unsigned want = enc_threads(count);
-	for (rc = 0; nw < want; nw++) {
-		int a = enc_worker_init(&w[nw], &c);
-		int b = a == 0 ? enc_worker_init(&w[ENCODE_THREADS_MAX + nw], &c) : a;
-		if (a != 0 || b != 0) {
-			enc_worker_free(&w[nw]);
-			if (a == 0)
-				enc_worker_free(&w[ENCODE_THREADS_MAX + nw]);
-			if (nw == 0) {
-				rc = a ? a : b;
-				goto out;
-			}
-			break; /* fewer threads, then */
-		}
+	rc = nw = par_workers(par_threads(count), enc_init, enc_fini, &e);
+	if (rc < 0) {
+		nw = 0;
+		goto out;
 	}
-
-	pos = data_offset_of(count);
-	if (count > 0) {
-		round_start(&round[0], 0, count < nw ? (unsigned)count : nw, raw_size, frame_bytes);
-		pending = 0;
-	}
-	for (uint64_t i = 0; i < count;) {
-		struct enc_round *r = &round[pending];
-		round_join(r);
-		pending = -1;
-		uint64_t next = i + r->k;
-		if (next < count) { /* the next round encodes while this one is written */
-			unsigned k = count - next < nw ? (unsigned)(count - next) : nw;
-			pending = r == &round[0] ? 1 : 0;
-			round_start(&round[pending], next, k, raw_size, frame_bytes);
-		}
-		for (unsigned j = 0; j < r->k; j++) {
-			struct enc_worker *x = &r->w[j];
-			size_t padded;
-
-			rc = x->rc;
-			if (rc != 0)
-				goto out;
-			frames[x->frame] = x->f;
-			frames[x->frame].offset = pos;
-			padded = (size_t)qv_codec_align(x->f.stored_bytes);
-			memset(x->result + x->f.stored_bytes, 0, padded - x->f.stored_bytes);
-			rc = pwrite_full(out_fd, x->result, padded, pos);
-			if (rc != 0)
-				goto out;
-			pos += padded;
-			if (progress)
-				progress(progress_arg, x->frame * frame_bytes + x->len);
-		}
-		i = next;
-	}
-	header_pack(head, dtype, level, raw_size, frame_bytes, (uint32_t)count, frames);
+	e.pos = data_offset_of(count);
+	rc = par_pipeline(count, (unsigned)nw, enc_setup, enc_take, &e);
+	if (rc != 0)
+		goto out;
+	header_pack(head, dtype, level, raw_size, frame_bytes, (uint32_t)count, e.frames);
 	rc = pwrite_full(out_fd, head, (size_t)data_offset_of(count), 0);
 	if (rc != 0)
 		goto out;
-	if (ftruncate(out_fd, (off_t)pos) != 0) {
+	if (ftruncate(out_fd, (off_t)e.pos) != 0) {
 		rc = -errno;
 		goto out;
 	}
-	*stored_size = pos;
+	*stored_size = e.pos;
 	rc = 0;
 out:
-	if (pending >= 0) /* a failure while the next round ran: let it end */
-		round_join(&round[pending]);
-	for (unsigned j = 0; j < nw; j++) {
-		enc_worker_free(&w[j]);
-		enc_worker_free(&w[ENCODE_THREADS_MAX + j]);
-	}
-	free(frames);
+	par_workers_free(nw, enc_fini, &e);
+	free(e.frames);
 	free(head);
 	return rc;
 }
@@ -1482,53 +1584,148 @@ void qv_codec_header_destroy(struct qv_codec_header *hdr)
 	free(hdr);
 }
 
+/* ---- decoding a file ----
+ *
+ * Buffers: about 3.5 frames a thread and set (2 MiB frames, 4 threads: about
+ * 56 MiB), and a zstd context each. */
+
+struct dec_common {
+	int fd;
+	const struct qv_codec_header *hdr;
+	qv_codec_frame_fn any_order;
+	void *arg;
+};
+
+struct dec_worker {
+	const struct dec_common *c;
+	struct qv_codec_ctx *ctx;
+	unsigned char *in, *raw, *scratch;
+	size_t scratch_len;
+	uint32_t frame; /* the job */
+};
+
+static void dec_worker_free(struct dec_worker *w)
+{
+	qv_codec_ctx_destroy(w->ctx);
+	free(w->in);
+	free(w->raw);
+	free(w->scratch);
+}
+
+static int dec_worker_init(struct dec_worker *w, const struct dec_common *c)
+{
+	memset(w, 0, sizeof(*w));
+	w->c = c;
+	w->scratch_len = qv_codec_scratch_bytes(c->hdr->frame_bytes);
+	w->in = malloc(c->hdr->frame_bytes);
+	w->scratch = malloc(w->scratch_len);
+	if (w->in == NULL || w->scratch == NULL ||
+	    posix_memalign((void **)&w->raw, QV_CODEC_ALIGN, c->hdr->frame_bytes) != 0)
+		return -ENOMEM;
+	return qv_codec_ctx_create(&w->ctx);
+}
+
+/* Reads and decodes frame w->frame into w->raw, and hands it to any_order. */
+static int dec_frame(void *job)
+{
+	struct dec_worker *w = job;
+	const struct qv_codec_header *hdr = w->c->hdr;
+	const struct qv_codec_frame *f = &hdr->frames[w->frame];
+	uint64_t raw_off = (uint64_t)w->frame * hdr->frame_bytes;
+	size_t got;
+	int rc;
+
+	if (f->stored_bytes > hdr->frame_bytes || f->raw_bytes > hdr->frame_bytes ||
+	    raw_off + f->raw_bytes > hdr->raw_size)
+		return QV_ECORRUPT;
+	rc = pread_full(w->c->fd, w->in, f->stored_bytes, f->offset, &got);
+	if (rc != 0)
+		return rc;
+	if (got != f->stored_bytes)
+		return QV_ECORRUPT;
+	rc = qv_codec_frame_decode(w->ctx, f, w->in, got, w->raw, hdr->frame_bytes, w->scratch,
+				   w->scratch_len);
+	if (rc == 0 && w->c->any_order)
+		rc = w->c->any_order(w->c->arg, raw_off, w->raw, f->raw_bytes);
+	return rc;
+}
+
+/* A decoding: its workers, and where its frames go in order. */
+struct dec_run {
+	const struct dec_common *c;
+	struct dec_worker w[2 * CODEC_THREADS_MAX];
+	qv_codec_frame_fn in_order;
+};
+
+static int dec_init(void *ctx, unsigned k)
+{
+	struct dec_run *e = ctx;
+	return dec_worker_init(&e->w[k], e->c);
+}
+
+static void dec_fini(void *ctx, unsigned k)
+{
+	struct dec_run *e = ctx;
+	dec_worker_free(&e->w[k]);
+}
+
+static void dec_setup(void *ctx, unsigned set, unsigned j, uint64_t frame, struct par_slot *slot)
+{
+	struct dec_run *e = ctx;
+	struct dec_worker *w = &e->w[set * CODEC_THREADS_MAX + j];
+
+	w->frame = (uint32_t)frame;
+	slot->run = dec_frame;
+	slot->job = w;
+}
+
+static int dec_take(void *ctx, unsigned set, unsigned j, int rc)
+{
+	struct dec_run *e = ctx;
+	const struct dec_worker *x = &e->w[set * CODEC_THREADS_MAX + j];
+	const struct qv_codec_header *hdr = e->c->hdr;
+
+	if (rc == 0 && e->in_order)
+		rc = e->in_order(e->c->arg, (uint64_t)x->frame * hdr->frame_bytes, x->raw,
+				 hdr->frames[x->frame].raw_bytes);
+	return rc;
+}
+
+int qv_codec_decode_each(int fd, const struct qv_codec_header *hdr, qv_codec_frame_fn any_order,
+			 qv_codec_frame_fn in_order, void *arg)
+{
+	const struct dec_common c = {fd, hdr, any_order, arg};
+	struct dec_run e = {.c = &c, .in_order = in_order};
+	int nw, rc;
+
+	if (fd < 0 || hdr == NULL)
+		return -EINVAL;
+	if (hdr->frame_count == 0)
+		return 0;
+	nw = par_workers(par_threads(hdr->frame_count), dec_init, dec_fini, &e);
+	if (nw < 0)
+		return nw;
+	rc = par_pipeline(hdr->frame_count, (unsigned)nw, dec_setup, dec_take, &e);
+	par_workers_free(nw, dec_fini, &e);
+	return rc;
+}
+
+struct into_buffer {
+	unsigned char *dst;
+};
+
+static int copy_frame(void *arg, uint64_t raw_off, const void *raw, size_t len)
+{
+	struct into_buffer *b = arg;
+	memcpy(b->dst + raw_off, raw, len);
+	return 0;
+}
+
 int qv_codec_decode_fd(int fd, const struct qv_codec_header *hdr, void *dst, size_t dst_len)
 {
-	struct qv_codec_ctx *ctx = NULL;
-	unsigned char *in = NULL, *scratch = NULL;
-	size_t scratch_len = 0;
-	int rc = -EINVAL;
+	struct into_buffer b = {dst};
 
 	if (fd < 0 || hdr == NULL || dst_len < hdr->raw_size || (hdr->raw_size > 0 && dst == NULL))
-		goto out;
-	if (hdr->frame_count == 0) {
-		rc = 0;
-		goto out;
-	}
-	rc = -ENOMEM;
-	scratch_len = qv_codec_scratch_bytes(hdr->frame_bytes);
-	in = malloc(hdr->frame_bytes);
-	scratch = malloc(scratch_len);
-	if (in == NULL || scratch == NULL)
-		goto out;
-	rc = qv_codec_ctx_create(&ctx);
-	if (rc != 0)
-		goto out;
-	for (uint32_t i = 0; i < hdr->frame_count; i++) {
-		const struct qv_codec_frame *f = &hdr->frames[i];
-		uint64_t raw_off = (uint64_t)i * hdr->frame_bytes;
-		size_t got;
-
-		if (f->stored_bytes > hdr->frame_bytes || raw_off + f->raw_bytes > hdr->raw_size) {
-			rc = QV_ECORRUPT;
-			goto out;
-		}
-		rc = pread_full(fd, in, f->stored_bytes, f->offset, &got);
-		if (rc != 0)
-			goto out;
-		if (got != f->stored_bytes) {
-			rc = QV_ECORRUPT;
-			goto out;
-		}
-		rc = qv_codec_frame_decode(ctx, f, in, got, (char *)dst + raw_off, f->raw_bytes,
-					   scratch, scratch_len);
-		if (rc != 0)
-			goto out;
-	}
-	rc = 0;
-out:
-	qv_codec_ctx_destroy(ctx);
-	free(in);
-	free(scratch);
-	return rc;
+		return -EINVAL;
+	return qv_codec_decode_each(fd, hdr, copy_frame, NULL, &b);
 }

@@ -15,6 +15,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,8 +162,6 @@ static int make_fanout(const char *shard_path)
 	return rc ? rc : mkdir_durable(dir);
 }
 
-/* Writes the decoded raw bytes of cold file in_fd (header hdr) to out_fd,
- * checking every frame's XXH3 and the whole shard's SHA-256 against d. */
 /* Where a shard's move stands, for the migration's progress. */
 struct shard_progress {
 	struct qv__tier_progress *pg;
@@ -204,76 +204,196 @@ static void encoded_frame(void *arg, uint64_t raw_done)
 		shard_progress(ef->sp, raw_done);
 }
 
-static int decode_to_fd(int in_fd, const struct qv_codec_header *hdr, int out_fd,
-                        const uint8_t d[QV_DIGEST_LEN], struct shard_progress *sp)
+/* Where decode_to_fd's frames go: the hot copy, and the shard's SHA-256. */
+struct hot_copy {
+	int out_fd;
+	int direct_fd;     /* the same file with O_DIRECT, or -1 */
+	atomic_int direct; /* no direct write refused yet */
+	EVP_MD_CTX *md;
+	struct shard_progress *sp;
+};
+
+static int pwrite_all(int fd, const char *p, size_t len, uint64_t off)
 {
-	struct qv_codec_ctx *ctx = NULL;
-	size_t cap = QV_CODEC_FRAME_MAX, scratch_len = qv_codec_scratch_bytes(cap);
-	char *in = malloc(cap), *raw = malloc(cap), *scratch = malloc(scratch_len);
-	EVP_MD_CTX *md = EVP_MD_CTX_new();
-	int rc = (in && raw && scratch && md && EVP_DigestInit_ex(md, EVP_sha256(), NULL))
-	                 ? qv_codec_ctx_create(&ctx)
-	                 : -ENOMEM;
-	uint64_t at = 0;
-	for (uint32_t i = 0; rc == 0 && i < hdr->frame_count; i++) {
-		const struct qv_codec_frame *f = &hdr->frames[i];
-		ssize_t n = pread(in_fd, in, f->stored_bytes, (off_t)f->offset);
-		if (n != (ssize_t)f->stored_bytes) {
-			rc = n < 0 ? -errno : QV_ECORRUPT;
-			break;
-		}
-		rc = qv_codec_frame_decode(ctx, f, in, f->stored_bytes, raw, cap, scratch, scratch_len);
-		if (rc)
-			break;
-		EVP_DigestUpdate(md, raw, f->raw_bytes);
-		for (size_t w = 0; w < f->raw_bytes && rc == 0;) {
-			ssize_t m = pwrite(out_fd, raw + w, f->raw_bytes - w, (off_t)(at + w));
-			if (m < 0)
-				rc = errno == EINTR ? 0 : -errno;
-			else
-				w += (size_t)m;
-		}
-		/* start writing the frame out now: the fsync before the rename
-		 * then waits for the last frames only, and the page cache does
-		 * not fill with dirty pages (1.07 GB promotes on the 2-vCPU box,
-		 * 5 interleaved pairs: 3.51-4.18 s against 4.24-4.82). A hint:
-		 * the fsync reports what fails. */
-		if (rc == 0)
-			(void)sync_file_range(out_fd, (off_t)at, (off_t)f->raw_bytes, SYNC_FILE_RANGE_WRITE);
-		at += f->raw_bytes;
-		if (sp && rc == 0)
-			shard_progress(sp, at);
+	for (size_t w = 0; w < len;) {
+		ssize_t m = pwrite(fd, p + w, len - w, (off_t)(off + w));
+		if (m < 0 && errno == EINTR)
+			continue;
+		if (m <= 0)
+			return m < 0 ? -errno : -EIO;
+		w += (size_t)m;
 	}
-	if (rc == 0) {
-		uint8_t got[QV_DIGEST_LEN];
-		unsigned int dl;
-		EVP_DigestFinal_ex(md, got, &dl);
-		if (memcmp(got, d, QV_DIGEST_LEN) != 0)
-			rc = QV_ECORRUPT;
+	return 0;
+}
+
+/* Writes a frame, on the thread that decoded it: with O_DIRECT where the
+ * file system takes it and the frame is block-aligned (all but a shard's
+ * tail), else through the page cache. Frames go out as they come, several
+ * at once, so the disk is kept busy while the caller hashes. */
+static int hot_copy_write(void *arg, uint64_t raw_off, const void *raw, size_t len)
+{
+	struct hot_copy *hc = arg;
+	int rc;
+
+	if (hc->direct_fd >= 0 && atomic_load(&hc->direct) && (uintptr_t)raw % QV_CODEC_ALIGN == 0 &&
+	    len % QV_CODEC_ALIGN == 0 && raw_off % QV_CODEC_ALIGN == 0) {
+		rc = pwrite_all(hc->direct_fd, raw, len, raw_off);
+		if (rc != -EINVAL)
+			return rc;
+		atomic_store(&hc->direct, 0); /* refused: through the page cache */
 	}
-	qv_codec_ctx_destroy(ctx);
-	EVP_MD_CTX_free(md);
-	free(in);
-	free(raw);
-	free(scratch);
+	rc = pwrite_all(hc->out_fd, raw, len, raw_off);
+	/* start writing it out now, so the fsync before the rename waits for
+	 * the last frames only. A hint: the fsync reports what fails. */
+	if (rc == 0)
+		(void)sync_file_range(hc->out_fd, (off_t)raw_off, (off_t)len, SYNC_FILE_RANGE_WRITE);
 	return rc;
 }
 
-/* Moves shard d from tier `from` to tier `to`; dtype guides the codec. The
- * caller holds the migration lock; epoch as for qv_shard_relocate(). pg (may
- * be NULL or without fn): the migration's progress, r->raw_bytes of it done
- * before this shard. */
-static int move_shard(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int dtype, int from, int to,
-                      uint64_t epoch, qv_migrate_result *r, struct qv__tier_progress *pg)
+/* Hashes a frame, in order on the calling thread, and reports progress. */
+static int hot_copy_hash(void *arg, uint64_t raw_off, const void *raw, size_t len)
 {
-	struct shard_progress sp = {pg, pg ? pg->base + r->raw_bytes : 0};
+	struct hot_copy *hc = arg;
+
+	if (EVP_DigestUpdate(hc->md, raw, len) != 1)
+		return -ENOMEM;
+	if (hc->sp)
+		shard_progress(hc->sp, raw_off + len);
+	return 0;
+}
+
+/* Writes the decoded raw bytes of cold file in_fd (header hdr) to out_fd,
+ * the new file tmp, checking every frame's XXH3 and the whole shard's
+ * SHA-256 against d. Frames decode and are written on several threads
+ * while this one hashes them. */
+static int decode_to_fd(int in_fd, const struct qv_codec_header *hdr, int out_fd, const char *tmp,
+                        const uint8_t d[QV_DIGEST_LEN], struct shard_progress *sp)
+{
+	struct hot_copy hc = {.out_fd = out_fd,
+	                      .direct_fd = open(tmp, O_WRONLY | O_CLOEXEC | O_DIRECT),
+	                      .md = EVP_MD_CTX_new(),
+	                      .sp = sp};
+	int rc = hc.md && EVP_DigestInit_ex(hc.md, EVP_sha256(), NULL) == 1 ? 0 : -ENOMEM;
+
+	atomic_init(&hc.direct, 1);
+	(void)posix_fadvise(in_fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+	if (rc == 0)
+		rc = qv_codec_decode_each(in_fd, hdr, hot_copy_write, hot_copy_hash, &hc);
+	if (rc == 0) {
+		uint8_t got[QV_DIGEST_LEN];
+		unsigned int dl;
+		if (EVP_DigestFinal_ex(hc.md, got, &dl) != 1)
+			rc = -ENOMEM;
+		else if (memcmp(got, d, QV_DIGEST_LEN) != 0)
+			rc = QV_ECORRUPT;
+	}
+	if (hc.direct_fd >= 0)
+		close(hc.direct_fd);
+	EVP_MD_CTX_free(hc.md);
+	return rc;
+}
+
+/* A shard's move, in two steps: copy_shard() writes the new copy to the
+ * destination tier's temp folder and starts a thread that fsyncs it and
+ * renames it into place; copy_finish() waits for that thread, moves the
+ * index and drops the old copy. The migration copies the next
+ * shard before it finishes this one, so the disk writes one shard out while
+ * the next is decoded or encoded, instead of waiting idle on each shard's
+ * fsync and journal commits (promotes of 1.07 GB on the 2-vCPU box, with the
+ * threaded decode and direct writes of decode_to_fd: 4.87-6.05 s, median
+ * 5.15, against 5.58-5.97, median 5.70; system CPU 0.6 s against 2.0). */
+struct copy {
+	int active;        /* a copy made, not yet finished or dropped */
+	size_t i;          /* the shard's place in the version's list */
+	uint8_t d[QV_DIGEST_LEN];
+	int from, to;
+	int in, out;
+	uint64_t size, stored;
+	char src[PATH_MAX], dst[PATH_MAX], tmp[PATH_MAX + 64];
+	pthread_t th;
+	int syncing; /* th runs copy_sync_thread */
+	int sync_rc, renamed;
+	const char *sync_path; /* where sync_rc went wrong */
+};
+
+/* Makes the copy durable under its final name: fsync, rename, fsync of the
+ * folder. File system calls only (no store state), so it runs on a thread
+ * of its own. The fan-out folders exist already (made durable by the
+ * calling thread, so that no two threads race to make one). Sets
+ * c->sync_rc and, where it fails, c->sync_path. */
+static void *copy_sync_thread(void *arg)
+{
+	struct copy *c = arg;
+	int rc = fsync(c->out) < 0 ? -errno : 0;
+
+	c->sync_path = c->tmp;
+	if (rc == 0 && close(c->out) < 0)
+		rc = -errno;
+	c->out = -1;
+	if (rc == 0) {
+		c->sync_path = c->dst;
+		if (rename(c->tmp, c->dst) < 0)
+			rc = -errno;
+	}
+	if (rc == 0) {
+		c->renamed = 1;
+		rc = fsync_path_dir(c->dst);
+	}
+	c->sync_rc = rc;
+	return NULL;
+}
+
+static int copy_sync_wait(struct copy *c)
+{
+	if (c->syncing)
+		pthread_join(c->th, NULL);
+	c->syncing = 0;
+	return c->sync_rc;
+}
+
+/* Closes what c holds open and removes its temp file (gone already once it
+ * has been renamed). */
+static void copy_release(struct copy *c)
+{
+	copy_sync_wait(c);
+	if (c->out >= 0)
+		close(c->out);
+	if (c->in >= 0)
+		close(c->in);
+	c->out = c->in = -1;
+	/* renamed but not in the index: unreferenced, and no other migration
+	 * can have put it there (the migration lock) */
+	unlink(c->renamed ? c->dst : c->tmp);
+	c->renamed = 0;
+	c->active = 0;
+}
+
+/* Drops a copy made (if any): the shard stays where the index says. */
+static void copy_drop(struct copy *c)
+{
+	if (c->active)
+		copy_release(c);
+}
+
+/* Copies shard d (c->i in its version's list) from tier `from` to a temp file
+ * of tier `to`, and starts its fsync; dtype guides the codec. Leaves
+ * c->active 0 if the shard is on `to` already. The caller holds the
+ * migration lock. pg (may be NULL or without fn): the migration's progress,
+ * `before` raw bytes of it copied before this shard. */
+static int copy_shard(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int dtype, int from, int to,
+                      uint64_t before, struct qv__tier_progress *pg, struct copy *c)
+{
+	struct shard_progress sp = {pg, pg ? pg->base + before : 0};
 	struct shard_progress *spp = pg && pg->fn ? &sp : NULL;
-	char src[PATH_MAX], dst[PATH_MAX], tmp[PATH_MAX + 64], hex[QV_HEX_LEN + 1];
+	char hex[QV_HEX_LEN + 1];
 	qv_shard_info info;
 	struct qv_codec_header *hdr = NULL;
-	int in = -1, out = -1, rc;
-	uint64_t stored = 0;
+	int rc;
 
+	c->active = 0;
+	c->in = c->out = -1;
+	c->syncing = c->renamed = c->sync_rc = 0;
+	c->tmp[0] = 0;
 	qv_digest_hex(d, hex);
 	rc = qv_shard_info_get(s, d, &info);
 	if (rc)
@@ -282,33 +402,41 @@ static int move_shard(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int dtype, in
 		return 0;
 	if (info.tier != from)
 		return qv_store_fail(s, QV_ECHANGED, "shard %.16s is on tier %d", hex, info.tier);
-	qv_shard_path_tier(s, d, from, src, sizeof(src));
-	qv_shard_path_tier(s, d, to, dst, sizeof(dst));
-	snprintf(tmp, sizeof(tmp), "%s/mig-%ld-%.16s.tmp", qv_store_tmp_dir(s, to), (long)getpid(), hex);
-	in = open(src, O_RDONLY | O_CLOEXEC);
-	if (in < 0) {
+	memcpy(c->d, d, QV_DIGEST_LEN);
+	c->from = from;
+	c->to = to;
+	c->size = info.size;
+	c->active = 1;
+	qv_shard_path_tier(s, d, from, c->src, sizeof(c->src));
+	qv_shard_path_tier(s, d, to, c->dst, sizeof(c->dst));
+	snprintf(c->tmp, sizeof(c->tmp), "%s/mig-%ld-%.16s.tmp", qv_store_tmp_dir(s, to),
+	         (long)getpid(), hex);
+	c->in = open(c->src, O_RDONLY | O_CLOEXEC);
+	if (c->in < 0) {
 		rc = qv_store_fail(s, errno == ENOENT ? QV_ECORRUPT : -errno, "shard %.16s: %s: %s", hex,
-		                   src, strerror(errno));
+		                   c->src, strerror(errno));
 		goto out;
 	}
-	out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (out < 0) {
-		rc = qv_store_fail(s, -errno, "%s: %s", tmp, strerror(errno));
+	c->out = open(c->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (c->out < 0) {
+		rc = qv_store_fail(s, -errno, "%s: %s", c->tmp, strerror(errno));
 		goto out;
 	}
 	if (to == QV_TIER_COLD) {
-		posix_fadvise(in, 0, 0, POSIX_FADV_SEQUENTIAL);
-		struct encode_frame ef = {out, spp};
-		rc = qv_codec_encode_fd(in, info.size, dtype, 0, 0, out, &stored, encoded_frame, &ef);
+		posix_fadvise(c->in, 0, 0, POSIX_FADV_SEQUENTIAL);
+		struct encode_frame ef = {c->out, spp};
+		rc = qv_codec_encode_fd(c->in, info.size, dtype, 0, 0, c->out, &c->stored,
+		                        encoded_frame, &ef);
 		if (rc)
 			rc = qv_store_fail(s, rc, "shard %.16s: compressing: %s", hex, qv_strerror(rc));
 	} else {
 		struct stat st;
-		rc = fstat(in, &st) < 0 ? -errno : qv_codec_header_read(in, (uint64_t)st.st_size, &hdr);
+		rc = fstat(c->in, &st) < 0 ? -errno
+		                           : qv_codec_header_read(c->in, (uint64_t)st.st_size, &hdr);
 		if (rc == 0 && hdr->raw_size != info.size)
 			rc = QV_ECORRUPT;
 		if (rc == 0)
-			rc = decode_to_fd(in, hdr, out, d, spp);
+			rc = decode_to_fd(c->in, hdr, c->out, c->tmp, d, spp);
 		const char *sw = rc == QV_ECORRUPT || rc == QV_EFORMAT
 		                         ? qv_shard_size_why(s, d, from, (uint64_t)st.st_size)
 		                         : NULL;
@@ -318,44 +446,48 @@ static int move_shard(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int dtype, in
 		else if (rc)
 			rc = qv_store_fail(s, rc, "shard %.16s: decoding the cold copy: %s", hex,
 			                   rc == QV_ECORRUPT ? "damaged (checksum mismatch)" : qv_strerror(rc));
-		stored = info.size;
+		c->stored = info.size;
 	}
-	if (rc == 0 && fsync(out) < 0)
-		rc = qv_store_fail(s, -errno, "%s: fsync: %s", tmp, strerror(errno));
-	if (rc == 0 && close(out) < 0)
-		rc = qv_store_fail(s, -errno, "%s: %s", tmp, strerror(errno));
-	out = -1;
+	if (rc == 0) {
+		rc = make_fanout(c->dst);
+		if (rc)
+			rc = qv_store_fail(s, rc, "%s: %s", c->dst, strerror(-rc));
+	}
+	if (rc == 0) {
+		c->syncing = pthread_create(&c->th, NULL, copy_sync_thread, c) == 0;
+		if (!c->syncing) /* no thread: sync here */
+			copy_sync_thread(c);
+	}
+out:
+	qv_codec_header_destroy(hdr);
 	if (rc)
-		goto out;
-	rc = make_fanout(dst);
-	if (rc == 0 && rename(tmp, dst) < 0)
-		rc = -errno;
-	if (rc == 0)
-		rc = fsync_path_dir(dst);
+		copy_release(c);
+	return rc;
+}
+
+/* Finishes a copy: once its fsync is done, renames it into place, moves the
+ * index (epoch as for qv_shard_relocate()) and drops the old copy. On
+ * failure the shard stays where it was. */
+static int copy_finish(qv_store *s, struct copy *c, uint64_t epoch, qv_migrate_result *r)
+{
+	int rc = copy_sync_wait(c);
+
 	if (rc) {
-		rc = qv_store_fail(s, rc, "%s: %s", dst, strerror(-rc));
+		rc = qv_store_fail(s, rc, "%s: %s", c->sync_path, strerror(-rc));
 		goto out;
 	}
 	/* the new copy is durable: move the index, then drop the old copy */
-	rc = qv_shard_relocate(s, d, from, to, epoch, stored,
-	                       to == QV_TIER_COLD ? QV_CODEC_FRAMES : QV_CODEC_RAW);
-	if (rc) {
-		/* unreferenced: the index still names `from`, and no other
-		 * migration can have moved it there (the migration lock) */
-		unlink(dst);
+	rc = qv_shard_relocate(s, c->d, c->from, c->to, epoch, c->stored,
+	                       c->to == QV_TIER_COLD ? QV_CODEC_FRAMES : QV_CODEC_RAW);
+	if (rc)
 		goto out;
-	}
-	unlink(src);
+	c->renamed = 0; /* the index names it now */
+	unlink(c->src);
 	r->shards++;
-	r->raw_bytes += info.size;
-	r->stored_bytes += stored;
+	r->raw_bytes += c->size;
+	r->stored_bytes += c->stored;
 out:
-	if (out >= 0)
-		close(out);
-	if (in >= 0)
-		close(in);
-	unlink(tmp);
-	qv_codec_header_destroy(hdr);
+	copy_release(c);
 	return rc;
 }
 
@@ -518,25 +650,56 @@ static int migrate_version(qv_store *s, const char *model, const char *ref, int 
 		rc = decide(s, v, policy, &epoch, &keep, &skip);
 	if (rc == 0 && !skip && pg && pg->fn && pg->own_total)
 		count_total(s, &mine, 0, to, &keep, pg, 0);
-	/* a version protected during the move makes it decide again; a bound
-	 * on how often, against a loop that protects versions without end */
-	for (size_t i = 0, again = 0; rc == 0 && !skip && i < mine.n;) {
-		if (to == QV_TIER_COLD && qv__dlist_has(&keep, mine.d[i])) {
-			r.kept++;
-			i++;
-			continue;
+	/* Each shard is copied, then the one before it finished (its fsync ran
+	 * during the copy). A version protected during the move makes it decide
+	 * again, from the first shard not finished; a bound on how often,
+	 * against a loop that protects versions without end. */
+	struct copy cp[2];
+	struct copy *prev = &cp[0], *cur = &cp[1];
+	prev->active = cur->active = 0;
+	for (size_t i = 0, again = 0; rc == 0 && !skip && (i < mine.n || prev->active);) {
+		size_t at = i; /* where to begin again after a new decision */
+		int crc = 0, frc = 0;
+		if (i < mine.n) {
+			if (to == QV_TIER_COLD && qv__dlist_has(&keep, mine.d[i])) {
+				r.kept++;
+				i++;
+				continue;
+			}
+			uint64_t before = r.raw_bytes + (prev->active ? prev->size : 0);
+			crc = copy_shard(s, mine.d[i], mine.dtype[i], 1 - to, to, before, pg, cur);
+			cur->i = i;
 		}
-		rc = move_shard(s, mine.d[i], mine.dtype[i], 1 - to, to, epoch, &r, pg);
+		if (prev->active)
+			frc = copy_finish(s, prev, epoch, &r);
+		if (frc) { /* the shard before failed: this copy goes too */
+			at = prev->i;
+			copy_drop(cur);
+			rc = frc;
+		} else {
+			rc = crc;
+		}
 		uint64_t now;
 		if (rc == QV_ECHANGED && to == QV_TIER_COLD && again++ < 1000 &&
 		    qv_store_protect_epoch(s, &now) == 0 && now != epoch) {
 			rc = decide(s, v, policy, &epoch, &keep, &skip);
 			if (rc == 0 && !skip && pg && pg->fn && pg->own_total)
-				count_total(s, &mine, i, to, &keep, pg, pg->base + r.raw_bytes);
-			continue; /* the same shard, under the new decision */
+				count_total(s, &mine, at, to, &keep, pg, pg->base + r.raw_bytes);
+			i = at;
+			continue; /* from that shard, under the new decision */
 		}
-		i++;
+		if (rc) {
+			copy_drop(cur);
+			break;
+		}
+		struct copy *t = prev;
+		prev = cur;
+		cur = t;
+		if (i < mine.n)
+			i++;
 	}
+	copy_drop(prev);
+	copy_drop(cur);
 out:
 	if (locked)
 		qv_store_writer_unlock(s);

@@ -230,11 +230,28 @@ int qv_codec_header_read(int fd, uint64_t file_size, struct qv_codec_header **ou
 /* Frees a header from qv_codec_header_read(); NULL is a no-op. */
 void qv_codec_header_destroy(struct qv_codec_header *hdr);
 
+/* Told a decoded frame: its offset in the shard's raw bytes, and its raw
+ * bytes (valid until the call returns; their XXH3 has been checked).
+ * Nonzero stops the decoding and is returned. */
+typedef int (*qv_codec_frame_fn)(void *arg, uint64_t raw_off, const void *raw, size_t len);
+
 /* Decodes the whole shard (hdr from qv_codec_header_read() on the same
- * file) into dst (dst_len >= hdr->raw_size), one frame at a time on the
- * calling thread. Returns 0, -EINVAL, QV_ECORRUPT (a frame fails to decode
- * or its checksum), -ENOMEM, or -errno from pread (a short read is
- * QV_ECORRUPT). */
+ * file). Reads (pread) and decodes on up to 4 threads (the cores the
+ * process may use), each frame on one. Each frame goes to any_order on the
+ * thread that decoded it, as soon as it is decoded (so from several
+ * threads at once), then to in_order on the calling thread, in the frames'
+ * order, while the next frames decode. Either may be NULL. Allocates its
+ * buffers once (about 7 * hdr->frame_bytes a thread, plus zstd's
+ * contexts). Returns 0, what a callback returned, -EINVAL, QV_ECORRUPT (a
+ * frame fails to decode or its checksum, or the file is shorter than its
+ * table), -ENOMEM, or -errno from pread. After a frame fails (or its
+ * any_order does), in_order is told of no frame from it on; any_order may
+ * have been told of frames after it. */
+int qv_codec_decode_each(int fd, const struct qv_codec_header *hdr, qv_codec_frame_fn any_order,
+			 qv_codec_frame_fn in_order, void *arg);
+
+/* Decodes the whole shard into dst (dst_len >= hdr->raw_size), through
+ * qv_codec_decode_each(). Returns as it does, or -EINVAL. */
 int qv_codec_decode_fd(int fd, const struct qv_codec_header *hdr, void *dst, size_t dst_len);
 
 #ifdef __cplusplus

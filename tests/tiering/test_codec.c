@@ -563,6 +563,88 @@ static void test_file_round_trip(void **state)
 	free(back);
 }
 
+/* qv_codec_decode_each: every frame goes to any_order once (on a decoding
+ * thread) and then to in_order, in order; a callback's error, or a damaged
+ * frame, stops it and in_order sees no frame from there on. */
+#define EACH_FRAMES 10
+struct each_seen {
+	const unsigned char *src;
+	int any[EACH_FRAMES];  /* any_order's calls per frame (atomic) */
+	uint32_t next;         /* in_order's next frame */
+	uint32_t fail_any, fail_in; /* the frame whose callback fails, or ~0 */
+	int bad;               /* a check that failed */
+};
+
+static int each_any(void *arg, uint64_t raw_off, const void *raw, size_t len)
+{
+	struct each_seen *e = arg;
+	uint32_t f = (uint32_t)(raw_off / MIB);
+	if (raw_off % MIB || f >= EACH_FRAMES || memcmp(raw, e->src + raw_off, len) != 0)
+		__atomic_store_n(&e->bad, 1, __ATOMIC_RELAXED);
+	else
+		__atomic_add_fetch(&e->any[f], 1, __ATOMIC_RELAXED);
+	return f == e->fail_any ? -EIO : 0;
+}
+
+static int each_in(void *arg, uint64_t raw_off, const void *raw, size_t len)
+{
+	struct each_seen *e = arg;
+	uint32_t f = e->next++;
+	if (raw_off != (uint64_t)f * MIB || __atomic_load_n(&e->any[f], __ATOMIC_RELAXED) != 1 ||
+	    memcmp(raw, e->src + raw_off, len) != 0)
+		e->bad = 1;
+	return f == e->fail_in ? 77 : 0;
+}
+
+static void test_decode_each(void **state)
+{
+	const size_t len = (EACH_FRAMES - 1) * MIB + 5;
+	unsigned char *src = malloc(len);
+	struct qv_codec_header *hdr = NULL;
+	uint64_t stored;
+
+	(void)state;
+	assert_non_null(src);
+	fill_weights(QV_CODEC_BF16, src, len);
+	int fd = encode_to_file(QV_CODEC_BF16, src, len, MIB, &stored);
+	assert_int_equal(qv_codec_header_read(fd, stored, &hdr), 0);
+	assert_int_equal(hdr->frame_count, EACH_FRAMES);
+	assert_int_equal(qv_codec_decode_each(fd, hdr, NULL, NULL, NULL), 0);
+	assert_int_equal(qv_codec_decode_each(-1, hdr, each_any, each_in, NULL), -EINVAL);
+
+	/* all frames; then in_order failing at 4; then any_order at 6 */
+	static const struct { uint32_t fail_any, fail_in; int rc; uint32_t seen; } cases[] = {
+		{~0u, ~0u, 0, EACH_FRAMES}, {~0u, 4, 77, 5}, {6, ~0u, -EIO, 6},
+	};
+	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		struct each_seen e = {.src = src, .fail_any = cases[c].fail_any,
+				      .fail_in = cases[c].fail_in};
+		assert_int_equal(qv_codec_decode_each(fd, hdr, each_any, each_in, &e), cases[c].rc);
+		assert_int_equal(e.bad, 0);
+		assert_int_equal(e.next, cases[c].seen);
+		if (cases[c].rc == 0)
+			for (uint32_t f = 0; f < EACH_FRAMES; f++)
+				assert_int_equal(e.any[f], 1);
+	}
+
+	/* a damaged frame 3: frames 0-2 only, then QV_ECORRUPT */
+	const struct qv_codec_frame *f3 = &hdr->frames[3];
+	off_t at = (off_t)(f3->offset + f3->stored_bytes / 2);
+	unsigned char b, flipped;
+	assert_int_equal(pread(fd, &b, 1, at), 1);
+	flipped = (unsigned char)(b ^ 0x10);
+	write_all(fd, &flipped, 1, at);
+	struct each_seen e = {.src = src, .fail_any = ~0u, .fail_in = ~0u};
+	assert_int_equal(qv_codec_decode_each(fd, hdr, each_any, each_in, &e), QV_ECORRUPT);
+	assert_int_equal(e.bad, 0);
+	assert_int_equal(e.next, 3);
+	assert_int_equal(e.any[3], 0);
+
+	qv_codec_header_destroy(hdr);
+	close(fd);
+	free(src);
+}
+
 /* A pack of mixed dtypes (QV_CODEC_MIXED): each frame keeps the smaller of
  * the float planes and plain zstd, so the file is no larger than with
  * either alone, and it decodes to the same bytes. */
@@ -895,6 +977,7 @@ int main(void)
 		cmocka_unit_test_setup(test_frame_corrupt, setup),
 		cmocka_unit_test_setup(test_file_round_trip, setup),
 		cmocka_unit_test_setup(test_file_mixed, setup),
+		cmocka_unit_test_setup(test_decode_each, setup),
 		cmocka_unit_test_setup(test_file_bad_args, setup),
 		cmocka_unit_test_setup(test_file_corrupt_frame, setup),
 		cmocka_unit_test_setup(test_header_lies, setup),

@@ -161,6 +161,17 @@ static struct lt_file *std_version(struct env *e, int i, const unsigned char *sh
 	return f;
 }
 
+/* A store with a cold tier (no capacity limit) and two versions of the
+ * standard shape: v1, and v2 published after it as current. */
+static void two_versions(struct env *e)
+{
+	open_tiered(e, 1, 0, 0.9, 0.75);
+	std_version(e, 0, NULL, 0);
+	publish(e, 0, "v1", 0);
+	std_version(e, 1, NULL, 0);
+	publish(e, 1, "v2", 1);
+}
+
 static qv_version *getv(struct env *e, const char *ref)
 {
 	qv_version *v = NULL;
@@ -647,11 +658,7 @@ static unsigned want_default_cold_reads(const char *dir)
 static void test_cold_load_stats(void **state)
 {
 	struct env *e = *state;
-	open_tiered(e, 1, 0, 0.9, 0.75);
-	std_version(e, 0, NULL, 0);
-	publish(e, 0, "v1", 0);
-	std_version(e, 1, NULL, 0);
-	publish(e, 1, "v2", 1);
+	two_versions(e);
 	demote(e, "v1");
 	assert_int_equal(tier_of(e, "v1"), QV_TIER_COLD);
 	enum qv_io_mode modes[] = {QV_IO_AUTO, QV_IO_DIRECT, QV_IO_BUFFERED};
@@ -770,11 +777,7 @@ static void flip_byte(const char *path, off_t off)
 static void test_cold_damage(void **state)
 {
 	struct env *e = *state;
-	open_tiered(e, 1, 0, 0.9, 0.75);
-	std_version(e, 0, NULL, 0);
-	publish(e, 0, "v1", 0);
-	std_version(e, 1, NULL, 0);
-	publish(e, 1, "v2", 1);
+	two_versions(e);
 	demote(e, "v1");
 	verify_expect(e, "v1", 0, NULL);
 
@@ -840,6 +843,66 @@ static void test_cold_damage(void **state)
 		qv_shard_path_tier(e->s, dd, in.tier, p, sizeof(p));
 		LT_CHECK(file_exists(p), "shard of %s missing on its tier %d", names[i], in.tier);
 	}
+}
+
+static int cmp32(const void *a, const void *b)
+{
+	return memcmp(a, b, 32);
+}
+
+/* A migration whose first shard cannot be renamed into place (a folder
+ * stands at its path): the migration fails, and the copy of the next shard,
+ * made while the first one's fsync ran, is dropped too. Every shard stays
+ * where it was, intact, and nothing is left in the temp folders. */
+static void test_migrate_finish_fails(void **state)
+{
+	struct env *e = *state;
+	two_versions(e);
+
+	static const char *names[] = {"w.bf16", "w.f32", "w.rand", "norm.a", "norm.b"};
+	uint8_t d[5][32];
+	for (size_t i = 0; i < 5; i++)
+		shard_of(e, "v1", names[i], d[i]);
+	qsort(d, 5, 32, cmp32); /* the order a migration takes them in */
+	size_t n = 1; /* small tensors share a shard */
+	for (size_t i = 1; i < 5; i++)
+		if (memcmp(d[i], d[n - 1], 32) != 0)
+			memcpy(d[n++], d[i], 32);
+	LT_CHECK(n >= 2, "v1 has %zu shards", n);
+
+	for (int to = QV_TIER_COLD; to >= QV_TIER_HOT; to--) {
+		char block[PATH_MAX], next[PATH_MAX];
+		qv_shard_path_tier(e->s, d[0], to, block, sizeof(block));
+		qv_shard_path_tier(e->s, d[1], to, next, sizeof(next));
+		char cmd[PATH_MAX + 32];
+		snprintf(cmd, sizeof(cmd), "mkdir -p '%s'", block);
+		LT_CHECK(system(cmd) == 0, "%s", cmd);
+
+		qv_migrate_result r;
+		int rc = to == QV_TIER_COLD ? qv_tier_demote(e->s, MODEL, "v1", &r, NULL, NULL)
+		                            : qv_tier_promote(e->s, MODEL, "v1", &r, NULL, NULL);
+		LT_CHECK(rc != 0, "migration to tier %d past a folder at %s succeeded", to, block);
+		LT_CHECK(strstr(qv_store_errmsg(e->s), block) != NULL,
+		         "the error does not name the path: %s", qv_store_errmsg(e->s));
+		LT_CHECK(r.shards == 0, "%llu shards moved", (unsigned long long)r.shards);
+		for (size_t i = 0; i < n; i++) {
+			qv_shard_info info;
+			LT_CHECK(qv_shard_info_get(e->s, d[i], &info) == 0, "shard %zu", i);
+			LT_CHECK(info.tier == 1 - to, "shard %zu on tier %d after a failed move", i,
+			         info.tier);
+		}
+		LT_CHECK(!file_exists(next), "the next shard's copy was left at %s", next);
+		tmp_empty(e);
+		verify_expect(e, "v1", 0, NULL);
+
+		LT_CHECK(rmdir(block) == 0, "rmdir %s", block);
+		if (to == QV_TIER_COLD)
+			demote(e, "v1");
+		else
+			promote(e, "v1");
+		LT_CHECK(tier_of(e, "v1") == to, "v1 not on tier %d", to);
+	}
+	load_check(e, 0, "v1", 2, QV_IO_AUTO, 1);
 }
 
 static void touch(struct env *e, const char *label)
@@ -1036,11 +1099,7 @@ static void test_status(void **state)
 static void test_gc_wrong_tier(void **state)
 {
 	struct env *e = *state;
-	open_tiered(e, 1, 0, 0.9, 0.75);
-	std_version(e, 0, NULL, 0);
-	publish(e, 0, "v1", 0);
-	std_version(e, 1, NULL, 0);
-	publish(e, 1, "v2", 1);
+	two_versions(e);
 	demote(e, "v1");
 	uint8_t dh[32], dc[32];
 	char hot_real[PATH_MAX], hot_fake[PATH_MAX], cold_real[PATH_MAX], cold_fake[PATH_MAX];
@@ -1120,11 +1179,7 @@ static void test_no_cold_tier(void **state)
 static void test_init_and_errors(void **state)
 {
 	struct env *e = *state;
-	open_tiered(e, 1, 0, 0.9, 0.75);
-	std_version(e, 0, NULL, 0);
-	publish(e, 0, "v1", 0);
-	std_version(e, 1, NULL, 0);
-	publish(e, 1, "v2", 1);
+	two_versions(e);
 	demote(e, "v1");
 	qv_migrate_result r;
 	int rc = qv_tier_demote(e->s, MODEL, "nope", &r, NULL, NULL);
@@ -1174,6 +1229,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_cold_load_stats, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_protected_shards_stay_hot, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cold_damage, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_migrate_finish_fails, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_policy, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_policy_only_protected, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_status, setup, teardown),
