@@ -1128,8 +1128,9 @@ static void header_pack(unsigned char *buf, enum qv_codec_dtype dtype, int level
  * Frames are independent. A round of up to CODEC_THREADS_MAX frames is read
  * and encoded (or decoded) at once, a thread a frame, while the caller
  * writes (or hands on) the round before it in order: two sets of buffers
- * take turns, and the caller alone does I/O on the output and reports
- * progress. A thread per frame costs tens of microseconds against
+ * take turns. The encoder's caller alone writes the output and reports
+ * progress; the decoder hands each frame to an any-order callback on its
+ * thread first. A thread per frame costs tens of microseconds against
  * milliseconds of work. */
 #define CODEC_THREADS_MAX 4u
 

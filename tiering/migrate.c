@@ -4,7 +4,8 @@
  * only after the new copy is durable (write temp on the target tier's file
  * system, fsync, rename, fsync the folder, commit), and the old copy goes
  * only after the commit. So at every instant the index points at a complete
- * copy; a crash leaves at most one extra copy, which gc removes. Migrations
+ * copy; a crash leaves at most an extra copy or a temp file for each of the
+ * two shards a migration has in flight, which gc removes. Migrations
  * hold the store's writer lock (shared), so gc never runs between a rename
  * and its commit, and root/migrate.lock (exclusive), so no other migration
  * moves a shard between this one's look at it and its unlink of the old
@@ -209,6 +210,7 @@ struct hot_copy {
 	int out_fd;
 	int direct_fd;     /* the same file with O_DIRECT, or -1 */
 	atomic_int direct; /* no direct write refused yet */
+	size_t align;      /* what a direct write must be aligned to */
 	EVP_MD_CTX *md;
 	struct shard_progress *sp;
 };
@@ -235,8 +237,8 @@ static int hot_copy_write(void *arg, uint64_t raw_off, const void *raw, size_t l
 	struct hot_copy *hc = arg;
 	int rc;
 
-	if (hc->direct_fd >= 0 && atomic_load(&hc->direct) && (uintptr_t)raw % QV_CODEC_ALIGN == 0 &&
-	    len % QV_CODEC_ALIGN == 0 && raw_off % QV_CODEC_ALIGN == 0) {
+	if (hc->direct_fd >= 0 && atomic_load(&hc->direct) && (uintptr_t)raw % hc->align == 0 &&
+	    len % hc->align == 0 && raw_off % hc->align == 0) {
 		rc = pwrite_all(hc->direct_fd, raw, len, raw_off);
 		if (rc != -EINVAL)
 			return rc;
@@ -275,6 +277,10 @@ static int decode_to_fd(int in_fd, const struct qv_codec_header *hdr, int out_fd
 	                      .sp = sp};
 	int rc = hc.md && EVP_DigestInit_ex(hc.md, EVP_sha256(), NULL) == 1 ? 0 : -ENOMEM;
 
+	/* whole pages too, so that a buffered tail never shares a page with
+	 * a direct write (pages larger than 4 KiB) */
+	long page = sysconf(_SC_PAGESIZE);
+	hc.align = page > (long)QV_CODEC_ALIGN ? (size_t)page : QV_CODEC_ALIGN;
 	atomic_init(&hc.direct, 1);
 	(void)posix_fadvise(in_fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 	if (rc == 0)
@@ -299,12 +305,14 @@ static int decode_to_fd(int in_fd, const struct qv_codec_header *hdr, int out_fd
  * index and drops the old copy. The migration copies the next
  * shard before it finishes this one, so the disk writes one shard out while
  * the next is decoded or encoded, instead of waiting idle on each shard's
- * fsync and journal commits (promotes of 1.07 GB on the 2-vCPU box, with the
- * threaded decode and direct writes of decode_to_fd: 4.87-6.05 s, median
- * 5.15, against 5.58-5.97, median 5.70; system CPU 0.6 s against 2.0). */
+ * fsync and journal commits. With the threaded decode and direct writes of
+ * decode_to_fd, promotes took 3.53-3.96 s against 4.29-4.71 (H200, 2.67 GB)
+ * and 5.26-5.65 s against 5.67-5.88 (2-vCPU box, 1.07 GB; system CPU 0.6 s
+ * against 2.0); demotes did not change (docs/BENCHMARKS.md). */
 struct copy {
 	int active;        /* a copy made, not yet finished or dropped */
 	size_t i;          /* the shard's place in the version's list */
+	uint64_t kept;     /* the migration's kept shards before it */
 	uint8_t d[QV_DIGEST_LEN];
 	int from, to;
 	int in, out;
@@ -327,7 +335,7 @@ static void *copy_sync_thread(void *arg)
 	int rc = fsync(c->out) < 0 ? -errno : 0;
 
 	c->sync_path = c->tmp;
-	if (rc == 0 && close(c->out) < 0)
+	if (close(c->out) < 0 && rc == 0)
 		rc = -errno;
 	c->out = -1;
 	if (rc == 0) {
@@ -465,9 +473,9 @@ out:
 	return rc;
 }
 
-/* Finishes a copy: once its fsync is done, renames it into place, moves the
+/* Finishes a copy: once its thread has made it durable in place, moves the
  * index (epoch as for qv_shard_relocate()) and drops the old copy. On
- * failure the shard stays where it was. */
+ * failure the shard stays where it was, and the new copy goes. */
 static int copy_finish(qv_store *s, struct copy *c, uint64_t epoch, qv_migrate_result *r)
 {
 	int rc = copy_sync_wait(c);
@@ -669,11 +677,13 @@ static int migrate_version(qv_store *s, const char *model, const char *ref, int 
 			uint64_t before = r.raw_bytes + (prev->active ? prev->size : 0);
 			crc = copy_shard(s, mine.d[i], mine.dtype[i], 1 - to, to, before, pg, cur);
 			cur->i = i;
+			cur->kept = r.kept;
 		}
 		if (prev->active)
 			frc = copy_finish(s, prev, epoch, &r);
 		if (frc) { /* the shard before failed: this copy goes too */
 			at = prev->i;
+			r.kept = prev->kept; /* counted again from there */
 			copy_drop(cur);
 			rc = frc;
 		} else {

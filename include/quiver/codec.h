@@ -238,9 +238,10 @@ typedef int (*qv_codec_frame_fn)(void *arg, uint64_t raw_off, const void *raw, s
 /* Decodes the whole shard (hdr from qv_codec_header_read() on the same
  * file). Reads (pread) and decodes on up to 4 threads (the cores the
  * process may use), each frame on one. Each frame goes to any_order on the
- * thread that decoded it, as soon as it is decoded (so from several
- * threads at once), then to in_order on the calling thread, in the frames'
- * order, while the next frames decode. Either may be NULL. Allocates its
+ * thread that decoded it (the calling thread where no thread could be
+ * started), as soon as it is decoded (so from several threads at once),
+ * then to in_order on the calling thread, in the frames' order, while the
+ * next frames decode. Either may be NULL. Allocates its
  * buffers once (about 7 * hdr->frame_bytes a thread, plus zstd's
  * contexts). Returns 0, what a callback returned, -EINVAL, QV_ECORRUPT (a
  * frame fails to decode or its checksum, or the file is shorter than its

@@ -4,8 +4,10 @@
  * Every migration of a shard writes the new copy into the target tier's temp
  * folder, fsyncs it, renames it into place (fsyncing the folder), commits one
  * LMDB transaction that moves the shard's location, and only then unlinks the
- * old copy. A crash leaves at worst an extra copy on one tier, which gc
- * removes. A loader that opened the old copy finishes through its open file.
+ * old copy. Two shards are in flight at a time (one copied while the one
+ * before is made durable), so a crash leaves at worst an extra copy or a
+ * temp file for each of two shards, which gc removes. A loader that opened
+ * the old copy finishes through its open file.
  *
  * The policy keeps hot every version that is current, carries an alias or is
  * pinned. When hot usage passes the high watermark it demotes the least

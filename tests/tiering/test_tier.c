@@ -502,6 +502,43 @@ static void test_progress_redecided(void **state)
 	              (unsigned long long)p.seen.total);
 }
 
+/* A demotion that decides again after the first shard was copied goes back
+ * to that shard: the shards it kept hot after it are counted once. One shard
+ * of v1 is its own and KEPT are v2's too; the bug this pins (kept shards
+ * past the first counted twice) shows unless that shard sorts last, so in
+ * KEPT of KEPT + 1 runs. */
+static void test_kept_counted_once(void **state)
+{
+	struct env *e = *state;
+	enum { KEPT = 9 };
+	unsigned char *data[KEPT];
+	open_tiered(e, 1, 0, 0.9, 0.75);
+	for (int k = 0; k < KEPT; k++)
+		data[k] = make_data(K_RAND, MIB); /* a shard each */
+	for (int i = 0; i < 2; i++) {
+		e->used[i] = 1;
+		struct lt_file *f = lt_file_add(&e->m[i], "model.safetensors");
+		for (int k = 0; k < KEPT; k++) {
+			char name[16];
+			snprintf(name, sizeof(name), "s%d", k);
+			add_tensor(f, name, K_RAND, MIB, data[k]);
+		}
+		if (i == 0)
+			add_tensor(f, "own", K_RAND, MIB, NULL);
+	}
+	publish(e, 0, "v1", 0);
+	publish(e, 1, "v2", 1);
+	struct pin_midway p = {.s = e->s};
+	qv_migrate_result r;
+	int rc = qv_tier_demote(e->s, MODEL, "v1", &r, pin_on_progress, &p);
+	LT_CHECK(rc == 0, "demote v1: %d %s", rc, qv_store_errmsg(e->s));
+	LT_CHECK(p.pinned > 1, "the demotion told progress %d times", p.pinned);
+	LT_CHECK(r.shards == 1 && r.kept == KEPT, "demote: %llu shards moved, %llu kept; want 1, %d",
+	         (unsigned long long)r.shards, (unsigned long long)r.kept, KEPT);
+	for (int k = 0; k < KEPT; k++)
+		free(data[k]);
+}
+
 static void test_demote_load_promote(void **state)
 {
 	struct env *e = *state;
@@ -1226,6 +1263,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_demote_load_promote, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_progress_redecided, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_kept_counted_once, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cold_load_stats, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_protected_shards_stay_hot, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cold_damage, setup, teardown),
