@@ -31,6 +31,7 @@
 
 #include "quiver/codec.h"
 #include "quiver/error.h"
+#include "tier_int.h"
 #include "xxh_avx2.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -1073,7 +1074,7 @@ out:
 	return rc;
 }
 
-static int pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
+int qv__tier_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
 {
 	size_t done = 0;
 	int rc = 0;
@@ -1156,16 +1157,6 @@ static void *par_thread(void *arg)
 	return NULL;
 }
 
-/* Starts the round's first k slots (run and job set by the caller). */
-static void par_start(struct par_round *r, unsigned k)
-{
-	r->k = k;
-	for (unsigned j = 0; j < k; j++) {
-		r->s[j].rc = 0;
-		r->s[j].started = pthread_create(&r->s[j].th, NULL, par_thread, &r->s[j]) == 0;
-	}
-}
-
 static void par_join(struct par_round *r)
 {
 	for (unsigned j = 0; j < r->k; j++) {
@@ -1235,9 +1226,13 @@ static unsigned par_round_start(struct par_round *r, unsigned set, uint64_t firs
 				unsigned nw, par_setup_fn setup, void *ctx)
 {
 	unsigned k = count - first < nw ? (unsigned)(count - first) : nw;
-	for (unsigned j = 0; j < k; j++)
-		setup(ctx, set, j, first + j, &r->s[j]);
-	par_start(r, k);
+	r->k = k;
+	for (unsigned j = 0; j < k; j++) {
+		struct par_slot *x = &r->s[j];
+		setup(ctx, set, j, first + j, x);
+		x->rc = 0;
+		x->started = pthread_create(&x->th, NULL, par_thread, x) == 0;
+	}
 	return k;
 }
 
@@ -1408,7 +1403,7 @@ static int enc_take(void *ctx, unsigned set, unsigned j, int rc)
 	e->frames[x->frame].offset = e->pos;
 	padded = (size_t)qv_codec_align(x->f.stored_bytes);
 	memset(x->result + x->f.stored_bytes, 0, padded - x->f.stored_bytes);
-	rc = pwrite_full(e->out_fd, x->result, padded, e->pos);
+	rc = qv__tier_pwrite_full(e->out_fd, x->result, padded, e->pos);
 	if (rc != 0)
 		return rc;
 	e->pos += padded;
@@ -1464,7 +1459,7 @@ int qv_codec_encode_fd(int in_fd, uint64_t raw_size, int dtype_flags, int level,
 	if (rc != 0)
 		goto out;
 	header_pack(head, dtype, level, raw_size, frame_bytes, (uint32_t)count, e.frames);
-	rc = pwrite_full(out_fd, head, (size_t)data_offset_of(count), 0);
+	rc = qv__tier_pwrite_full(out_fd, head, (size_t)data_offset_of(count), 0);
 	if (rc != 0)
 		goto out;
 	if (ftruncate(out_fd, (off_t)e.pos) != 0) {

@@ -188,10 +188,10 @@ static void shard_progress(void *arg, uint64_t raw_done)
 	progress_report(sp->pg, sp->before + raw_done);
 }
 
-/* A frame of a cold copy is written: start writing out what is dirty (see
- * decode_to_fd; 1.07 GB demotes, 5 interleaved pairs: 4.72-5.27 s against
- * 5.47-6.02), and report progress. The write-out is a hint: the fsync
- * before the rename reports what fails. */
+/* A frame of a cold copy is written: start writing out what is dirty, so
+ * the fsync before the rename waits for the last frames only (1.07 GB
+ * demotes, 5 interleaved pairs: 4.72-5.27 s against 5.47-6.02), and report
+ * progress. The write-out is a hint: the fsync reports what fails. */
 struct encode_frame {
 	int out_fd;
 	struct shard_progress *sp;
@@ -215,19 +215,6 @@ struct hot_copy {
 	struct shard_progress *sp;
 };
 
-static int pwrite_all(int fd, const char *p, size_t len, uint64_t off)
-{
-	for (size_t w = 0; w < len;) {
-		ssize_t m = pwrite(fd, p + w, len - w, (off_t)(off + w));
-		if (m < 0 && errno == EINTR)
-			continue;
-		if (m <= 0)
-			return m < 0 ? -errno : -EIO;
-		w += (size_t)m;
-	}
-	return 0;
-}
-
 /* Writes a frame, on the thread that decoded it: with O_DIRECT where the
  * file system takes it and the frame is block-aligned (all but a shard's
  * tail), else through the page cache. Frames go out as they come, several
@@ -239,12 +226,12 @@ static int hot_copy_write(void *arg, uint64_t raw_off, const void *raw, size_t l
 
 	if (hc->direct_fd >= 0 && atomic_load(&hc->direct) && (uintptr_t)raw % hc->align == 0 &&
 	    len % hc->align == 0 && raw_off % hc->align == 0) {
-		rc = pwrite_all(hc->direct_fd, raw, len, raw_off);
+		rc = qv__tier_pwrite_full(hc->direct_fd, raw, len, raw_off);
 		if (rc != -EINVAL)
 			return rc;
 		atomic_store(&hc->direct, 0); /* refused: through the page cache */
 	}
-	rc = pwrite_all(hc->out_fd, raw, len, raw_off);
+	rc = qv__tier_pwrite_full(hc->out_fd, raw, len, raw_off);
 	/* start writing it out now, so the fsync before the rename waits for
 	 * the last frames only. A hint: the fsync reports what fails. */
 	if (rc == 0)
@@ -383,8 +370,8 @@ static void copy_drop(struct copy *c)
 		copy_release(c);
 }
 
-/* Copies shard d (c->i in its version's list) from tier `from` to a temp file
- * of tier `to`, and starts its fsync; dtype guides the codec. Leaves
+/* Copies shard d from tier `from` to a temp file of tier `to`, and starts
+ * the thread that makes it durable in place; dtype guides the codec. Leaves
  * c->active 0 if the shard is on `to` already. The caller holds the
  * migration lock. pg (may be NULL or without fn): the migration's progress,
  * `before` raw bytes of it copied before this shard. */

@@ -24,6 +24,9 @@ void qv__dlist_free(struct qv__dlist *l);
  * NULL-terminated) go cold. */
 int qv__hot_keep_set(qv_store *s, const char *const *leaving, struct qv__dlist *keep);
 double qv__tier_now(void);
+/* pwrite until all len bytes are written (EINTR retried; a write of 0 bytes
+ * is -EIO). Returns 0 or -errno. */
+int qv__tier_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 /* qv_tier_demote() for the placement policy: leaves model@label alone if it
  * is protected (current, aliased, pinned) once the migration lock is held,
  * or becomes protected during the move. */
