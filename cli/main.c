@@ -60,7 +60,7 @@ static void print_help(const struct cmd *c)
 /* Common option parsing: every command knows --root, --help and maybe --json. */
 enum { OPT_ROOT = 1000, OPT_JSON, OPT_VERSION, OPT_ALIAS, OPT_NO_ACTIVATE, OPT_MESSAGE,
        OPT_FORCE, OPT_DRY_RUN, OPT_TO, OPT_RM, OPT_DEVICE, OPT_IO, OPT_QD, OPT_CHUNK,
-       OPT_DECODERS, OPT_COLD_READS, OPT_VERIFY, OPT_PROMOTE, OPT_HOT, OPT_COLD, OPT_CAPACITY, OPT_HIGH, OPT_LOW, OPT_APPLY };
+       OPT_DECODERS, OPT_COLD_READS, OPT_HOST_PAGES, OPT_VERIFY, OPT_PROMOTE, OPT_HOT, OPT_COLD, OPT_CAPACITY, OPT_HIGH, OPT_LOW, OPT_APPLY };
 
 struct opts {
 	const char *root;
@@ -80,6 +80,7 @@ struct opts {
 	const char *chunk;
 	const char *decoders;
 	const char *cold_reads;
+	const char *host_pages;
 	int verify;
 	int promote;
 	const char *hot, *cold, *capacity, *high, *low;
@@ -132,6 +133,7 @@ static int parse_opts(const struct cmd *c, int argc, char **argv, const struct o
 		case OPT_CHUNK: o->chunk = optarg; break;
 		case OPT_DECODERS: o->decoders = optarg; break;
 		case OPT_COLD_READS: o->cold_reads = optarg; break;
+		case OPT_HOST_PAGES: o->host_pages = optarg; break;
 		case OPT_VERIFY: o->verify = 1; break;
 		case OPT_PROMOTE: o->promote = 1; break;
 		case OPT_HOT: o->hot = optarg; break;
@@ -822,6 +824,12 @@ static const char *io_mode_name(enum qv_io_mode m)
 	return m == QV_IO_DIRECT ? "direct" : m == QV_IO_BUFFERED ? "buffered" : "none";
 }
 
+/* What a load's host arena asked for, as `load` prints it. */
+static const char *host_pages_name(enum qv_host_pages p)
+{
+	return p == QV_HOST_PAGES_HUGE ? "huge" : p == QV_HOST_PAGES_SMALL ? "small" : "none";
+}
+
 /* User + system CPU seconds this process has used (every thread). */
 static double cpu_seconds(void)
 {
@@ -840,6 +848,7 @@ static int cmd_load(int argc, char **argv)
 	                                      {"chunk", required_argument, NULL, OPT_CHUNK},
 	                                      {"decode-threads", required_argument, NULL, OPT_DECODERS},
 	                                      {"cold-reads", required_argument, NULL, OPT_COLD_READS},
+	                                      {"host-pages", required_argument, NULL, OPT_HOST_PAGES},
 	                                      {"verify", no_argument, NULL, OPT_VERIFY},
 	                                      {"promote", no_argument, NULL, OPT_PROMOTE},
 	                                      {"json", no_argument, NULL, OPT_JSON},
@@ -890,6 +899,17 @@ static int cmd_load(int argc, char **argv)
 		return usage_error(c, "--decode-threads must be 1 to 16, not '%s'", o.decoders);
 	if (o.cold_reads && parse_count(o.cold_reads, QV_LOAD_COLD_READS_MAX, &lo.cold_reads))
 		return usage_error(c, "--cold-reads must be 1 to 64, not '%s'", o.cold_reads);
+	if (o.host_pages) {
+		if (strcmp(o.host_pages, "auto") == 0)
+			lo.host_pages = QV_HOST_PAGES_AUTO;
+		else if (strcmp(o.host_pages, "small") == 0)
+			lo.host_pages = QV_HOST_PAGES_SMALL;
+		else if (strcmp(o.host_pages, "huge") == 0)
+			lo.host_pages = QV_HOST_PAGES_HUGE;
+		else
+			return usage_error(c, "--host-pages must be auto, small or huge, not '%s'",
+			                   o.host_pages);
+	}
 	qv_store *s;
 	if (open_store(&o, &s))
 		return EXIT_FAIL;
@@ -916,7 +936,7 @@ static int cmd_load(int argc, char **argv)
 	else
 		snprintf(dev, sizeof(dev), "cuda:%d", st->device);
 	if (o.json)
-		cli_json_print(json_pack("{s:s, s:s, s:I, s:I, s:f, s:f, s:f, s:f, s:s, s:s, s:s, s:i, s:I, s:I, s:b, s:I, s:i, s:i, s:s, s:f}",
+		cli_json_print(json_pack("{s:s, s:s, s:I, s:I, s:f, s:f, s:f, s:f, s:s, s:s, s:s, s:i, s:I, s:I, s:b, s:I, s:i, s:i, s:s, s:f, s:s}",
 		                         "model", model, "version", ref ? ref : "current", "bytes",
 		                         (json_int_t)st->bytes, "tensors", (json_int_t)st->tensors,
 		                         "seconds", st->seconds, "gbps", gbps, "device_init_seconds", st->device_init_seconds, "first_tensor_seconds",
@@ -926,12 +946,15 @@ static int cmd_load(int argc, char **argv)
 		                         "verified", lo.verify, "cold_bytes", (json_int_t)st->cold_bytes,
 		                         "decode_threads", (int)st->decode_threads, "cold_reads",
 		                         (int)st->cold_reads, "cold_io", cold_io,
-		                         "cpu_seconds", cpu));
+		                         "cpu_seconds", cpu, "host_pages", host_pages_name(st->host_pages)));
 	else
 		cli_printf("loaded %s@%s to %s: %s, %llu tensors in %.3f s (%.2f GB/s, %.2f s of CPU), "
 		           "first tensor after %.3f s\n",
 		       model, ref ? ref : "current", dev, cli_bytes(st->bytes, a, sizeof(a)),
 		       (unsigned long long)st->tensors, st->seconds, gbps, cpu, st->first_tensor_seconds);
+	if (!o.json && st->host_pages)
+		cli_printf("  host memory: %s pages\n",
+		           st->host_pages == QV_HOST_PAGES_HUGE ? "transparent huge (2 MiB)" : "4 KiB");
 	if (!o.json && st->bytes > st->cold_bytes) /* the hot engine ran */
 		cli_printf("  hot shards: io %s (%s), qd %u, chunk %zu KiB, %llu reads%s\n", io,
 		       st->engine, st->qd, st->chunk_bytes >> 10, (unsigned long long)st->reads,
@@ -1378,7 +1401,7 @@ static const struct cmd cmds[] = {
 	 "Recompute the SHA-256 of every shard of MODEL@REF (default: every version in\n"
 	 "the store). Damaged shards are listed with every version they break; exit 3."},
 	{"load", cmd_load,
-	 "quiver load MODEL[@REF] [--device cpu|cuda:N] [--io auto|direct|buffered] [--qd N] [--chunk SIZE] [--decode-threads N] [--cold-reads N] [--verify] [--promote] [--json]",
+	 "quiver load MODEL[@REF] [--device cpu|cuda:N] [--io auto|direct|buffered] [--qd N] [--chunk SIZE] [--decode-threads N] [--cold-reads N] [--host-pages auto|small|huge] [--verify] [--promote] [--json]",
 	 "Stream a version's tensors from the store into memory: io_uring with O_DIRECT\n"
 	 "reads into a ring of pinned buffers, then into host memory or the GPU.\n"
 	 "Prints bytes, tensors, seconds, GB/s and the time to the first complete tensor.\n\n"
@@ -1393,6 +1416,11 @@ static const struct cmd cmds[] = {
 	 "               per core this process may run on)\n"
 	 "  --cold-reads N  cold frames read at once, 1 to 64 (default: 2 when the\n"
 	 "               cold tier is on a rotational disk, else 16)\n"
+	 "  --host-pages P  pages of the host memory a cpu load fills: small (4 KiB),\n"
+	 "               huge (2 MiB transparent huge pages: the kernel faults them in\n"
+	 "               for about half the CPU time) or auto (default: huge, unless THP is\n"
+	 "               off or a virtio balloon reports free pages to the hypervisor,\n"
+	 "               which makes a huge page's first touch dearer)\n"
 	 "  --verify     check every shard's XXH3 checksum on the way; damage exits 3\n"
 	 "               (cold frames are always checked)\n"
 	 "  --promote    also move the version's cold shards back to the hot tier\n"
@@ -1400,7 +1428,8 @@ static const struct cmd cmds[] = {
 	 "               device_init_seconds, first_tensor_seconds, device, io, engine,\n"
 	 "               qd, chunk_bytes, reads, verified, cold_bytes, decode_threads,\n"
 	 "               cold_reads, cold_io: direct, buffered or none, cpu_seconds:\n"
-	 "               user + system CPU time of the load, every thread)\n"
+	 "               user + system CPU time of the load, every thread, host_pages:\n"
+	 "               small, huge or none)\n"
 	 "io, engine, qd, chunk_bytes and reads describe the hot shards' reads; cold_io\n"
 	 "how the cold frames were read (buffered where O_DIRECT was refused)."},
 	{"init", cmd_init,

@@ -78,6 +78,16 @@ int qv__resident(void *dest, size_t len);
  * one MADV_POPULATE_WRITE (best effort: before Linux 5.14 the writes fault). */
 void qv__populate(void *dest, size_t len);
 
+/* What QV_HOST_PAGES_AUTO means on this machine: QV_HOST_PAGES_HUGE unless
+ * transparent huge pages are `never` or a virtio balloon reports free pages
+ * to the hypervisor (prefault.c). Decided once per process. */
+enum qv_host_pages qv__host_pages_auto(void);
+/* The same decision read from a sysfs tree at `sysfs` ("/sys"), for tests:
+ * 1 if a virtio balloon there offers free page reporting, else 0. */
+int qv__free_page_reporting(const char *sysfs);
+/* 1 if `sysfs`/kernel/mm/transparent_hugepage/enabled says [never]. */
+int qv__thp_never(const char *sysfs);
+
 /* A cold shard for the decode path (cold.c). */
 struct qv_codec_header;
 struct qv__cold_target {

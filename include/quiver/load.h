@@ -31,6 +31,20 @@ enum qv_io_mode {
 	QV_IO_BUFFERED = 2,  /* the pread thread pool and cold frames through the page cache */
 };
 
+/* Pages of a host arena the library allocates (dest NULL, QV_DEVICE_CPU).
+ * Fresh pages are faulted in and zeroed by the kernel: in 4 KiB pages about
+ * 0.3-0.45 CPU-s per GiB, in 2 MiB transparent huge pages about 0.15-0.2,
+ * except on a VM that reports free memory to its host (virtio-balloon free
+ * page reporting), where a huge page's first touch faults on the host as
+ * well (0.9-1.8 s per GiB measured). docs/LOADING.md, "Host arena pages". */
+enum qv_host_pages {
+	QV_HOST_PAGES_AUTO = 0,  /* huge, unless transparent huge pages are off
+	                            (`never`) or the machine reports free pages
+	                            to a hypervisor; then small */
+	QV_HOST_PAGES_SMALL = 1, /* 4 KiB pages (MADV_NOHUGEPAGE) */
+	QV_HOST_PAGES_HUGE = 2,  /* 2 MiB aligned, MADV_HUGEPAGE (best effort) */
+};
+
 #define QV_LOAD_QD_MAX 256u
 #define QV_LOAD_CHUNK_MIN (64u << 10)
 #define QV_LOAD_CHUNK_MAX (64u << 20)
@@ -52,6 +66,7 @@ typedef struct qv_load_opts {
 	void *progress_arg;
 	unsigned cold_reads;       /* cold frames read at once; 0: default (2 when the cold
 	                              files are on a rotational disk, else 16); at most 64 */
+	enum qv_host_pages host_pages; /* pages of a library-allocated host arena */
 } qv_load_opts;
 
 typedef struct qv_load_tensor {
@@ -86,6 +101,8 @@ typedef struct qv_load_stats {
 	                              through the page cache (files cached under QV_IO_AUTO, or
 	                              O_DIRECT refused), else QV_IO_DIRECT; 0 with no cold frames */
 	unsigned cold_reads;       /* cold frames that were read at once (0: none needed) */
+	enum qv_host_pages host_pages; /* what the library's host arena asked for: SMALL or
+	                                  HUGE; AUTO (0) when the library allocated none */
 } qv_load_stats;
 
 typedef struct qv_load qv_load;

@@ -33,7 +33,7 @@ load_json() { # REF ARGS...: load --json, check keys and bytes
 	local tensors
 	tensors=$(jget "$OUT_FILE" 'len(d["tensors"])')
 	expect_ok q load "$M@$ref" --json "$@"
-	for k in bytes tensors seconds gbps first_tensor_seconds device io cold_io cpu_seconds; do
+	for k in bytes tensors seconds gbps first_tensor_seconds device io cold_io cpu_seconds host_pages; do
 		jcheck "$OUT_FILE" "'$k' in d" "load --json $* lacks key '$k'"
 	done
 	jcheck "$OUT_FILE" "d['bytes'] == $want" "load $* reports bytes $(jget "$OUT_FILE" 'd["bytes"]'), the distinct shards hold $want"
@@ -41,6 +41,7 @@ load_json() { # REF ARGS...: load --json, check keys and bytes
 	jcheck "$OUT_FILE" 'd["device"] == "cpu"' "device is not cpu"
 	jcheck "$OUT_FILE" 'd["io"] in ("direct", "buffered")' "io is not direct or buffered"
 	jcheck "$OUT_FILE" 'd["cold_io"] == "none"' "cold_io is not none for a store without a cold tier"
+	jcheck "$OUT_FILE" 'd["host_pages"] in ("small", "huge")' "host_pages of a cpu load is not small or huge"
 	jcheck "$OUT_FILE" 'd["seconds"] > 0 and d["gbps"] > 0' "seconds or gbps not positive"
 	jcheck "$OUT_FILE" '0 < d["cpu_seconds"] < 2 * d["seconds"] * 64 + 1' "cpu_seconds not positive, or absurd"
 	jcheck "$OUT_FILE" '0 <= d["first_tensor_seconds"] <= d["seconds"]' \
@@ -54,6 +55,20 @@ soft load_json v1
 soft load_json v2
 soft load_json v1 --io direct --qd 1 --chunk 64K
 soft load_json v2 --io buffered --qd 64 --chunk 4M
+soft load_json v1 --host-pages huge
+soft load_json v2 --host-pages small --io direct
+
+# --host-pages: what was asked for is what the arena got; auto picks one
+host_pages() {
+	local p
+	for p in small huge; do
+		expect_ok q load "$M" --host-pages "$p" --json
+		jcheck "$OUT_FILE" "d['host_pages'] == '$p'" "--host-pages $p reports $(jget "$OUT_FILE" 'd["host_pages"]')"
+	done
+	expect_ok q load "$M" --host-pages auto
+	out_has 'host memory: '
+}
+soft host_pages
 
 # every --io mode exits 0; direct on this file system really is direct
 for io in direct buffered auto; do
@@ -113,7 +128,7 @@ bad_values() {
 	for a in "--qd 0" "--qd 257" "--qd -1" "--qd x" "--qd 16x" \
 		"--chunk 0" "--chunk 4K" "--chunk 65537" "--chunk 100000" "--chunk 128M" "--chunk 1Q" "--chunk -64K" \
 		"--device gpu" "--device cuda:" "--device cuda:-1" "--device cuda:x" "--device cpu0" "--device CUDA:0" \
-		"--io sync" "--io" "--io ''"; do
+		"--io sync" "--io" "--io ''" "--host-pages big" "--host-pages" "--host-pages ''" "--host-pages HUGE"; do
 		# shellcheck disable=SC2086
 		eval "expect_rc 2 q load $M $a"
 		[ ! -s "$OUT_FILE" ] || fail "load $a printed on stdout"

@@ -26,6 +26,7 @@
 #include <cmocka.h>
 
 #include "load_util.h"
+#include "stream_int.h"
 
 #define POISON 0xA5
 #define MODEL "org/m"
@@ -744,6 +745,9 @@ static void test_bad_opts(void **state)
 	o.io = (enum qv_io_mode)3;
 	load_fails(e, MODEL, "v1", NULL, 0, &o, -EINVAL, "io mode 3");
 	o.io = QV_IO_AUTO;
+	o.host_pages = (enum qv_host_pages)3;
+	load_fails(e, MODEL, "v1", NULL, 0, &o, -EINVAL, "host pages 3");
+	o.host_pages = QV_HOST_PAGES_AUTO;
 	/* the bounds themselves are fine */
 	o.qd = QV_LOAD_QD_MAX;
 	o.chunk_bytes = QV_LOAD_CHUNK_MIN;
@@ -784,6 +788,149 @@ static void test_bad_opts(void **state)
 		print_message("# cuda:0 without a GPU: %s\n", e->lastmsg);
 	}
 	qv_load_destroy(NULL);
+}
+
+/* ---- host arena pages ------------------------------------------------------------------------ */
+
+/* THPeligible of the mapping that holds addr (/proc/self/smaps): 1 or 0, or
+ * -1 where the kernel does not say. */
+static int thp_eligible(const void *addr)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	LT_CHECK(f, "open /proc/self/smaps: %s", strerror(errno));
+	char line[512];
+	int in = 0, got = -1;
+	uintptr_t a = (uintptr_t)addr;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi;
+		int v;
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2) { /* a mapping's first line */
+			in = a >= lo && a < hi;
+			continue;
+		}
+		if (in && sscanf(line, "THPeligible: %d", &v) == 1) {
+			got = v;
+			break;
+		}
+	}
+	fclose(f);
+	return got;
+}
+
+/* Each setting of qv_load_opts.host_pages gives the arena it names, with the
+ * same bytes; a caller's buffer is left alone. */
+static void test_host_pages(void **state)
+{
+	struct env *e = *state;
+	std_model(e, 1);
+	int never = qv__thp_never("/sys");
+	enum qv_host_pages want_auto = qv__host_pages_auto();
+	LT_CHECK(want_auto == QV_HOST_PAGES_SMALL || want_auto == QV_HOST_PAGES_HUGE,
+	         "auto resolved to %d", (int)want_auto);
+	print_message("# THP %s, free page reporting %s: auto means %s pages\n", never ? "off" : "on",
+	              qv__free_page_reporting("/sys") ? "on" : "off",
+	              want_auto == QV_HOST_PAGES_HUGE ? "huge" : "small");
+	static const enum qv_host_pages ask[] = {QV_HOST_PAGES_SMALL, QV_HOST_PAGES_HUGE,
+	                                         QV_HOST_PAGES_AUTO};
+	for (size_t i = 0; i < sizeof(ask) / sizeof(ask[0]); i++) {
+		qv_load_opts o = {.device = QV_DEVICE_CPU, .host_pages = ask[i]};
+		enum qv_host_pages want = ask[i] ? ask[i] : want_auto;
+		char w[64];
+		snprintf(w, sizeof(w), "host_pages %d", (int)ask[i]);
+		qv_load *l = load_ok(e, "v1", NULL, 0, &o, w);
+		const void *arena = qv_load_arena(l);
+		lt_check_table(&e->m, l, arena, w);
+		check_stats(e, l, "v1", &o, w);
+		const qv_load_stats *st = qv_load_get_stats(l);
+		LT_CHECK(st->host_pages == want, "%s: stats.host_pages %d, wanted %d", w,
+		         (int)st->host_pages, (int)want);
+		if (want == QV_HOST_PAGES_HUGE)
+			LT_CHECK((uintptr_t)arena % (2 * MIB) == 0, "%s: arena %p is not 2 MiB aligned", w,
+			         arena);
+		int elig = thp_eligible(arena);
+		if (elig >= 0 && !never)
+			LT_CHECK(elig == (want == QV_HOST_PAGES_HUGE), "%s: THPeligible %d", w, elig);
+		qv_load_destroy(l);
+	}
+	/* the caller's memory is the caller's */
+	uint64_t need = 0;
+	LT_CHECK(qv_load_size(e->s, MODEL, "v1", &need) == 0, "qv_load_size");
+	void *buf = aligned_alloc(4096, (size_t)(need + 4095) / 4096 * 4096);
+	LT_CHECK(buf, "out of memory");
+	qv_load_opts o = {.device = QV_DEVICE_CPU, .host_pages = QV_HOST_PAGES_HUGE};
+	qv_load *l = load_ok(e, "v1", buf, need, &o, "caller buffer");
+	LT_CHECK(qv_load_get_stats(l)->host_pages == QV_HOST_PAGES_AUTO,
+	         "caller buffer: stats.host_pages %d", (int)qv_load_get_stats(l)->host_pages);
+	lt_check_table(&e->m, l, buf, "caller buffer");
+	qv_load_destroy(l);
+	free(buf);
+}
+
+/* Writes text to base/rel, making its folders. */
+static void put_file(const char *base, const char *rel, const char *text)
+{
+	char path[PATH_MAX];
+	LT_CHECK(mkdir(base, 0755) == 0 || errno == EEXIST, "mkdir %s: %s", base, strerror(errno));
+	snprintf(path, sizeof(path), "%s/%s", base, rel);
+	for (char *p = path + strlen(base) + 1; (p = strchr(p, '/')) != NULL; p++) {
+		*p = '\0';
+		LT_CHECK(mkdir(path, 0755) == 0 || errno == EEXIST, "mkdir %s: %s", path, strerror(errno));
+		*p = '/';
+	}
+	FILE *f = fopen(path, "w");
+	LT_CHECK(f && fputs(text, f) >= 0 && fclose(f) == 0, "write %s: %s", path, strerror(errno));
+}
+
+/* Free page reporting is read from a virtio balloon's feature bit 5, and
+ * THP being off from the [never] mark; fake sysfs trees stand in for the
+ * machines. */
+static void test_free_page_reporting(void **state)
+{
+	struct env *e = *state;
+	char sys[600];
+	/* features: bit 0 first; bit 5 is VIRTIO_BALLOON_F_REPORTING */
+	static const char with[] = "0110010100000000000000000000000010000000\n";
+	static const char without[] = "0110000100000000000000000000000010000000\n";
+	struct {
+		const char *what;
+		const char *files[3][2]; /* rel, text */
+		int want;
+	} cases[] = {
+	    {"no virtio bus", {{NULL, NULL}}, 0},
+	    {"a balloon that reports", {{"bus/virtio/devices/virtio0/device", "0x0005\n"},
+	                                {"bus/virtio/devices/virtio0/features", with}}, 1},
+	    {"a balloon that does not", {{"bus/virtio/devices/virtio0/device", "0x0005\n"},
+	                                 {"bus/virtio/devices/virtio0/features", without}}, 0},
+	    {"bit 5 of a disk", {{"bus/virtio/devices/virtio1/device", "0x0002\n"},
+	                         {"bus/virtio/devices/virtio1/features", with}}, 0},
+	    {"a disk, then a balloon that reports",
+	     {{"bus/virtio/devices/virtio1/device", "0x0002\n"},
+	      {"bus/virtio/devices/virtio2/device", "0x0005\n"},
+	      {"bus/virtio/devices/virtio2/features", "000001\n"}}, 1},
+	    {"a balloon with a short features line", {{"bus/virtio/devices/virtio0/device", "0x0005\n"},
+	                                              {"bus/virtio/devices/virtio0/features", "01100\n"}}, 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		snprintf(sys, sizeof(sys), "%s/sys%zu", e->base, i);
+		LT_CHECK(mkdir(sys, 0755) == 0, "mkdir %s: %s", sys, strerror(errno));
+		for (size_t j = 0; j < 3 && cases[i].files[j][0]; j++)
+			put_file(sys, cases[i].files[j][0], cases[i].files[j][1]);
+		LT_CHECK(qv__free_page_reporting(sys) == cases[i].want, "%s: free page reporting %d",
+		         cases[i].what, !cases[i].want);
+	}
+	static const struct {
+		const char *line;
+		int never;
+	} thp[] = {{"always [madvise] never\n", 0}, {"[always] madvise never\n", 0},
+	           {"always madvise [never]\n", 1}};
+	for (size_t i = 0; i < sizeof(thp) / sizeof(thp[0]); i++) {
+		snprintf(sys, sizeof(sys), "%s/thp%zu", e->base, i);
+		put_file(sys, "kernel/mm/transparent_hugepage/enabled", thp[i].line);
+		LT_CHECK(qv__thp_never(sys) == thp[i].never, "THP '%.30s': never %d", thp[i].line,
+		         !thp[i].never);
+	}
+	snprintf(sys, sizeof(sys), "%s/nothp", e->base);
+	LT_CHECK(qv__thp_never(sys) == 1, "a kernel without THP counts as never");
 }
 
 /* ---- progress ------------------------------------------------------------------------------ */
@@ -956,6 +1103,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_flipped_byte, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_opts, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_odirect_fallback, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_host_pages, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_free_page_reporting, setup, teardown),
 		cmocka_unit_test(test_pci_bus_id),
 	};
 	int rc = cmocka_run_group_tests_name("load", tests, NULL, NULL);
