@@ -40,6 +40,7 @@ class LoadOpts(ctypes.Structure):  # qv_load_opts
         ("progress", _progress_fn),
         ("progress_arg", ctypes.c_void_p),
         ("cold_reads", ctypes.c_uint),
+        ("host_pages", ctypes.c_int),        # enum qv_host_pages
     ]
 
 
@@ -82,6 +83,7 @@ class LoadStats(ctypes.Structure):  # qv_load_stats
         ("device", ctypes.c_int),
         ("cold_io", ctypes.c_int),
         ("cold_reads", ctypes.c_uint),
+        ("host_pages", ctypes.c_int),        # enum qv_host_pages
     ]
 
 
