@@ -9,11 +9,22 @@
  *                  the shim gives up waiting after 60 s)
  *
  * Only the first matching call of the process is held; every call then goes
- * on to the real function. Not part of quiver: a test tool. */
+ * on to the real function.
+ *
+ * It also plays a file system that takes O_DIRECT at open but refuses the
+ * writes (EINVAL), as some do for some requests:
+ *
+ *   QV_SHIM_REFUSE_DIRECT  K: from the K-th pwrite to a file opened with
+ *                          O_DIRECT on, every such pwrite fails with EINVAL
+ *   QV_SHIM_REFUSED        a file that gets one line per refused write
+ *
+ * Not part of quiver: a test tool. */
 #undef _FILE_OFFSET_BITS /* open and open64 are two functions to wrap here */
 #include <dlfcn.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -21,6 +32,63 @@
 #include <unistd.h>
 
 static int held;
+
+/* ---- refused direct writes ---------------------------------------------------------------- */
+#define FDS_MAX 65536
+static atomic_uchar is_direct[FDS_MAX]; /* opened with O_DIRECT */
+static atomic_long direct_writes;
+
+static void note_open(int fd, int flags)
+{
+	if (fd >= 0 && fd < FDS_MAX)
+		atomic_store(&is_direct[fd], (flags & O_DIRECT) != 0);
+}
+
+/* 1 if this pwrite to fd is to be refused (and then noted in QV_SHIM_REFUSED). */
+static int refuse_write(int fd)
+{
+	const char *from = getenv("QV_SHIM_REFUSE_DIRECT"), *log = getenv("QV_SHIM_REFUSED");
+	if (!from || fd < 0 || fd >= FDS_MAX || !atomic_load(&is_direct[fd]))
+		return 0;
+	if (atomic_fetch_add(&direct_writes, 1) + 1 < atol(from))
+		return 0;
+	if (log) {
+		int (*real_open)(const char *, int, ...) =
+			(int (*)(const char *, int, ...))dlsym(RTLD_NEXT, "open");
+		int lfd = real_open ? real_open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644) : -1;
+		if (lfd >= 0) {
+			(void)!write(lfd, "refused\n", 8);
+			close(lfd);
+		}
+	}
+	return 1;
+}
+
+#define PWRITE_SHIM(name)                                                                \
+	ssize_t name(int fd, const void *buf, size_t n, off_t off)                           \
+	{                                                                                    \
+		static ssize_t (*real)(int, const void *, size_t, off_t);                        \
+		if (!real)                                                                       \
+			real = (ssize_t(*)(int, const void *, size_t, off_t))dlsym(RTLD_NEXT, #name); \
+		if (refuse_write(fd)) {                                                          \
+			errno = EINVAL;                                                              \
+			return -1;                                                                   \
+		}                                                                                \
+		return real(fd, buf, n, off);                                                    \
+	}
+PWRITE_SHIM(pwrite)
+PWRITE_SHIM(pwrite64)
+
+int close(int fd)
+{
+	static int (*real)(int);
+	if (!real)
+		real = (int (*)(int))dlsym(RTLD_NEXT, "close");
+	note_open(fd, 0);
+	return real(fd);
+}
+
+/* ---- held calls ------------------------------------------------------------------------------ */
 
 static void maybe_hold(const char *call, const char *path)
 {
@@ -66,14 +134,18 @@ int unlink(const char *path)
 		if (!real)                                                                       \
 			real = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, #name);             \
 		maybe_hold("open", path);                                                        \
+		int fd;                                                                          \
 		if ((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) {                     \
 			va_list ap;                                                                  \
 			va_start(ap, flags);                                                         \
 			mode_t mode = (mode_t)va_arg(ap, int);                                       \
 			va_end(ap);                                                                  \
-			return real(path, flags, mode);                                              \
+			fd = real(path, flags, mode);                                                \
+		} else {                                                                         \
+			fd = real(path, flags);                                                      \
 		}                                                                                \
-		return real(path, flags);                                                        \
+		note_open(fd, flags);                                                            \
+		return fd;                                                                       \
 	}
 OPEN_SHIM(open)
 OPEN_SHIM(open64)

@@ -9,6 +9,8 @@
 #     false damage);
 #   - pin and alias of a cold version promote it, and so does publishing a
 #     current version whose shards are found on the cold tier.
+# A promote whose O_DIRECT writes the file system refuses (EINVAL, the shim
+# again) writes them through the page cache instead.
 # And one race of the store's own: a source file written during its publish,
 # its mtime set back, must fail the publish (ctime gives it away).
 # After each, every version verifies and exports byte for byte.
@@ -215,4 +217,30 @@ PY
 	expect_ok q verify
 }
 soft t_source_changed
+
+# ---- a promote whose direct writes are refused ---------------------------------------------
+# The hot tier takes O_DIRECT at open, then refuses the writes from the
+# third on (EINVAL): promote must write those frames through the page cache
+# and end with every byte in place. 16 MiB of embeddings: whole 2 MiB
+# frames, the ones written with O_DIRECT.
+t_direct_refused() {
+	fresh_store direct_refused
+	expect_ok "$QV_PYTHON" "$GEN" m3 --layers 1 --hidden 1024 --vocab 8000 --shards 1 --values normal --seed 3
+	expect_ok q publish $M m3 --version v3 --no-activate
+	expect_ok q demote $M@v3
+	[ "$(tier_of v3)" = cold ] || fail "v3 is $(tier_of v3) after demote"
+	local log="$QV_SCRATCH/refused"
+	rm -f "$log"
+	expect_ok env LD_PRELOAD="$SHIM" QV_SHIM_REFUSE_DIRECT=3 QV_SHIM_REFUSED="$log" \
+		"$QUIVER" --root "$ROOT" promote $M@v3
+	[ -s "$log" ] || fail "no direct write was refused: the promote never took the fallback"
+	note "promote: $(wc -l <"$log") direct writes refused, written through the page cache"
+	[ "$(tier_of v3)" = hot ] || fail "v3 is $(tier_of v3) after promote"
+	expect_ok q verify $M@v3
+	rm -rf e3
+	expect_ok q export $M@v3 e3
+	diff -r m3 e3 >/dev/null || fail "export of v3 differs from what was published"
+	all_intact "promote with refused direct writes"
+}
+soft t_direct_refused
 qv_finish
