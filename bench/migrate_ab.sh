@@ -11,7 +11,7 @@ set -euo pipefail
 A=$1 B=$2 REF=$4 ROUNDS=${5:-5}
 export QUIVER_ROOT=$3
 LOG=$(mktemp)
-trap 'rm -f "$LOG"' EXIT
+trap 'rm -f "$LOG" "$LOG.t" "${HOT:-/nonexistent}/.qv-bench-write" "${COLD:-/nonexistent}/.qv-bench-write"' EXIT
 drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 run() { # LABEL BIN OP: one timed command, appended to LOG
   local wall user sys
