@@ -138,7 +138,7 @@ void qv__prefault_stop(struct qv__prefault *pf)
  * clear. In 2 MiB transparent huge pages that is about half the CPU time of
  * 512 small ones (bench/fault_in on the H200 box: 0.15-0.20 s per GiB
  * against 0.31-0.46), and cold loads into host memory on 2 cores were
- * faster in 14 of 17 rounds on three machines, warm hot loads 2-3 times as
+ * faster in 17 of 20 rounds on four machines, warm hot loads 2-3 times as
  * fast (docs/BENCHMARKS.md, "Host arena pages"). But a
  * VM whose virtio balloon reports free memory to the hypervisor (free page
  * reporting, feature bit 5) hands free 2 MiB blocks back, and a huge page's
