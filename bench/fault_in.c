@@ -1,6 +1,6 @@
 /* fault_in: what the kernel charges to fault in fresh anonymous memory, the
  * cost a load into fresh host memory pays before it writes a byte
- * (docs/BENCHMARKS.md, "Cold load vs the cold disk"). Maps SIZE_MIB of
+ * (docs/BENCHMARKS.md, "Host arena pages"). Maps SIZE_MIB of
  * anonymous memory, 2 MiB aligned, on 4 KiB pages (MADV_NOHUGEPAGE) or on
  * transparent huge pages (MADV_HUGEPAGE), and faults it in with
  * MADV_POPULATE_WRITE in STEP_KIB pieces, as a decoder's prepare hook does.

@@ -418,37 +418,9 @@ static int check_opts(qv_store *s, const qv_load_opts *o, unsigned *qd, size_t *
 		                     QV_LOAD_CHUNK_MIN, QV_LOAD_CHUNK_MAX);
 	if (o->io > QV_IO_BUFFERED)
 		return qv_store_fail(s, -EINVAL, "unknown io mode %d", (int)o->io);
-	if (o->host_pages > QV_HOST_PAGES_HUGE)
+	if ((unsigned)o->host_pages > QV_HOST_PAGES_HUGE)
 		return qv_store_fail(s, -EINVAL, "unknown host page setting %d", (int)o->host_pages);
 	return 0;
-}
-
-#define HUGE_PAGE ((size_t)2 << 20)
-
-/* Anonymous memory for a host arena, exactly `bytes` long (munmap frees it).
- * huge: 2 MiB aligned and MADV_HUGEPAGE, so its first touch costs one fault
- * and one clear per 2 MiB; else MADV_NOHUGEPAGE, so a system whose THP
- * setting is `always` still gives 4 KiB pages (qv_host_pages says when
- * each pays). The madvise calls are best effort. NULL with errno. */
-static void *host_arena(size_t bytes, int huge)
-{
-	size_t pg = (size_t)sysconf(_SC_PAGESIZE), len = (bytes + pg - 1) / pg * pg;
-	size_t slack = huge ? HUGE_PAGE : 0;
-	char *p = mmap(NULL, len + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
-		return NULL;
-	if (huge) {
-		char *a = (char *)(((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
-		size_t head = (size_t)(a - p);
-		/* page-aligned pieces of our own mapping: munmap cannot fail */
-		if (head)
-			(void)munmap(p, head);
-		if (slack - head)
-			(void)munmap(a + len, slack - head);
-		p = a;
-	}
-	(void)madvise(p, len, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
-	return p;
 }
 
 static int make_arena(qv_store *s, const qv_load_opts *o, qv_load *l, void *dest,
@@ -464,8 +436,8 @@ static int make_arena(qv_store *s, const qv_load_opts *o, qv_load *l, void *dest
 	}
 	size_t bytes = need ? (size_t)need : QV_IO_ALIGN;
 	if (o->device == QV_DEVICE_CPU) {
-		enum qv_host_pages pages = o->host_pages ? o->host_pages : qv__host_pages_auto();
-		void *p = host_arena(bytes, pages == QV_HOST_PAGES_HUGE);
+		enum qv_host_pages pages = o->host_pages ? o->host_pages : qv__host_pages_auto(bytes);
+		void *p = qv__host_arena(bytes, pages);
 		if (!p)
 			return qv_store_fail(s, -errno, "cannot allocate %zu bytes of host memory: %s", bytes,
 			                     strerror(errno));

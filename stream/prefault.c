@@ -1,6 +1,5 @@
-/* Host destinations and their pages: a thread faulting in a destination
- * ahead of an O_DIRECT hot load; residency checks; and which pages a
- * library-allocated host arena asks for (below).
+/* Faulting in a host destination: a thread that runs ahead of an O_DIRECT
+ * hot load, and the residency checks and fault-in of the cold decoders.
  *
  * A fresh arena's pages are zeroed by the kernel on first touch. Without
  * this thread that zeroing runs on the thread that submits the reads (it
@@ -20,15 +19,11 @@
  * vCPUs) it takes a core from the decoders (1.20 vs 1.53 GB/s). It also
  * stops when it finds the data got ahead of it. Best effort: on kernels
  * before 5.14 (EINVAL) or any other error the thread just stops. */
-#include <dirent.h>
 #include <errno.h>
-#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -130,87 +125,4 @@ void qv__prefault_stop(struct qv__prefault *pf)
 	atomic_store(&pf->stop, 1);
 	pthread_join(pf->thread, NULL);
 	free(pf);
-}
-
-/* ---- which pages a host arena asks for ------------------------------------------------ *
- *
- * A fresh page costs the kernel an allocation, a memory-cgroup charge and a
- * clear. In 2 MiB transparent huge pages that is about half the CPU time of
- * 512 small ones (bench/fault_in on the H200 box: 0.15-0.20 s per GiB
- * against 0.31-0.46), and cold loads into host memory on 2 cores were
- * faster in 17 of 20 rounds on four machines, warm hot loads 2-3 times as
- * fast (docs/BENCHMARKS.md, "Host arena pages"). But a
- * VM whose virtio balloon reports free memory to the hypervisor (free page
- * reporting, feature bit 5) hands free 2 MiB blocks back, and a huge page's
- * first touch then faults on the host as well: 0.7-1.8 s per GiB on the
- * CPU box, against 0.38 in small pages. */
-
-#define VIRTIO_ID_BALLOON 5
-#define VIRTIO_BALLOON_F_REPORTING 5 /* feature bit: free page reporting */
-
-/* The first line of a small sysfs file into buf, newline dropped; 0 or -1. */
-static int read_line(const char *path, char *buf, size_t len)
-{
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return -1;
-	char *got = fgets(buf, (int)len, f);
-	fclose(f);
-	if (!got)
-		return -1;
-	buf[strcspn(buf, "\n")] = '\0';
-	return 0;
-}
-
-/* A virtio device's features file is one '0' or '1' per feature bit, bit 0
- * first (drivers/virtio/virtio.c, features_show). */
-int qv__free_page_reporting(const char *sysfs)
-{
-	char dir[PATH_MAX], path[PATH_MAX], line[512];
-	if (snprintf(dir, sizeof(dir), "%s/bus/virtio/devices", sysfs) >= (int)sizeof(dir))
-		return 0;
-	DIR *d = opendir(dir);
-	if (!d)
-		return 0; /* no virtio bus: not such a VM */
-	int found = 0;
-	struct dirent *e;
-	while (!found && (e = readdir(d)) != NULL) {
-		if (e->d_name[0] == '.')
-			continue;
-		if (snprintf(path, sizeof(path), "%s/%s/device", dir, e->d_name) >= (int)sizeof(path) ||
-		    read_line(path, line, sizeof(line)) != 0 ||
-		    strtoul(line, NULL, 16) != VIRTIO_ID_BALLOON)
-			continue;
-		if (snprintf(path, sizeof(path), "%s/%s/features", dir, e->d_name) >= (int)sizeof(path) ||
-		    read_line(path, line, sizeof(line)) != 0)
-			continue;
-		found = strlen(line) > VIRTIO_BALLOON_F_REPORTING && line[VIRTIO_BALLOON_F_REPORTING] == '1';
-	}
-	closedir(d);
-	return found;
-}
-
-int qv__thp_never(const char *sysfs)
-{
-	char path[PATH_MAX], line[128];
-	if (snprintf(path, sizeof(path), "%s/kernel/mm/transparent_hugepage/enabled", sysfs) >=
-	        (int)sizeof(path) ||
-	    read_line(path, line, sizeof(line)) != 0)
-		return 1; /* no THP in this kernel */
-	return strstr(line, "[never]") != NULL;
-}
-
-static enum qv_host_pages auto_pages;
-static pthread_once_t auto_once = PTHREAD_ONCE_INIT;
-
-static void decide_auto(void)
-{
-	auto_pages = qv__thp_never("/sys") || qv__free_page_reporting("/sys") ? QV_HOST_PAGES_SMALL
-	                                                                       : QV_HOST_PAGES_HUGE;
-}
-
-enum qv_host_pages qv__host_pages_auto(void)
-{
-	pthread_once(&auto_once, decide_auto);
-	return auto_pages;
 }

@@ -78,15 +78,21 @@ int qv__resident(void *dest, size_t len);
  * one MADV_POPULATE_WRITE (best effort: before Linux 5.14 the writes fault). */
 void qv__populate(void *dest, size_t len);
 
-/* What QV_HOST_PAGES_AUTO means on this machine: QV_HOST_PAGES_HUGE unless
- * transparent huge pages are `never` or a virtio balloon reports free pages
- * to the hypervisor (prefault.c). Decided once per process. */
-enum qv_host_pages qv__host_pages_auto(void);
-/* The same decision read from a sysfs tree at `sysfs` ("/sys"), for tests:
- * 1 if a virtio balloon there offers free page reporting, else 0. */
+/* The library's own host arena (host_pages.c). qv__host_arena: `bytes` of
+ * anonymous memory on `pages` (SMALL or HUGE), freed with munmap(p, bytes);
+ * NULL with errno. qv__host_pages_auto: what QV_HOST_PAGES_AUTO means for
+ * an arena of `bytes` now: HUGE unless transparent huge pages are `never`,
+ * a virtio balloon reports free pages to the hypervisor, or the kernel has
+ * fewer free huge blocks than the arena and a quarter more. */
+void *qv__host_arena(size_t bytes, enum qv_host_pages pages);
+enum qv_host_pages qv__host_pages_auto(size_t bytes);
+/* Its parts, reading the files under `sysfs` ("/sys") and a buddyinfo
+ * file, for tests: 1 if a virtio balloon offers free page reporting; 1 if
+ * transparent_hugepage/enabled says [never] (or is missing); the bytes in
+ * free blocks of at least `huge` bytes (-1 if unreadable). */
 int qv__free_page_reporting(const char *sysfs);
-/* 1 if `sysfs`/kernel/mm/transparent_hugepage/enabled says [never]. */
 int qv__thp_never(const char *sysfs);
+long long qv__free_huge_bytes(const char *buddyinfo, size_t huge, size_t page);
 
 /* A cold shard for the decode path (cold.c). */
 struct qv_codec_header;

@@ -36,11 +36,14 @@ enum qv_io_mode {
  * 0.3-0.45 CPU-s per GiB, in 2 MiB transparent huge pages about 0.15-0.2,
  * except on a VM that reports free memory to its host (virtio-balloon free
  * page reporting), where a huge page's first touch faults on the host as
- * well (0.7-1.8 s per GiB measured). docs/LOADING.md, "Host arena pages". */
+ * well (0.7-1.7 s per GiB measured). docs/LOADING.md, "Host arena pages". */
 enum qv_host_pages {
 	QV_HOST_PAGES_AUTO = 0,  /* huge, unless transparent huge pages are off
-	                            (`never`) or the machine reports free pages
-	                            to a hypervisor; then small */
+	                            (`never`), the machine reports free pages
+	                            to a hypervisor, or the kernel has fewer free
+	                            huge blocks than the arena and a quarter
+	                            more (/proc/buddyinfo; it would compact or
+	                            reclaim in the faults); then small */
 	QV_HOST_PAGES_SMALL = 1, /* 4 KiB pages (MADV_NOHUGEPAGE) */
 	QV_HOST_PAGES_HUGE = 2,  /* 2 MiB aligned, MADV_HUGEPAGE (best effort) */
 };
