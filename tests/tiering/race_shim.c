@@ -34,59 +34,49 @@
 static int held;
 
 /* ---- refused direct writes ---------------------------------------------------------------- */
-#define FDS_MAX 65536
-static atomic_uchar is_direct[FDS_MAX]; /* opened with O_DIRECT */
 static atomic_long direct_writes;
+static ssize_t (*real_pwrite)(int, const void *, size_t, off_t);
+static ssize_t (*real_pwrite64)(int, const void *, size_t, off_t);
+static int (*real_open_fn)(const char *, int, ...);
 
-static void note_open(int fd, int flags)
+__attribute__((constructor)) static void resolve(void)
 {
-	if (fd >= 0 && fd < FDS_MAX)
-		atomic_store(&is_direct[fd], (flags & O_DIRECT) != 0);
+	real_pwrite = (ssize_t(*)(int, const void *, size_t, off_t))dlsym(RTLD_NEXT, "pwrite");
+	real_pwrite64 = (ssize_t(*)(int, const void *, size_t, off_t))dlsym(RTLD_NEXT, "pwrite64");
+	real_open_fn = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, "open");
 }
 
-/* 1 if this pwrite to fd is to be refused (and then noted in QV_SHIM_REFUSED). */
+/* 1 if this pwrite to fd is to be refused (and then noted in
+ * QV_SHIM_REFUSED). The file's own flags say whether it is O_DIRECT,
+ * however it was opened. */
 static int refuse_write(int fd)
 {
 	const char *from = getenv("QV_SHIM_REFUSE_DIRECT"), *log = getenv("QV_SHIM_REFUSED");
-	if (!from || fd < 0 || fd >= FDS_MAX || !atomic_load(&is_direct[fd]))
+	int fl;
+	if (!from || (fl = fcntl(fd, F_GETFL)) < 0 || !(fl & O_DIRECT))
 		return 0;
 	if (atomic_fetch_add(&direct_writes, 1) + 1 < atol(from))
 		return 0;
-	if (log) {
-		int (*real_open)(const char *, int, ...) =
-			(int (*)(const char *, int, ...))dlsym(RTLD_NEXT, "open");
-		int lfd = real_open ? real_open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644) : -1;
-		if (lfd >= 0) {
-			(void)!write(lfd, "refused\n", 8);
-			close(lfd);
-		}
+	int lfd = log && real_open_fn ? real_open_fn(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644)
+	                              : -1;
+	if (lfd >= 0) {
+		(void)!write(lfd, "refused\n", 8);
+		close(lfd);
 	}
 	return 1;
 }
 
-#define PWRITE_SHIM(name)                                                                \
+#define PWRITE_SHIM(name, real)                                                          \
 	ssize_t name(int fd, const void *buf, size_t n, off_t off)                           \
 	{                                                                                    \
-		static ssize_t (*real)(int, const void *, size_t, off_t);                        \
-		if (!real)                                                                       \
-			real = (ssize_t(*)(int, const void *, size_t, off_t))dlsym(RTLD_NEXT, #name); \
 		if (refuse_write(fd)) {                                                          \
 			errno = EINVAL;                                                              \
 			return -1;                                                                   \
 		}                                                                                \
 		return real(fd, buf, n, off);                                                    \
 	}
-PWRITE_SHIM(pwrite)
-PWRITE_SHIM(pwrite64)
-
-int close(int fd)
-{
-	static int (*real)(int);
-	if (!real)
-		real = (int (*)(int))dlsym(RTLD_NEXT, "close");
-	note_open(fd, 0);
-	return real(fd);
-}
+PWRITE_SHIM(pwrite, real_pwrite)
+PWRITE_SHIM(pwrite64, real_pwrite64)
 
 /* ---- held calls ------------------------------------------------------------------------------ */
 
@@ -134,18 +124,14 @@ int unlink(const char *path)
 		if (!real)                                                                       \
 			real = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, #name);             \
 		maybe_hold("open", path);                                                        \
-		int fd;                                                                          \
 		if ((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) {                     \
 			va_list ap;                                                                  \
 			va_start(ap, flags);                                                         \
 			mode_t mode = (mode_t)va_arg(ap, int);                                       \
 			va_end(ap);                                                                  \
-			fd = real(path, flags, mode);                                                \
-		} else {                                                                         \
-			fd = real(path, flags);                                                      \
+			return real(path, flags, mode);                                              \
 		}                                                                                \
-		note_open(fd, flags);                                                            \
-		return fd;                                                                       \
+		return real(path, flags);                                                        \
 	}
 OPEN_SHIM(open)
 OPEN_SHIM(open64)
