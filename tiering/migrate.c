@@ -463,21 +463,23 @@ out:
 /* Asks the kernel to read the start of shard d's copy on tier `from` into
  * the page cache, so that the next copy_shard() finds it there. Its first
  * reads would otherwise wait on the disk before read-ahead begins: on the
- * 2-vCPU box 35-41 ms per shard, with every encoder idle. Best effort. */
+ * 2-vCPU box 35-41 ms per shard, with every encoder idle. Best effort; 0 if
+ * the shard is not on `from` (it will not be copied). */
 #define PREFETCH_BYTES ((off_t)8 << 20)
-static void prefetch_shard(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int from)
+static int prefetch_shard(qv_store *s, const uint8_t d[QV_DIGEST_LEN], int from)
 {
 	char path[PATH_MAX];
 	qv_shard_info info;
 
 	if (qv_shard_info_get(s, d, &info) != 0 || info.tier != from)
-		return;
+		return 0; /* nothing to copy there */
 	qv_shard_path_tier(s, d, from, path, sizeof(path));
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return;
-	(void)posix_fadvise(fd, 0, PREFETCH_BYTES, POSIX_FADV_WILLNEED);
-	close(fd);
+	if (fd >= 0) {
+		(void)posix_fadvise(fd, 0, PREFETCH_BYTES, POSIX_FADV_WILLNEED);
+		close(fd);
+	}
+	return 1;
 }
 
 /* Finishes a copy: once its thread has made it durable in place, moves the
@@ -682,10 +684,9 @@ static int migrate_version(qv_store *s, const char *model, const char *ref, int 
 				continue;
 			}
 			for (size_t j = i + 1; j < mine.n; j++) /* the next one to copy */
-				if (to != QV_TIER_COLD || !qv__dlist_has(&keep, mine.d[j])) {
-					prefetch_shard(s, mine.d[j], 1 - to);
+				if ((to != QV_TIER_COLD || !qv__dlist_has(&keep, mine.d[j])) &&
+				    prefetch_shard(s, mine.d[j], 1 - to))
 					break;
-				}
 			uint64_t before = r.raw_bytes + (prev->active ? prev->size : 0);
 			crc = copy_shard(s, mine.d[i], mine.dtype[i], 1 - to, to, before, pg, cur);
 			cur->i = i;
