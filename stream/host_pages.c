@@ -5,7 +5,7 @@
  * clear. In 2 MiB transparent huge pages that is about half the CPU time of
  * 512 small ones (bench/fault_in on the H200 box: 0.15-0.20 s per GiB
  * against 0.31-0.46), and cold loads into host memory on 2 cores were
- * faster in 17 of 20 rounds on four machines, warm hot loads 2-3 times as
+ * faster in 18 of 22 rounds on five machines, warm hot loads 2-3 times as
  * fast (docs/BENCHMARKS.md, "Host arena pages"). Two things make huge pages
  * dearer, and QV_HOST_PAGES_AUTO looks for both:
  * - a VM whose virtio balloon reports free memory to the hypervisor (free
