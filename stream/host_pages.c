@@ -36,7 +36,7 @@
 /* The first line of a small sysfs file into buf, newline dropped; 0 or -1. */
 static int read_line(const char *path, char *buf, size_t len)
 {
-	FILE *f = fopen(path, "r");
+	FILE *f = fopen(path, "re");
 	if (!f)
 		return -1;
 	char *got = fgets(buf, (int)len, f);
@@ -89,7 +89,7 @@ int qv__thp_never(const char *sysfs)
  * page << K bytes. */
 long long qv__free_huge_bytes(const char *buddyinfo, size_t huge, size_t page)
 {
-	FILE *f = fopen(buddyinfo, "r");
+	FILE *f = fopen(buddyinfo, "re");
 	if (!f)
 		return -1;
 	char line[512];
