@@ -966,9 +966,10 @@ static void test_free_page_reporting(void **state)
 	    {"nothing here\n", -1},
 	};
 	for (size_t i = 0; i < sizeof(bi) / sizeof(bi[0]); i++) {
-		snprintf(sys, sizeof(sys), "%s/buddyinfo%zu", e->base, i);
-		FILE *f = fopen(sys, "w");
-		LT_CHECK(f && fputs(bi[i].text, f) >= 0 && fclose(f) == 0, "write %s", sys);
+		char rel[32];
+		snprintf(rel, sizeof(rel), "buddyinfo%zu", i);
+		put_file(e->base, rel, bi[i].text);
+		snprintf(sys, sizeof(sys), "%s/%s", e->base, rel);
 		long long got = qv__free_huge_bytes(sys, 2 * MIB, 4096);
 		LT_CHECK(got == bi[i].want, "buddyinfo %zu: %lld bytes free in huge blocks, want %lld", i,
 		         got, bi[i].want);
