@@ -936,7 +936,7 @@ static int cmd_load(int argc, char **argv)
 	else
 		snprintf(dev, sizeof(dev), "cuda:%d", st->device);
 	if (o.json)
-		cli_json_print(json_pack("{s:s, s:s, s:I, s:I, s:f, s:f, s:f, s:f, s:s, s:s, s:s, s:i, s:I, s:I, s:b, s:I, s:i, s:i, s:s, s:f, s:s}",
+		cli_json_print(json_pack("{s:s, s:s, s:I, s:I, s:f, s:f, s:f, s:f, s:s, s:s, s:s, s:i, s:I, s:I, s:b, s:I, s:i, s:i, s:s, s:f, s:s, s:I}",
 		                         "model", model, "version", ref ? ref : "current", "bytes",
 		                         (json_int_t)st->bytes, "tensors", (json_int_t)st->tensors,
 		                         "seconds", st->seconds, "gbps", gbps, "device_init_seconds", st->device_init_seconds, "first_tensor_seconds",
@@ -946,7 +946,8 @@ static int cmd_load(int argc, char **argv)
 		                         "verified", lo.verify, "cold_bytes", (json_int_t)st->cold_bytes,
 		                         "decode_threads", (int)st->decode_threads, "cold_reads",
 		                         (int)st->cold_reads, "cold_io", cold_io,
-		                         "cpu_seconds", cpu, "host_pages", host_pages_name(st->host_pages)));
+		                         "cpu_seconds", cpu, "host_pages", host_pages_name(st->host_pages),
+		                         "cold_gpu_bytes", (json_int_t)st->cold_gpu_bytes));
 	else
 		cli_printf("loaded %s@%s to %s: %s, %llu tensors in %.3f s (%.2f GB/s, %.2f s of CPU), "
 		           "first tensor after %.3f s\n",
@@ -959,10 +960,15 @@ static int cmd_load(int argc, char **argv)
 		cli_printf("  hot shards: io %s (%s), qd %u, chunk %zu KiB, %llu reads%s\n", io,
 		       st->engine, st->qd, st->chunk_bytes >> 10, (unsigned long long)st->reads,
 		       lo.verify ? ", every shard's checksum verified" : "");
-	if (!o.json && st->cold_bytes)
+	if (!o.json && st->cold_bytes) {
+		char g[32];
 		cli_printf("  cold frames: io %s, %u read at once, %s decoded on %u threads (every "
 		           "frame's checksum checked)\n",
 		       cold_io, st->cold_reads, cli_bytes(st->cold_bytes, a, sizeof(a)), st->decode_threads);
+		if (st->cold_gpu_bytes)
+			cli_printf("  of which %s merged and checked on the GPU\n",
+			           cli_bytes(st->cold_gpu_bytes, g, sizeof(g)));
+	}
 	rc = EXIT_OK;
 	if (o.promote && st->cold_bytes) {
 		qv_migrate_result m;
@@ -1430,9 +1436,10 @@ static const struct cmd cmds[] = {
 	 "               qd, chunk_bytes, reads, verified, cold_bytes, decode_threads,\n"
 	 "               cold_reads, cold_io: direct, buffered or none, cpu_seconds:\n"
 	 "               user + system CPU time of the load, every thread, host_pages:\n"
-	 "               small, huge or none)\n"
+	 "               small, huge or none, cold_gpu_bytes)\n"
 	 "io, engine, qd, chunk_bytes and reads describe the hot shards' reads; cold_io\n"
-	 "how the cold frames were read (buffered where O_DIRECT was refused)."},
+	 "how the cold frames were read (buffered where O_DIRECT was refused). Loading to\n"
+	 "a GPU, cold BF16 frames are merged and checked there (cold_gpu_bytes of them)."},
 	{"init", cmd_init,
 	 "quiver init [--hot DIR] [--cold DIR] [--hot-capacity SIZE] [--high 0.90] [--low 0.75]",
 	 "Configure the tiers (writes ROOT/config.ini): the hot tier (fast disk, raw\n"

@@ -1,5 +1,6 @@
 /* Everything CUDA: device queries, device memory, host registration and the
- * CUDA sink. The only file of the project that includes a CUDA header.
+ * CUDA sink. With pairs.cu (the kernels) the only file of the project that
+ * includes a CUDA header.
  *
  * The CUDA sink spreads chunks over several streams (slot i on stream i mod
  * n) so several host-to-device copies are in flight while the disk fills
@@ -16,7 +17,14 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#define XXH_INLINE_ALL /* XXH3's default secret, for the device's check */
+#include <xxhash.h>
+
 #include "gpu_int.h"
+#include "quiver/codec.h"
+#include "quiver/error.h"
+
+_Static_assert(sizeof(XXH3_kSecret) == QV__XXH3_SECRET_BYTES, "XXH3's default secret");
 
 int qv_gpu_built_with_cuda(void) { return 1; }
 
@@ -299,7 +307,34 @@ struct cuda_sink {
 	cudaStream_t streams[MAX_STREAMS];
 	cudaEvent_t *events;     /* one per ring slot */
 	unsigned char *pending;  /* a copy out of the slot was queued */
+	/* pairs frames merged here (cuda_pairs_reserve): slots [pairs_first,
+	 * pairs_first + pairs_n) each have pairs_bytes of device memory for the
+	 * planes and a pinned word the frame's status is copied back into */
+	unsigned pairs_first, pairs_n;
+	size_t pairs_bytes;
+	unsigned char *pairs_dev;
+	unsigned *pairs_status;
+	unsigned char *checking; /* per ring slot: a status to read when it is done */
 };
+
+/* Where a pairs frame of n values lies in its slot's device memory. */
+struct pairs_layout {
+	size_t sm, esc, counts, status, total;
+};
+
+static size_t align256(size_t n)
+{
+	return (n + 255) & ~(size_t)255;
+}
+
+static void pairs_layout(uint64_t n, struct pairs_layout *l)
+{
+	l->sm = align256((size_t)(n + 1) / 2);
+	l->esc = l->sm + align256((size_t)n);
+	l->counts = l->esc + align256((size_t)(n >> 4)); /* the codec's bound on escapes */
+	l->status = l->counts + align256(QV__PAIRS_SEGMENTS_MAX * sizeof(unsigned));
+	l->total = l->status + 256;
+}
 
 static int cuda_fail(struct cuda_sink *c, cudaError_t e, const char *what)
 {
@@ -322,6 +357,23 @@ static int cuda_put(qv_sink *k, unsigned slot, const void *src, size_t len, uint
 	return 0;
 }
 
+/* A slot's work is done: a pairs frame's status, read back, says whether
+ * it merged and matched its checksum. */
+static int slot_done(struct cuda_sink *c, unsigned slot)
+{
+	c->pending[slot] = 0;
+	if (!c->checking || !c->checking[slot])
+		return 0;
+	c->checking[slot] = 0;
+	unsigned st = ((volatile unsigned *)c->pairs_status)[slot - c->pairs_first];
+	if (st == 0)
+		return 0;
+	snprintf(c->base.errmsg, sizeof(c->base.errmsg), "a frame merged on device %d %s", c->device,
+	         st & QV__PAIRS_BAD_ESCAPES ? "has escapes that do not match its codes"
+	                                    : "does not match its checksum");
+	return QV_ECORRUPT;
+}
+
 static int cuda_busy(qv_sink *k, unsigned slot)
 {
 	struct cuda_sink *c = (struct cuda_sink *)k;
@@ -332,8 +384,7 @@ static int cuda_busy(qv_sink *k, unsigned slot)
 		return 1;
 	if (e != cudaSuccess)
 		return cuda_fail(c, e, "cudaEventQuery");
-	c->pending[slot] = 0;
-	return 0;
+	return slot_done(c, slot);
 }
 
 static int cuda_wait(qv_sink *k, unsigned slot)
@@ -344,7 +395,92 @@ static int cuda_wait(qv_sink *k, unsigned slot)
 	cudaError_t e = cudaEventSynchronize(c->events[slot]);
 	if (e != cudaSuccess)
 		return cuda_fail(c, e, "cudaEventSynchronize");
-	c->pending[slot] = 0;
+	return slot_done(c, slot);
+}
+
+static int cuda_pairs_reserve(qv_sink *k, unsigned first_slot, unsigned n_slots,
+                              size_t frame_bytes)
+{
+	struct cuda_sink *c = (struct cuda_sink *)k;
+	struct pairs_layout l;
+	int prev, rc = 0;
+	cudaError_t e;
+
+	if (c->pairs_dev)
+		return -EINVAL; /* once per sink */
+	pairs_layout(frame_bytes / 2, &l);
+	c->checking = calloc(k->n_slots, 1);
+	if (!c->checking)
+		return -ENOMEM;
+	if (dev_enter(c->device, &prev) != 0) {
+		rc = -ENODEV;
+	} else if ((e = cudaMalloc((void **)&c->pairs_dev, (size_t)n_slots * l.total)) != cudaSuccess) {
+		rc = cuda_fail(c, e, "cudaMalloc");
+		c->pairs_dev = NULL;
+	} else if ((e = cudaHostAlloc((void **)&c->pairs_status, n_slots * sizeof(unsigned),
+	                              cudaHostAllocDefault)) != cudaSuccess) {
+		rc = cuda_fail(c, e, "cudaHostAlloc");
+		c->pairs_status = NULL;
+		cudaFree(c->pairs_dev);
+		c->pairs_dev = NULL;
+	}
+	dev_leave(prev);
+	if (rc) {
+		cudaGetLastError();
+		free(c->checking);
+		c->checking = NULL;
+		return rc;
+	}
+	c->pairs_first = first_slot;
+	c->pairs_n = n_slots;
+	c->pairs_bytes = l.total;
+	return 0;
+}
+
+/* Copies the planes up, then the kernels merge them into the destination
+ * and check the checksum; the status comes back before the slot's event. */
+static int cuda_put_pairs(qv_sink *k, unsigned slot, const struct qv_codec_pairs *p,
+                          uint64_t xxh3, uint64_t dest_off)
+{
+	struct cuda_sink *c = (struct cuda_sink *)k;
+	struct pairs_layout l;
+
+	pairs_layout(p->values, &l);
+	if (!c->pairs_dev || slot < c->pairs_first || slot - c->pairs_first >= c->pairs_n ||
+	    l.total > c->pairs_bytes || p->escapes > p->values >> 4 ||
+	    2 * p->values + (p->has_tail ? 1 : 0) <= 240)
+		return -EINVAL;
+	unsigned i = slot - c->pairs_first;
+	unsigned char *d = c->pairs_dev + (size_t)i * c->pairs_bytes;
+	cudaStream_t st = c->streams[slot % c->n_streams];
+	struct qv__pairs_job j = {
+		.codes = d, .sm = d + l.sm, .esc = d + l.esc, .dst = (unsigned char *)c->dest + dest_off,
+		.counts = (unsigned *)(d + l.counts), .status = (unsigned *)(d + l.status),
+		.values = p->values, .escapes = p->escapes, .xxh3 = xxh3, .tail = p->tail,
+		.has_tail = p->has_tail};
+	memcpy(j.table, p->table, sizeof(j.table));
+	cudaError_t e = cudaMemsetAsync(j.status, 0, sizeof(unsigned), st);
+	if (e != cudaSuccess)
+		return cuda_fail(c, e, "cudaMemsetAsync");
+	e = cudaMemcpyAsync(d, p->codes, (size_t)(p->values + 1) / 2, cudaMemcpyHostToDevice, st);
+	if (e == cudaSuccess)
+		e = cudaMemcpyAsync(d + l.sm, p->sm, (size_t)p->values, cudaMemcpyHostToDevice, st);
+	if (e == cudaSuccess && p->escapes)
+		e = cudaMemcpyAsync(d + l.esc, p->esc, (size_t)p->escapes, cudaMemcpyHostToDevice, st);
+	if (e != cudaSuccess)
+		return cuda_fail(c, e, "cudaMemcpyAsync");
+	e = (cudaError_t)qv__cuda_pairs_queue(&j, XXH3_kSecret, st);
+	if (e != cudaSuccess)
+		return cuda_fail(c, e, "kernel launch");
+	e = cudaMemcpyAsync(&c->pairs_status[i], j.status, sizeof(unsigned), cudaMemcpyDeviceToHost,
+	                    st);
+	if (e != cudaSuccess)
+		return cuda_fail(c, e, "cudaMemcpyAsync");
+	e = cudaEventRecord(c->events[slot], st);
+	if (e != cudaSuccess)
+		return cuda_fail(c, e, "cudaEventRecord");
+	c->pending[slot] = 1;
+	c->checking[slot] = 1;
 	return 0;
 }
 
@@ -356,9 +492,14 @@ static int cuda_finish(qv_sink *k)
 		if (e != cudaSuccess)
 			return cuda_fail(c, e, "cudaStreamSynchronize");
 	}
+	int rc = 0;
 	for (unsigned i = 0; i < c->base.n_slots; i++)
-		c->pending[i] = 0;
-	return 0;
+		if (c->pending[i]) {
+			int r = slot_done(c, i);
+			if (rc == 0)
+				rc = r;
+		}
+	return rc;
 }
 
 static void cuda_destroy(qv_sink *k)
@@ -378,11 +519,17 @@ static void cuda_destroy(qv_sink *k)
 				cudaEventDestroy(c->events[i]);
 	free(c->events);
 	free(c->pending);
+	free(c->checking);
+	if (c->pairs_dev && cudaFree(c->pairs_dev) != cudaSuccess)
+		cudaGetLastError();
+	if (c->pairs_status && cudaFreeHost(c->pairs_status) != cudaSuccess)
+		cudaGetLastError();
 	free(c);
 	dev_leave(prev);
 }
 
-static const struct qv_sink_ops cuda_ops = {cuda_put, cuda_busy, cuda_wait, cuda_finish,
+static const struct qv_sink_ops cuda_ops = {cuda_put,           cuda_busy,      cuda_wait,
+                                            cuda_pairs_reserve, cuda_put_pairs, cuda_finish,
                                             cuda_destroy};
 
 int qv_sink_cuda_create(int device, void *dest, uint64_t dest_bytes, unsigned n_slots,

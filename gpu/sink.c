@@ -8,12 +8,34 @@
 #include <string.h>
 
 #include "gpu_int.h"
+#include "quiver/codec.h"
 
 int qv_sink_put(qv_sink *k, unsigned slot, const void *src, size_t len, uint64_t dest_off)
 {
 	if (slot >= k->n_slots || dest_off > k->dest_bytes || len > k->dest_bytes - dest_off)
 		return -ERANGE;
 	return k->ops->put(k, slot, src, len, dest_off);
+}
+
+int qv_sink_pairs_reserve(qv_sink *k, unsigned first_slot, unsigned n_slots, size_t frame_bytes)
+{
+	if (!k->ops->pairs_reserve)
+		return -ENOTSUP;
+	if (first_slot > k->n_slots || n_slots > k->n_slots - first_slot || n_slots == 0 ||
+	    frame_bytes == 0 || frame_bytes > QV_CODEC_FRAME_MAX)
+		return -EINVAL;
+	return k->ops->pairs_reserve(k, first_slot, n_slots, frame_bytes);
+}
+
+int qv_sink_put_pairs(qv_sink *k, unsigned slot, const struct qv_codec_pairs *p, uint64_t xxh3,
+                      uint64_t dest_off)
+{
+	if (!k->ops->put_pairs)
+		return -ENOTSUP;
+	uint64_t len = 2 * (uint64_t)p->values + (p->has_tail ? 1 : 0);
+	if (slot >= k->n_slots || dest_off > k->dest_bytes || len > k->dest_bytes - dest_off)
+		return -ERANGE;
+	return k->ops->put_pairs(k, slot, p, xxh3, dest_off);
 }
 
 int qv_sink_slot_busy(qv_sink *k, unsigned slot)
@@ -80,7 +102,7 @@ static void host_destroy(qv_sink *k)
 	free(k);
 }
 
-static const struct qv_sink_ops host_ops = {host_put, host_idle, host_idle, host_finish,
+static const struct qv_sink_ops host_ops = {host_put, host_idle, host_idle, NULL, NULL, host_finish,
                                             host_destroy};
 
 int qv_sink_host_create(void *dest, uint64_t dest_bytes, unsigned n_slots, qv_sink **out)

@@ -29,9 +29,9 @@
  * read ran at 0.88-1.23 GB/s into 4 KiB pages and 1.24-1.39 into huge
  * pages, interleaved runs (docs/BENCHMARKS.md). */
 /* qv_codec_header_read() bounds a frame's stored length by its raw length,
- * at most QV_CODEC_FRAME_MAX: an aligned read of it fits. */
-#define READ_STRIDE \
-	(((size_t)QV_CODEC_FRAME_MAX + QV_PINNED_ALIGN - 1) & ~(QV_PINNED_ALIGN - 1))
+ * which is its file's frame_bytes (the last frame's less), at most
+ * QV_CODEC_FRAME_MAX: an aligned read of it fits a buffer of the largest
+ * frame_bytes of the targets, rounded up to huge pages (read_stride()). */
 _Static_assert(QV_CODEC_FRAME_MAX % QV_CODEC_ALIGN == 0, "an aligned frame read fits a buffer");
 
 /* Frames read ahead: the caller picks how many readers (load.c: fewer on a
@@ -45,7 +45,16 @@ _Static_assert(QV_CODEC_FRAME_MAX % QV_CODEC_ALIGN == 0, "an aligned frame read 
  * 2.114 (medians of 10, faster in 6 of 10), 32 more 2.104 against 1.995
  * (medians of 20, faster in 13). */
 #define COLD_QUEUED 16u
-#define COLD_RBUFS_MAX (QV_LOAD_COLD_READS_MAX + QV_COLD_THREADS_MAX + COLD_QUEUED)
+/* Frames merged on the GPU keep their read buffer until the sink is done
+ * with it (the sign+mantissa plane is copied up from there): this many
+ * more read buffers at most, one per decode buffer. */
+#define COLD_HELD_MAX 32u
+#define COLD_RBUFS_MAX (QV_LOAD_COLD_READS_MAX + QV_COLD_THREADS_MAX + COLD_QUEUED + COLD_HELD_MAX)
+
+/* BF16 pairs frames of at least this many raw bytes go to a sink that
+ * merges them itself (the CUDA sink: qv_sink_put_pairs) as planes; smaller
+ * ones are not worth three kernel launches. */
+#define COLD_SINK_MERGE_MIN (64u << 10)
 
 struct job_done {
 	size_t target;
@@ -53,6 +62,9 @@ struct job_done {
 	unsigned buf;
 	int rc;
 	int in_place;  /* decoded straight into the host destination */
+	int planes;    /* taken apart into pp for the sink to merge; holds rbuf */
+	unsigned rbuf;
+	struct qv_codec_pairs pp;
 };
 
 struct job_read {
@@ -72,8 +84,10 @@ struct cold {
 	char *host;                 /* a host sink's destination: decode straight into it */
 	uint64_t host_bytes;
 	unsigned n_bufs;
-	char *rbufs;                /* n_rbufs read buffers, READ_STRIDE apart */
-	unsigned n_rbufs;           /* readers + decoders + COLD_QUEUED */
+	char *rbufs;                /* n_rbufs read buffers, rstride apart */
+	size_t rstride;
+	unsigned n_rbufs;           /* readers + decoders + COLD_QUEUED (+ held) */
+	int sink_merges;            /* the sink merges pairs frames (qv_sink_pairs_reserve) */
 	pthread_mutex_t mu;
 	pthread_cond_t cv_free, cv_done, cv_rfree, cv_read;
 	unsigned *free_list, n_free;
@@ -86,6 +100,7 @@ struct cold {
 	uint32_t next_f;
 	uint64_t frames_total, frames_taken; /* taken: by a decoder */
 	uint64_t buffered_frames;   /* read through the page cache */
+	uint64_t sink_merged_bytes; /* raw bytes of frames the sink merged */
 	int stop;
 };
 
@@ -160,7 +175,7 @@ static void *reader(void *arg)
 			break;
 		pthread_mutex_unlock(&c->mu);
 		int buffered = 0;
-		int rc = read_frame(&c->t[t], &c->t[t].hdr->frames[f], c->rbufs + (size_t)rb * READ_STRIDE,
+		int rc = read_frame(&c->t[t], &c->t[t].hdr->frames[f], c->rbufs + (size_t)rb * c->rstride,
 		                    &buffered);
 		pthread_mutex_lock(&c->mu);
 		c->buffered_frames += (uint64_t)buffered;
@@ -236,16 +251,29 @@ static void *decoder(void *arg)
 			                                 ? populate_ahead
 			                                 : NULL,
 			                         NULL, POPULATE_STEP);
-		if (rc == 0)
-			rc = qv_codec_frame_decode(ctx, fr, c->rbufs + (size_t)r.rbuf * READ_STRIDE,
-			                           fr->stored_bytes, dst,
+		const char *src = c->rbufs + (size_t)r.rbuf * c->rstride;
+		struct job_done j = {r.target, r.frame, b, rc, dst != own, 0, r.rbuf, {0}};
+		/* the sink merges it: its compressed planes (the codes) are
+		 * decoded into the pinned buffer, the rest is copied up from the
+		 * read buffer, which stays the frame's until the sink is done */
+		j.planes = rc == 0 && c->sink_merges && dst == own && ctx &&
+		           fr->method == QV_CODEC_METHOD_BF16_PAIRS &&
+		           fr->raw_bytes >= COLD_SINK_MERGE_MIN;
+		if (j.planes)
+			rc = qv_codec_pairs_planes(ctx, fr, src, fr->stored_bytes, own, c->buf_bytes,
+			                           &j.pp);
+		else if (rc == 0)
+			rc = qv_codec_frame_decode(ctx, fr, src, fr->stored_bytes, dst,
 			                           dst == own ? c->buf_bytes : fr->raw_bytes,
 			                           scratch, scratch_len);
+		j.rc = rc;
+		j.planes = j.planes && rc == 0;
 		pthread_mutex_lock(&c->mu);
-		c->rfree[c->n_rfree++] = r.rbuf;
-		pthread_cond_signal(&c->cv_rfree);
-		c->done[(c->dhead + c->dcount) % c->n_bufs] =
-			(struct job_done){ r.target, r.frame, b, rc, dst != own };
+		if (!j.planes) {
+			c->rfree[c->n_rfree++] = r.rbuf;
+			pthread_cond_signal(&c->cv_rfree);
+		}
+		c->done[(c->dhead + c->dcount) % c->n_bufs] = j;
 		c->dcount++;
 		pthread_cond_signal(&c->cv_done);
 	}
@@ -266,15 +294,33 @@ static void frame_landed(struct cold *c, const struct job_done *j, struct qv__co
 	pthread_mutex_lock(&c->mu);
 	c->free_list[c->n_free++] = j->buf;
 	pthread_cond_signal(&c->cv_free);
+	if (j->planes) {
+		c->rfree[c->n_rfree++] = j->rbuf;
+		pthread_cond_signal(&c->cv_rfree);
+	}
 	pthread_mutex_unlock(&c->mu);
 	(*frames_left)--;
 	*done += fr->raw_bytes;
+	if (j->planes)
+		c->sink_merged_bytes += fr->raw_bytes;
 	st->bytes += fr->raw_bytes;
 	st->frames++;
 	if (--left[j->target] == 0 && j->target == 0)
 		st->first_done_s = qv__stream_now() - t0;
 	if (progress)
 		progress(progress_arg, *done, total);
+}
+
+/* A frame in the sink failed: its copy, or (merged there) its checksum. */
+static void sink_failed(const struct cold *c, const struct job_done *j, int rc, qv_sink *sink,
+                        char *err, size_t errlen)
+{
+	if (rc == QV_ECORRUPT)
+		snprintf(err, errlen, "cold shard %s, frame %u: damaged (%s)", c->t[j->target].name,
+		         j->frame, qv_sink_errmsg(sink));
+	else
+		snprintf(err, errlen, "cold shard %s: copy to destination: %s", c->t[j->target].name,
+		         qv_sink_errmsg(sink));
 }
 
 int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, unsigned n_readers,
@@ -311,11 +357,25 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, unsign
 		n_readers = 1;
 	if (n_readers > QV_LOAD_COLD_READS_MAX)
 		n_readers = QV_LOAD_COLD_READS_MAX;
-	c.n_rbufs = n_readers + n_threads + COLD_QUEUED;
-	rbufs_len = (size_t)c.n_rbufs * READ_STRIDE;
+	/* A sink that merges BF16 frames itself gets them as planes (the CUDA
+	 * sink); QV_SINK_MERGE=0 keeps every merge on the CPU (comparisons). */
+	const char *merge_env = getenv("QV_SINK_MERGE");
+	int bf16 = 0;
+	for (size_t i = 0; i < n; i++)
+		bf16 |= t[i].hdr->dtype == QV_CODEC_BF16;
+	c.sink_merges = bf16 && !(merge_env && strcmp(merge_env, "0") == 0) &&
+	                qv_sink_pairs_reserve(sink, slot_base, n_bufs, buf_bytes) == 0;
+	c.n_rbufs = n_readers + n_threads + COLD_QUEUED +
+	            (c.sink_merges ? (n_bufs < COLD_HELD_MAX ? n_bufs : COLD_HELD_MAX) : 0);
+	for (size_t i = 0; i < n; i++)
+		if (t[i].hdr->frame_bytes > c.rstride)
+			c.rstride = t[i].hdr->frame_bytes;
+	c.rstride = (c.rstride + QV_PINNED_ALIGN - 1) & ~(QV_PINNED_ALIGN - 1);
+	rbufs_len = (size_t)c.n_rbufs * (c.rstride ? c.rstride : QV_PINNED_ALIGN);
 	c.free_list = malloc(n_bufs * sizeof(unsigned));
 	c.done = malloc(n_bufs * sizeof(*c.done));
-	if (qv_pinned_alloc(rbufs_len, 0, (void **)&c.rbufs, &rbufs_pinned))
+	/* pinned for the sink's copies when it merges */
+	if (qv_pinned_alloc(rbufs_len, c.sink_merges, (void **)&c.rbufs, &rbufs_pinned))
 		c.rbufs = NULL;
 	if (!c.free_list || !c.done || !left || !fly || !c.rbufs) {
 		snprintf(err, errlen, "out of memory");
@@ -359,8 +419,7 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, unsign
 		}
 		if (busy < 0) {
 			rc = busy;
-			snprintf(err, errlen, "cold shard %s: copy to destination: %s",
-			         t[fly[fly_head].target].name, qv_sink_errmsg(sink));
+			sink_failed(&c, &fly[fly_head], rc, sink, err, errlen);
 			break;
 		}
 		if (frames_left == 0)
@@ -371,8 +430,7 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, unsign
 			pthread_mutex_unlock(&c.mu);
 			rc = qv_sink_slot_wait(sink, slot_base + fly[fly_head].buf);
 			if (rc)
-				snprintf(err, errlen, "cold shard %s: copy to destination: %s",
-				         t[fly[fly_head].target].name, qv_sink_errmsg(sink));
+				sink_failed(&c, &fly[fly_head], rc, sink, err, errlen);
 			continue;
 		}
 		while (c.dcount == 0)
@@ -393,8 +451,9 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, unsign
 			             left);
 		} else {
 			uint64_t off = ct->dest_off + (uint64_t)j.frame * ct->hdr->frame_bytes;
-			rc = qv_sink_put(sink, slot_base + j.buf, bufs + (size_t)j.buf * buf_bytes,
-			                 fr->raw_bytes, off);
+			rc = j.planes ? qv_sink_put_pairs(sink, slot_base + j.buf, &j.pp, fr->xxh3, off)
+			              : qv_sink_put(sink, slot_base + j.buf, bufs + (size_t)j.buf * buf_bytes,
+			                            fr->raw_bytes, off);
 			if (rc)
 				snprintf(err, errlen, "cold shard %s: copy to destination: %s", ct->name,
 				         rc == -ERANGE ? "out of range" : qv_sink_errmsg(sink));
@@ -413,6 +472,7 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, unsign
 	for (unsigned i = 0; i < started; i++)
 		pthread_join(th[i], NULL);
 	st->buffered_frames = c.buffered_frames;
+	st->sink_merged_bytes = c.sink_merged_bytes;
 	pthread_cond_destroy(&c.cv_free);
 	pthread_cond_destroy(&c.cv_done);
 	pthread_cond_destroy(&c.cv_rfree);

@@ -557,6 +557,7 @@ static int run_cold(qv_store *s, const qv_load_opts *o, struct plan *p, qv_sink 
 		return qv_store_fail(s, rc, "%s", err);
 	stats->bytes += cs.bytes;
 	stats->cold_bytes = cs.bytes;
+	stats->cold_gpu_bytes = cs.sink_merged_bytes;
 	stats->decode_threads = threads;
 	stats->cold_reads = readers;
 	stats->cold_io = cs.buffered_frames ? QV_IO_BUFFERED : QV_IO_DIRECT;

@@ -108,6 +108,7 @@ struct qv__cold_stats {
 	uint64_t bytes;        /* raw bytes delivered */
 	uint64_t frames;
 	uint64_t buffered_frames; /* of frames: read through the page cache */
+	uint64_t sink_merged_bytes; /* of bytes: frames the sink merged (qv_sink_put_pairs) */
 	double first_done_s;   /* when target 0 was complete, 0 if not measured */
 };
 

@@ -857,41 +857,78 @@ __attribute__((target("avx2"))) static size_t pairs_piece_avx2(const unsigned ch
 }
 #endif
 
-/* Decodes a BF16 pairs frame into dst and sets *digest: QV_ECORRUPT on any
- * inconsistency (a code with no exponent, escapes short or left over). */
-static int decode_bf16_pairs(struct qv_codec_ctx *ctx, const unsigned char *src, size_t len,
-			     unsigned char *dst, size_t raw_len, unsigned char *scratch,
-			     uint64_t *digest)
+/* Parses a BF16 pairs frame of raw_len bytes (stored: src[0, len)) into
+ * *out, decoding compressed planes into scratch (codes, then sign+mantissa,
+ * then escapes; room for scratch_len bytes). QV_ECORRUPT on any
+ * inconsistency, -EINVAL if scratch is short. */
+static int pairs_parse(struct qv_codec_ctx *ctx, const unsigned char *src, size_t len,
+		       size_t raw_len, unsigned char *scratch, size_t scratch_len,
+		       struct qv_codec_pairs *out)
 {
-	size_t n = raw_len / 2, n_pk = (n + 1) / 2, pos = PAIRS_HEAD, ne, ei = 0;
-	const unsigned char *pk, *sm, *esc, *table = src + 16;
-	uint16_t lut[256];
+	size_t n = raw_len / 2, n_pk = (n + 1) / 2, pos = PAIRS_HEAD, ne;
 	int rc;
 
 	if (len < PAIRS_HEAD)
 		return QV_ECORRUPT;
 	size_t plen[3] = { get32(src), get32(src + 4), get32(src + 8) };
 	ne = get32(src + 12);
-	unsigned count = table[15];
-	if (count > PAIRS_CODES || ne > n || plen[0] > len - pos || plen[1] > len - pos - plen[0] ||
-	    plen[2] > len - pos - plen[0] - plen[1] ||
+	unsigned count = src[16 + 15];
+	/* the encoder keeps the plain planes past n >> ESCAPES_MAX_SHIFT escapes */
+	if (count > PAIRS_CODES || ne > n >> ESCAPES_MAX_SHIFT || plen[0] > len - pos ||
+	    plen[1] > len - pos - plen[0] || plen[2] > len - pos - plen[0] - plen[1] ||
 	    len - pos - plen[0] - plen[1] - plen[2] != raw_len - 2 * n)
 		return QV_ECORRUPT;
-	rc = load_plane(ctx, src + pos, plen[0], n_pk, scratch, &pk);
+	if (scratch_len < n_pk + n + ne)
+		return -EINVAL;
+	rc = load_plane(ctx, src + pos, plen[0], n_pk, scratch, &out->codes);
 	if (rc == 0)
-		rc = load_plane(ctx, src + pos + plen[0], plen[1], n, scratch + n_pk, &sm);
+		rc = load_plane(ctx, src + pos + plen[0], plen[1], n, scratch + n_pk, &out->sm);
 	if (rc == 0)
 		rc = load_plane(ctx, src + pos + plen[0] + plen[1], plen[2], ne, scratch + n_pk + n,
-				&esc);
+				&out->esc);
 	if (rc != 0)
 		return rc;
 	pos += plen[0] + plen[1] + plen[2];
-	/* a byte -> its two exponents. Codes past `count` are not written by
-	 * the encoder: they decode to 0 and the frame's checksum refuses the
-	 * result. A byte with an escape (nibble 15) takes the slow path. */
-	unsigned char tab[16] = { 0 };
-	for (unsigned c = 0; c < count; c++)
-		tab[c] = table[c];
+	out->values = n;
+	out->escapes = ne;
+	/* Codes past `count` are not written by the encoder: they decode to 0
+	 * and the frame's checksum refuses the result. */
+	memset(out->table, 0, sizeof(out->table));
+	memcpy(out->table, src + 16, count);
+	out->has_tail = pos < len;
+	out->tail = out->has_tail ? src[pos] : 0;
+	return 0;
+}
+
+int qv_codec_pairs_planes(struct qv_codec_ctx *ctx, const struct qv_codec_frame *f,
+			  const void *src, size_t src_len, void *scratch, size_t scratch_len,
+			  struct qv_codec_pairs *out)
+{
+	if (ctx == NULL || f == NULL || out == NULL || f->method != QV_CODEC_METHOD_BF16_PAIRS ||
+	    src == NULL || src_len < f->stored_bytes || scratch == NULL)
+		return -EINVAL;
+	if (f->raw_bytes > QV_CODEC_FRAME_MAX || f->stored_bytes > f->raw_bytes)
+		return QV_ECORRUPT;
+	return pairs_parse(ctx, src, f->stored_bytes, f->raw_bytes, scratch, scratch_len, out);
+}
+
+/* Decodes a BF16 pairs frame into dst and sets *digest: QV_ECORRUPT on any
+ * inconsistency (a code with no exponent, escapes short or left over). */
+static int decode_bf16_pairs(struct qv_codec_ctx *ctx, const unsigned char *src, size_t len,
+			     unsigned char *dst, size_t raw_len, unsigned char *scratch,
+			     uint64_t *digest)
+{
+	struct qv_codec_pairs pp;
+	uint16_t lut[256];
+	size_t ei = 0;
+	int rc = pairs_parse(ctx, src, len, raw_len, scratch, qv_codec_scratch_bytes(raw_len), &pp);
+
+	if (rc != 0)
+		return rc;
+	const size_t n = pp.values, ne = pp.escapes;
+	const unsigned char *pk = pp.codes, *sm = pp.sm, *esc = pp.esc, *tab = pp.table;
+	/* a byte -> its two exponents; a byte with an escape (nibble 15) takes
+	 * the slow path */
 	for (unsigned b = 0; b < 256; b++)
 		lut[b] = (uint16_t)(tab[b & 15] | tab[b >> 4] << 8);
 	if (XXH3_64bits_reset(ctx->xxh) != XXH_OK)
@@ -954,7 +991,7 @@ static int decode_bf16_pairs(struct qv_codec_ctx *ctx, const unsigned char *src,
 	if (ei != ne)
 		return QV_ECORRUPT;
 	prepare_upto(ctx, dst, &ready, raw_len, raw_len); /* the tail byte */
-	finish_digest(ctx, src + pos, len - pos, dst + 2 * n, digest);
+	finish_digest(ctx, &pp.tail, pp.has_tail ? 1 : 0, dst + 2 * n, digest);
 	return 0;
 }
 

@@ -15,15 +15,17 @@
 #   (REPS=3, CPUSETS="all 0,1" for taskset -c, DEVICES="cuda:0 cpu",
 #    THREADS="default" or --decode-threads values, e.g. "2 4 8 16",
 #    READS="default" or --cold-reads values, PAGES="default" or --host-pages
-#    values (host loads only), DR="16x16 4x4 2x4 2x1": direct_read settings,
-#    streams x MiB)
+#    values (host loads only), MERGE="default" or "cpu" (GPU loads only:
+#    QV_SINK_MERGE=0, BF16 frames merged on the CPU), DR="16x16 4x4 2x4 2x1":
+#    direct_read settings, streams x MiB)
 set -euo pipefail
 source "$(dirname "$0")/build.sh"
 Q=$QV_BUILD/cli/quiver
 W=${W:-/tmp/qvcold}
 HIDDEN=${HIDDEN:-4096} LAYERS=${LAYERS:-4} VOCAB=${VOCAB:-32000} REPS=${REPS:-3}
 CPUSETS=${CPUSETS:-all 0,1} DEVICES=${DEVICES:-cuda:0 cpu} THREADS=${THREADS:-default}
-READS=${READS:-default} PAGES=${PAGES:-default} DR=${DR:-16x16 4x4 2x4 2x1}
+READS=${READS:-default} PAGES=${PAGES:-default} MERGE=${MERGE:-default}
+DR=${DR:-16x16 4x4 2x4 2x1}
 t() { date +%s.%N; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 mkdir -p "$W"
@@ -76,18 +78,22 @@ for r in $(seq "$REPS"); do
    for th in $THREADS; do
     for rd in $READS; do
      for pg in $PAGES; do
+      for mg in $MERGE; do
       [ "$pg" = default ] || [ "$dev" = cpu ] || continue
+      [ "$mg" = default ] || [ "$dev" != cpu ] || continue
       drop
       run=("$Q" --root "$R" load bench/cold@v1 --device "$dev" --io direct --json)
+      [ "$mg" = default ] || run=(env QV_SINK_MERGE=0 "${run[@]}")
       [ "$th" = default ] || run+=(--decode-threads "$th")
       [ "$rd" = default ] || run+=(--cold-reads "$rd")
       [ "$pg" = default ] || run+=(--host-pages "$pg")
       [ "$cpus" = all ] || run=(taskset -c "$cpus" "${run[@]}")
       "${run[@]}" | python3 -c '
 import json,sys; d=json.load(sys.stdin); s=d["seconds"]-d["device_init_seconds"]
-print("cpus %-6s %-6s threads %-7s reads %-7s pages %-7s cold %.3f GB/s raw (%.3f s after device init), %d decode threads, %d read at once, %s host pages, %.3f CPU-s per GB raw" %
-      (sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], d["cold_bytes"]/s/1e9, s, d["decode_threads"], d["cold_reads"], d["host_pages"], d["cpu_seconds"]/(d["cold_bytes"]/1e9)))' \
-        "$cpus" "$dev" "$th" "$rd" "$pg" | tee -a "$RES"
+print("cpus %-6s %-6s threads %-7s reads %-7s pages %-7s merge %-7s cold %.3f GB/s raw (%.3f s after device init), %d decode threads, %d read at once, %s host pages, %.3f CPU-s per GB raw, %.2f merged on the GPU" %
+      (sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], d["cold_bytes"]/s/1e9, s, d["decode_threads"], d["cold_reads"], d["host_pages"], d["cpu_seconds"]/(d["cold_bytes"]/1e9), d["cold_gpu_bytes"]/d["cold_bytes"]))' \
+        "$cpus" "$dev" "$th" "$rd" "$pg" "$mg" | tee -a "$RES"
+      done
      done
     done
    done
@@ -113,11 +119,11 @@ runs = {}
 for l in lines:
     if l.startswith("cpus"):
         w = l.split()
-        runs.setdefault((w[1], w[2], w[4], w[6], w[8]), []).append(float(w[10]))
-for (cpus, dev, th, rd, pg), v in runs.items():
+        runs.setdefault((w[1], w[2], w[4], w[6], w[8], w[10]), []).append(float(w[12]))
+for (cpus, dev, th, rd, pg, mg), v in runs.items():
     m = statistics.median(v)
-    print("cpus %-6s %-6s threads %-7s reads %-7s pages %-7s median %.3f GB/s raw = %.3f of the limit (target >= 0.90)" %
-          (cpus, dev, th, rd, pg, m, m / (limit / ratio)))
+    print("cpus %-6s %-6s threads %-7s reads %-7s pages %-7s merge %-7s median %.3f GB/s raw = %.3f of the limit (target >= 0.90)" %
+          (cpus, dev, th, rd, pg, mg, m, m / (limit / ratio)))
 PY
 rm -f "$RES"
 drop

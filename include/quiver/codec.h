@@ -190,6 +190,33 @@ int qv_codec_frame_decode(struct qv_codec_ctx *ctx, const struct qv_codec_frame 
 			  const void *src, size_t src_len, void *dst, size_t dst_len,
 			  void *scratch, size_t scratch_len);
 
+/* A BF16 pairs frame (QV_CODEC_METHOD_BF16_PAIRS) taken apart, for a
+ * decoder elsewhere (the CUDA sink merges it on the GPU). Value i is the
+ * little-endian 16-bit word exp << 7 | (sm[i] & 0x80) << 8 | (sm[i] & 0x7f),
+ * where exp is table[c] for its 4-bit code c < 15 and, for c == 15, the next
+ * byte of esc (escapes are taken in value order). */
+struct qv_codec_pairs {
+	size_t values;              /* n = raw_bytes / 2 */
+	const unsigned char *codes; /* (n + 1) / 2 bytes: value 2k's code in byte k's low nibble,
+	                               value 2k + 1's in its high nibble */
+	const unsigned char *sm;    /* n bytes: sign (bit 7) and mantissa (bits 0-6) */
+	const unsigned char *esc;   /* `escapes` exponents */
+	size_t escapes;
+	unsigned char table[16];    /* exponents of codes 0-14 (0 past the frame's code count) */
+	unsigned char tail;         /* the last raw byte, when raw_bytes is odd */
+	int has_tail;
+};
+
+/* Takes the BF16 pairs frame f apart into *out without merging it: planes
+ * stored compressed are decoded into scratch (scratch_len >= f->raw_bytes
+ * suffices), planes stored raw point into src. Checks the frame's layout
+ * but not its checksum: whoever merges the planes must hash the result and
+ * compare it with f->xxh3. Returns 0, -EINVAL (f is not a pairs frame, or a
+ * buffer is short) or QV_ECORRUPT (the frame is malformed). */
+int qv_codec_pairs_planes(struct qv_codec_ctx *ctx, const struct qv_codec_frame *f,
+			  const void *src, size_t src_len, void *scratch, size_t scratch_len,
+			  struct qv_codec_pairs *out);
+
 /* The size of a complete cold file for raw_size bytes in frames of
  * frame_bytes, if no frame shrinks (an upper bound on stored_size below).
  * Returns 0 if frame_bytes is out of bounds or the result would overflow. */

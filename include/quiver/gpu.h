@@ -101,6 +101,24 @@ int qv_sink_cuda_create(int device, void *dest, uint64_t dest_bytes, unsigned n_
  * failure as -EIO (the message is in qv_sink_errmsg()). */
 int qv_sink_put(qv_sink *k, unsigned slot, const void *src, size_t len, uint64_t dest_off);
 
+struct qv_codec_pairs;
+
+/* Readies slots [first_slot, first_slot + n_slots) for qv_sink_put_pairs()
+ * with frames of up to frame_bytes raw bytes (device memory for the planes).
+ * Returns 0, -ENOTSUP where the sink cannot merge frames (host sinks,
+ * builds without the kernels), -EINVAL, or -ENOMEM / -EIO (the device). */
+int qv_sink_pairs_reserve(qv_sink *k, unsigned first_slot, unsigned n_slots, size_t frame_bytes);
+
+/* Queues a BF16 pairs frame taken apart (qv_codec_pairs_planes()) for the
+ * sink to merge into dest_off and to check against xxh3, the frame's
+ * checksum. The planes must stay untouched until the slot is free (their
+ * host memory is copied asynchronously; pinned memory for speed). The
+ * slot's qv_sink_slot_busy()/_wait() return QV_ECORRUPT when the frame
+ * does not merge or its checksum differs. Returns 0, -ENOTSUP, -ERANGE,
+ * or -EIO (message in qv_sink_errmsg()). */
+int qv_sink_put_pairs(qv_sink *k, unsigned slot, const struct qv_codec_pairs *p, uint64_t xxh3,
+                      uint64_t dest_off);
+
 /* 1 if the copies out of slot are still running, 0 if the slot is free, <0 on error. */
 int qv_sink_slot_busy(qv_sink *k, unsigned slot);
 /* Waits until the copies out of slot are done. */

@@ -106,6 +106,8 @@ typedef struct qv_load_stats {
 	unsigned cold_reads;       /* cold frames that were read at once (0: none needed) */
 	enum qv_host_pages host_pages; /* what the library's host arena asked for: SMALL or
 	                                  HUGE; AUTO (0) when the library allocated none */
+	uint64_t cold_gpu_bytes;   /* of cold_bytes: BF16 frames whose planes were merged and
+	                              checked on the GPU, not the CPU (loads to a GPU) */
 } qv_load_stats;
 
 typedef struct qv_load qv_load;

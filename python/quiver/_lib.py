@@ -84,6 +84,7 @@ class LoadStats(ctypes.Structure):  # qv_load_stats
         ("cold_io", ctypes.c_int),
         ("cold_reads", ctypes.c_uint),
         ("host_pages", ctypes.c_int),        # enum qv_host_pages
+        ("cold_gpu_bytes", ctypes.c_uint64),
     ]
 
 

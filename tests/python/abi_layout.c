@@ -55,6 +55,7 @@ int main(void)
 	FIELD(qv_load_stats, cold_io);
 	FIELD(qv_load_stats, cold_reads);
 	FIELD(qv_load_stats, host_pages);
+	FIELD(qv_load_stats, cold_gpu_bytes);
 	printf("}},\n \"qv_version\": {\"size\": null, \"fields\": {");
 	first = 1;
 	FIELD(qv_version, model);

@@ -10,6 +10,7 @@
  * it. QV_TEST_SEED repeats a run; QV_TEST_DEVICE picks the device (default
  * 0). */
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <setjmp.h>
@@ -24,9 +25,11 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <xxhash.h>
 
 #include "load_util.h"
 #include "quiver/codec.h"
+#include "quiver/error.h"
 #include "quiver/tier.h"
 
 #define POISON 0xA5
@@ -80,6 +83,31 @@ static int setup(void **state)
 	std_model(e);
 	*state = e;
 	return 0;
+}
+
+/* N(0, 0.02) as BF16 (truncated), one value in 97 with a rare exponent:
+ * weights-like values whose cold frames are BF16 pairs with escapes. */
+static void bf16_tensor(struct lt_file *f, const char *name, uint64_t values)
+{
+	unsigned char *d = malloc(2 * values);
+	LT_CHECK(d, "out of memory");
+	for (uint64_t i = 0; i < values; i++) {
+		double u1 = ((double)(lt_rand() >> 11) + 1.0) / 9007199254740993.0;
+		double u2 = (double)(lt_rand() >> 11) / 9007199254740992.0;
+		float x = (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2) * 0.02);
+		uint32_t b;
+		memcpy(&b, &x, 4);
+		uint16_t v = (uint16_t)(b >> 16);
+		if (i % 97 == 0)
+			v = (uint16_t)((v & 0x807f) | (uint16_t)(((i / 97) % 60 + 10) << 7));
+		memcpy(d + 2 * i, &v, 2);
+	}
+	size_t k = lt_tensor_add(f, name, 2 * values, d); /* may move f->t */
+	struct lt_tensor *t = &f->t[k];
+	snprintf(t->dtype, sizeof(t->dtype), "BF16");
+	t->ndim = 1;
+	t->shape[0] = (int64_t)values;
+	free(d);
 }
 
 /* A store with a cold tier, the standard model published as v1 and demoted. */
@@ -411,6 +439,277 @@ static void test_cold_tier(void **state)
 	qv_gpu_free(g_dev, dest);
 }
 
+/* A store with a cold tier and a BF16 model, published as v1 and demoted. */
+static int setup_bf16(void **state)
+{
+	struct env *e = env_new();
+	if (!e)
+		return -1;
+	char hot[600], cold[600], err[512] = "";
+	snprintf(hot, sizeof(hot), "%s/hot", e->base);
+	snprintf(cold, sizeof(cold), "%s/cold", e->base);
+	qv_store_config cfg = {.hot_dir = hot, .cold_dir = cold, .high = 0.9, .low = 0.75};
+	int rc = qv_store_init(e->root, &cfg, err, sizeof(err));
+	LT_CHECK(rc == 0, "qv_store_init: %d %s", rc, err);
+	e->s = lt_store_open(e->root);
+	qv_tier_attach(e->s);
+	struct lt_file *f = lt_file_add(&e->m, "model.safetensors");
+	bf16_tensor(f, "w.big", 3 * MIB + 12345);
+	bf16_tensor(f, "w.small", 1000);
+	bf16_tensor(f, "w.mid", MIB / 2 + 1);
+	lt_model_write(&e->m, e->in, 1);
+	lt_publish(e->s, MODEL, &e->m, "v1");
+	qv_migrate_result r;
+	rc = qv_tier_demote(e->s, MODEL, "v1", &r, NULL, NULL);
+	LT_CHECK(rc == 0, "qv_tier_demote: %d (%s) %s", rc, qv_strerror(rc), qv_store_errmsg(e->s));
+	*state = e;
+	return 0;
+}
+
+/* Flips the byte at off of path; returns the old value. */
+static unsigned char flip_byte(const char *path, off_t off)
+{
+	int fd = open(path, O_RDWR);
+	LT_CHECK(fd >= 0, "open %s", path);
+	unsigned char b, old;
+	LT_CHECK(pread(fd, &b, 1, off) == 1, "pread");
+	old = b;
+	b ^= 0x5a;
+	LT_CHECK(pwrite(fd, &b, 1, off) == 1, "pwrite");
+	LT_CHECK(fsync(fd) == 0, "fsync");
+	close(fd);
+	return old;
+}
+
+static void put_byte(const char *path, off_t off, unsigned char b)
+{
+	int fd = open(path, O_RDWR);
+	LT_CHECK(fd >= 0 && pwrite(fd, &b, 1, off) == 1 && fsync(fd) == 0, "restore %s", path);
+	close(fd);
+}
+
+/* A cold BF16 version into device memory: its pairs frames are merged and
+ * checked on the GPU (cold_gpu_bytes), the bytes match the source, and
+ * QV_SINK_MERGE=0 gives the same bytes merged on the CPU. A flipped byte in
+ * a GPU-merged frame's mantissas or escapes fails the load with
+ * QV_ECORRUPT. */
+static void test_cold_gpu_merge(void **state)
+{
+	struct env *e = *state;
+	uint64_t need = 0;
+	assert_int_equal(qv_load_size(e->s, MODEL, "v1", &need), 0);
+	void *dest = NULL;
+	int rc = qv_gpu_alloc(g_dev, need, &dest);
+	LT_CHECK(rc == 0, "qv_gpu_alloc(%llu): %d", (unsigned long long)need, rc);
+	for (int cpu_merge = 0; cpu_merge < 2; cpu_merge++)
+		for (unsigned threads = 1; threads <= 2; threads++)
+			for (int caller = 0; caller < 2; caller++) {
+				if (cpu_merge)
+					setenv("QV_SINK_MERGE", "0", 1);
+				qv_load_opts o = {.device = g_dev, .decode_threads = threads,
+				                  .cuda_streams = caller ? 4 : 1};
+				char w[128];
+				snprintf(w, sizeof(w), "bf16 cold v1, %s arena, %u decoders, merged on the %s",
+				         caller ? "caller" : "library", threads, cpu_merge ? "CPU" : "GPU");
+				if (caller)
+					assert_int_equal(qv_gpu_fill(g_dev, dest, POISON, need), 0);
+				qv_load *l = NULL;
+				rc = qv_load_run(e->s, MODEL, "v1", caller ? dest : NULL, caller ? need : 0, &o,
+				                 &l);
+				unsetenv("QV_SINK_MERGE");
+				LT_CHECK(rc == 0, "%s: %d (%s) %s", w, rc, qv_strerror(rc), qv_store_errmsg(e->s));
+				const qv_load_stats *st = qv_load_get_stats(l);
+				LT_CHECK(st->cold_bytes == st->bytes, "%s: %llu of %llu bytes cold", w,
+				         (unsigned long long)st->cold_bytes, (unsigned long long)st->bytes);
+				if (cpu_merge)
+					LT_CHECK(st->cold_gpu_bytes == 0, "%s: %llu bytes merged on the GPU", w,
+					         (unsigned long long)st->cold_gpu_bytes);
+				else
+					LT_CHECK(st->cold_gpu_bytes >= st->cold_bytes / 2,
+					         "%s: only %llu of %llu cold bytes merged on the GPU", w,
+					         (unsigned long long)st->cold_gpu_bytes,
+					         (unsigned long long)st->cold_bytes);
+				check_device_load(e, l, need, w);
+				print_message("#   ok: %s: %llu of %llu bytes merged on the GPU, all match\n", w,
+				              (unsigned long long)st->cold_gpu_bytes,
+				              (unsigned long long)st->bytes);
+				qv_load_destroy(l);
+			}
+
+	/* damage a frame the GPU merges: a pairs frame of 2 MiB, not the last */
+	char cold[600];
+	snprintf(cold, sizeof(cold), "%s/cold", e->base);
+	g_big[0] = '\0';
+	g_big_size = 0;
+	LT_CHECK(nftw(cold, note_big, 16, FTW_PHYS) == 0 && g_big[0], "no file under %s", cold);
+	int fd = open(g_big, O_RDONLY);
+	LT_CHECK(fd >= 0, "open %s", g_big);
+	struct qv_codec_header *h = NULL;
+	rc = qv_codec_header_read(fd, (uint64_t)g_big_size, &h);
+	LT_CHECK(rc == 0, "qv_codec_header_read(%s): %d", g_big, rc);
+	LT_CHECK(h->frame_count >= 2 && h->frames[1].method == QV_CODEC_METHOD_BF16_PAIRS,
+	         "frame 1 of %s: method %u of %u frames", g_big, h->frames[1].method, h->frame_count);
+	uint64_t at = h->frames[1].offset;
+	qv_codec_header_destroy(h);
+	unsigned char head[16];
+	LT_CHECK(pread(fd, head, sizeof(head), (off_t)at) == (ssize_t)sizeof(head), "pread");
+	close(fd);
+	uint32_t plen[3], ne;
+	memcpy(plen, head, 12);
+	memcpy(&ne, head + 12, 4);
+	LT_CHECK(ne > 0 && plen[2] > 0, "frame 1: %u escapes stored in %u bytes", ne, plen[2]);
+	const struct {
+		uint64_t off;
+		const char *what;
+	} spots[] = {
+		{32 + plen[0] + plen[1] / 2, "a flipped mantissa byte in a GPU-merged frame"},
+		{32 + plen[0] + plen[1] + plen[2] / 2, "a flipped byte in a GPU-merged frame's escapes"},
+	};
+	for (size_t k = 0; k < 2; k++) {
+		unsigned char old = flip_byte(g_big, (off_t)(at + spots[k].off));
+		qv_load_opts o = {.device = g_dev, .decode_threads = 2};
+		load_fails(e, dest, need, &o, QV_ECORRUPT, spots[k].what);
+		put_byte(g_big, (off_t)(at + spots[k].off), old);
+	}
+	qv_load_opts o = {.device = g_dev, .decode_threads = 2};
+	qv_load *l = NULL;
+	rc = qv_load_run(e->s, MODEL, "v1", dest, need, &o, &l);
+	LT_CHECK(rc == 0, "restored: %d %s", rc, qv_store_errmsg(e->s));
+	check_device_load(e, l, need, "restored");
+	qv_load_destroy(l);
+	qv_gpu_free(g_dev, dest);
+}
+
+/* The planes of a synthetic pairs frame: n values, codes with escapes. */
+struct planes {
+	struct qv_codec_pairs pp;
+	unsigned char *codes, *sm, *esc, *want; /* want: the merged bytes */
+};
+
+static void planes_make(struct planes *p, uint64_t n, int tail)
+{
+	memset(p, 0, sizeof(*p));
+	p->codes = calloc((n + 1) / 2, 1);
+	p->sm = malloc(n);
+	p->esc = malloc(n / 16 + 1);
+	p->want = malloc(2 * n + 1);
+	LT_CHECK(p->codes && p->sm && p->esc && p->want, "out of memory");
+	lt_fill_random(p->sm, n);
+	for (unsigned c = 0; c < 15; c++)
+		p->pp.table[c] = (unsigned char)(100 + 3 * c);
+	size_t ne = 0;
+	for (uint64_t i = 0; i < n; i++) {
+		unsigned c = (unsigned)(lt_rand() % 15), e = p->pp.table[c];
+		if (i % 23 == 5 && ne < n / 16) {
+			c = 15;
+			e = (unsigned)(lt_rand() & 0xff);
+			p->esc[ne++] = (unsigned char)e;
+		}
+		p->codes[i / 2] |= (unsigned char)(c << (4 * (i & 1)));
+		uint16_t v = (uint16_t)(e << 7 | (p->sm[i] & 0x80u) << 8 | (p->sm[i] & 0x7fu));
+		memcpy(p->want + 2 * i, &v, 2);
+	}
+	p->pp.values = n;
+	p->pp.codes = p->codes;
+	p->pp.sm = p->sm;
+	p->pp.esc = p->esc;
+	p->pp.escapes = ne;
+	p->pp.has_tail = tail;
+	p->pp.tail = 0x3c;
+	p->want[2 * n] = 0x3c;
+}
+
+static void planes_free(struct planes *p)
+{
+	free(p->codes);
+	free(p->sm);
+	free(p->esc);
+	free(p->want);
+}
+
+/* The CUDA sink's own merge (qv_sink_put_pairs): lengths from 301 bytes to
+ * 2 MiB, odd and aligned destinations, every byte around the frame left
+ * alone; a wrong checksum or a wrong escape count is QV_ECORRUPT. */
+static void test_sink_pairs(void **state)
+{
+	(void)state;
+	const uint64_t cap = 4 * MIB + 64;
+	void *dev = NULL;
+	int rc = qv_gpu_alloc(g_dev, cap, &dev);
+	LT_CHECK(rc == 0, "qv_gpu_alloc: %d", rc);
+	unsigned char *host = malloc(cap);
+	LT_CHECK(host, "out of memory");
+	qv_sink *k = NULL;
+	rc = qv_sink_cuda_create(g_dev, dev, cap, 8, 2, &k);
+	LT_CHECK(rc == 0, "qv_sink_cuda_create: %d", rc);
+	struct planes p;
+	planes_make(&p, 1000, 0);
+	LT_CHECK(qv_sink_put_pairs(k, 4, &p.pp, XXH3_64bits(p.want, 2000), 0) == -EINVAL,
+	         "put_pairs before reserving");
+	LT_CHECK(qv_sink_pairs_reserve(k, 4, 4, 2 * MIB) == 0, "reserve: %s", qv_sink_errmsg(k));
+	LT_CHECK(qv_sink_put_pairs(k, 3, &p.pp, XXH3_64bits(p.want, 2000), 0) == -EINVAL,
+	         "put_pairs on a slot not reserved");
+	planes_free(&p);
+	static const uint64_t values[] = {150, 2048, 32769, 65536, 300001, MIB};
+	static const uint64_t offs[] = {0, 1, 8, 4099};
+	int n = 0;
+	for (size_t v = 0; v < sizeof(values) / sizeof(values[0]); v++)
+		for (size_t o = 0; o < 4; o++) {
+			int tail = (int)((v + o) & 1);
+			planes_make(&p, values[v], tail);
+			uint64_t len = 2 * values[v] + (uint64_t)tail;
+			uint64_t h = XXH3_64bits(p.want, len);
+			unsigned slot = 4 + (unsigned)(n % 4);
+			assert_int_equal(qv_gpu_fill(g_dev, dev, POISON, cap), 0);
+			rc = qv_sink_put_pairs(k, slot, &p.pp, h, offs[o]);
+			LT_CHECK(rc == 0, "put_pairs %llu values at %llu: %d %s",
+			         (unsigned long long)values[v], (unsigned long long)offs[o], rc,
+			         qv_sink_errmsg(k));
+			rc = qv_sink_slot_wait(k, slot);
+			LT_CHECK(rc == 0, "%llu values at %llu: %d %s", (unsigned long long)values[v],
+			         (unsigned long long)offs[o], rc, qv_sink_errmsg(k));
+			assert_int_equal(qv_gpu_to_host(g_dev, host, dev, cap), 0);
+			for (uint64_t i = 0; i < offs[o]; i++)
+				LT_CHECK(host[i] == POISON, "byte %llu before the frame written",
+				         (unsigned long long)i);
+			LT_CHECK(memcmp(host + offs[o], p.want, len) == 0,
+			         "%llu values at %llu: merged bytes differ", (unsigned long long)values[v],
+			         (unsigned long long)offs[o]);
+			for (uint64_t i = offs[o] + len; i < cap; i++)
+				LT_CHECK(host[i] == POISON, "byte %llu after the frame written",
+				         (unsigned long long)i);
+			/* a checksum that does not match */
+			rc = qv_sink_put_pairs(k, slot, &p.pp, h ^ 1, offs[o]);
+			LT_CHECK(rc == 0, "put_pairs: %d", rc);
+			rc = qv_sink_slot_wait(k, slot);
+			LT_CHECK(rc == QV_ECORRUPT, "%llu values, wrong checksum: %d",
+			         (unsigned long long)values[v], rc);
+			/* one escape short, one too many */
+			if (p.pp.escapes > 0) {
+				for (int d = -1; d <= 1; d += 2) {
+					struct qv_codec_pairs q = p.pp;
+					q.escapes = (size_t)((long long)q.escapes + d);
+					if (q.escapes > q.values / 16)
+						continue;
+					rc = qv_sink_put_pairs(k, slot, &q, h, offs[o]);
+					LT_CHECK(rc == 0, "put_pairs: %d", rc);
+					rc = qv_sink_slot_busy(k, slot);
+					while (rc == 1)
+						rc = qv_sink_slot_busy(k, slot);
+					LT_CHECK(rc == QV_ECORRUPT, "%llu values, escapes %+d: %d (%s)",
+					         (unsigned long long)values[v], d, rc, qv_sink_errmsg(k));
+				}
+			}
+			planes_free(&p);
+			n++;
+		}
+	print_message("#   ok: %d frames merged on the GPU matched, wrong checksums and escapes refused\n",
+	              n);
+	qv_sink_destroy(k);
+	qv_gpu_free(g_dev, dev);
+	free(host);
+}
+
 int main(void)
 {
 	const char *why = "";
@@ -439,6 +738,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_faults_and_damage, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_gpu_full, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cold_tier, setup_cold, teardown),
+		cmocka_unit_test_setup_teardown(test_cold_gpu_merge, setup_bf16, teardown),
+		cmocka_unit_test(test_sink_pairs),
 	};
 	int rc = cmocka_run_group_tests_name("load_cuda", tests, NULL, NULL);
 	if (rc)

@@ -326,6 +326,112 @@ static void test_pairs_lies(void **state)
 	free(scratch);
 }
 
+/* Merges a pairs frame taken apart, as a decoder elsewhere must (the
+ * layout qv_codec_pairs documents); -1 when the escapes run out or are
+ * left over. */
+static int merge_pairs_ref(const struct qv_codec_pairs *pp, unsigned char *dst)
+{
+	size_t ei = 0;
+
+	for (size_t i = 0; i < pp->values; i++) {
+		unsigned c = (pp->codes[i / 2] >> (4 * (i & 1))) & 15;
+		unsigned e;
+
+		if (c == 15) {
+			if (ei == pp->escapes)
+				return -1;
+			e = pp->esc[ei++];
+		} else {
+			e = pp->table[c];
+		}
+		uint16_t v = (uint16_t)(e << 7 | (pp->sm[i] & 0x80u) << 8 | (pp->sm[i] & 0x7fu));
+		memcpy(dst + 2 * i, &v, 2);
+	}
+	if (pp->has_tail)
+		dst[2 * pp->values] = pp->tail;
+	return ei == pp->escapes ? 0 : -1;
+}
+
+/* qv_codec_pairs_planes() gives the planes that merge back into the frame:
+ * odd and even lengths, with escapes; it refuses other methods, short
+ * scratch and a lying header. */
+static void test_pairs_planes(void **state)
+{
+	const size_t lens[] = { MIB + 1, 2 * MIB };
+	struct qv_codec_ctx *ctx;
+
+	(void)state;
+	assert_int_equal(qv_codec_ctx_create(&ctx), 0);
+	for (size_t li = 0; li < 2; li++) {
+		size_t len = lens[li], scratch_len = qv_codec_scratch_bytes(len);
+		unsigned char *src = malloc(len), *stored = malloc(len), *back = malloc(len),
+			      *scratch = malloc(scratch_len), *work = malloc(len);
+		struct qv_codec_frame f;
+		struct qv_codec_pairs pp;
+
+		assert_true(src && stored && back && scratch && work);
+		fill_weights(QV_CODEC_BF16, src, len);
+		for (size_t i = 0; i + 2 <= len; i += 2 * 131) { /* rare exponents: escapes */
+			uint16_t v = (uint16_t)((((i / 262) % 50 + 20) << 7) | (i & 0x807f));
+			memcpy(src + i, &v, 2);
+		}
+		assert_int_equal(qv_codec_frame_encode(ctx, QV_CODEC_BF16, 0, src, len, stored, len,
+						       scratch, scratch_len, &f),
+				 0);
+		assert_int_equal(f.method, QV_CODEC_METHOD_BF16_PAIRS);
+		/* scratch of raw_bytes is enough, as the header says */
+		memset(&pp, 0, sizeof(pp));
+		assert_int_equal(qv_codec_pairs_planes(ctx, &f, stored, f.stored_bytes, scratch, len,
+						       &pp),
+				 0);
+		assert_int_equal(pp.values, len / 2);
+		assert_int_equal(pp.has_tail, (int)(len & 1));
+		assert_true(pp.escapes > 0);
+		/* the code plane compresses into scratch; the mantissas stay where they are */
+		assert_ptr_equal(pp.codes, scratch);
+		assert_true(pp.sm >= stored && pp.sm < stored + f.stored_bytes);
+		memset(back, 0, len);
+		assert_int_equal(merge_pairs_ref(&pp, back), 0);
+		assert_memory_equal(back, src, len);
+		assert_true(XXH3_64bits(back, len) == f.xxh3);
+
+		assert_int_equal(qv_codec_pairs_planes(ctx, &f, stored, f.stored_bytes, scratch,
+						       (pp.values + 1) / 2 + pp.values, &pp),
+				 -EINVAL);
+		assert_int_equal(qv_codec_pairs_planes(ctx, &f, stored, f.stored_bytes - 1, scratch,
+						       len, &pp),
+				 -EINVAL);
+		struct qv_codec_frame g = f;
+		g.method = QV_CODEC_METHOD_BF16_PLANES;
+		assert_int_equal(qv_codec_pairs_planes(ctx, &g, stored, f.stored_bytes, scratch, len,
+						       &pp),
+				 -EINVAL);
+		/* escape counts the encoder never writes */
+		const uint32_t lies[] = { (uint32_t)(len / 2 / 16 + 1), 0xffffffffu };
+		for (size_t k = 0; k < 2; k++) {
+			memcpy(work, stored, f.stored_bytes);
+			memcpy(work + 12, &lies[k], 4);
+			assert_int_equal(qv_codec_pairs_planes(ctx, &f, work, f.stored_bytes, scratch,
+							       len, &pp),
+					 QV_ECORRUPT);
+		}
+		/* one escape fewer: the planes come apart, the merge runs short */
+		uint32_t ne;
+		memcpy(&ne, stored + 12, 4);
+		ne--;
+		memcpy(work, stored, f.stored_bytes);
+		memcpy(work + 12, &ne, 4);
+		int rc = qv_codec_pairs_planes(ctx, &f, work, f.stored_bytes, scratch, len, &pp);
+		assert_true(rc == QV_ECORRUPT || (rc == 0 && merge_pairs_ref(&pp, back) != 0));
+		free(src);
+		free(stored);
+		free(back);
+		free(scratch);
+		free(work);
+	}
+	qv_codec_ctx_destroy(ctx);
+}
+
 /* Planes must pay: realistic BF16 shrinks well below plain zstd. */
 static void test_frame_planes_pay(void **state)
 {
@@ -973,6 +1079,7 @@ int main(void)
 		cmocka_unit_test_setup(test_frame_planes_pay, setup),
 		cmocka_unit_test_setup(test_frame_all_patterns, setup),
 		cmocka_unit_test_setup(test_pairs_lies, setup),
+		cmocka_unit_test_setup(test_pairs_planes, setup),
 		cmocka_unit_test_setup(test_frame_bad_args, setup),
 		cmocka_unit_test_setup(test_frame_corrupt, setup),
 		cmocka_unit_test_setup(test_file_round_trip, setup),
