@@ -351,8 +351,12 @@ static int cuda_put(qv_sink *k, unsigned slot, const void *src, size_t len, uint
 	if (e != cudaSuccess)
 		return cuda_fail(c, e, "cudaMemcpyAsync");
 	e = cudaEventRecord(c->events[slot], st);
-	if (e != cudaSuccess)
-		return cuda_fail(c, e, "cudaEventRecord");
+	if (e != cudaSuccess) {
+		int rc = cuda_fail(c, e, "cudaEventRecord");
+		cudaStreamSynchronize(st); /* the copy queued still reads src */
+		cudaGetLastError();
+		return rc;
+	}
 	c->pending[slot] = 1;
 	return 0;
 }
@@ -414,6 +418,8 @@ static int cuda_pairs_reserve(qv_sink *k, unsigned first_slot, unsigned n_slots,
 		return -ENOMEM;
 	if (dev_enter(c->device, &prev) != 0) {
 		rc = -ENODEV;
+	} else if (qv__cuda_pairs_usable() != cudaSuccess) {
+		rc = -ENOTSUP; /* no kernel image for this GPU: the CPU merges */
 	} else if ((e = cudaMalloc((void **)&c->pairs_dev, (size_t)n_slots * l.total)) != cudaSuccess) {
 		rc = cuda_fail(c, e, "cudaMalloc");
 		c->pairs_dev = NULL;
@@ -437,12 +443,36 @@ static int cuda_pairs_reserve(qv_sink *k, unsigned first_slot, unsigned n_slots,
 	return 0;
 }
 
+static int put_pairs_queue(struct cuda_sink *c, unsigned slot, const struct qv_codec_pairs *p,
+                           uint64_t xxh3, uint64_t dest_off);
+
 /* Copies the planes up, then the kernels merge them into the destination
- * and check the checksum; the status comes back before the slot's event. */
+ * and check the checksum; the status comes back before the slot's event.
+ * The kernels are launched on the sink's device, whatever the thread's. A
+ * failure after the first copy was queued waits for what was queued, so
+ * no copy still reads the caller's buffers once this returns. */
 static int cuda_put_pairs(qv_sink *k, unsigned slot, const struct qv_codec_pairs *p,
                           uint64_t xxh3, uint64_t dest_off)
 {
 	struct cuda_sink *c = (struct cuda_sink *)k;
+	int prev, rc;
+
+	if (dev_enter(c->device, &prev) != 0) {
+		dev_leave(prev);
+		return -ENODEV;
+	}
+	rc = put_pairs_queue(c, slot, p, xxh3, dest_off);
+	if (rc) {
+		cudaStreamSynchronize(c->streams[slot % c->n_streams]);
+		cudaGetLastError();
+	}
+	dev_leave(prev);
+	return rc;
+}
+
+static int put_pairs_queue(struct cuda_sink *c, unsigned slot, const struct qv_codec_pairs *p,
+                           uint64_t xxh3, uint64_t dest_off)
+{
 	struct pairs_layout l;
 
 	pairs_layout(p->values, &l);

@@ -59,6 +59,10 @@ struct qv__pairs_job {
 	int has_tail;
 };
 
+/* cudaSuccess if the kernels can run on the current device (built for its
+ * architecture, or PTX it can compile), else a cudaError_t. */
+int qv__cuda_pairs_usable(void);
+
 /* Queues on stream (a cudaStream_t) the merge of job's planes into
  * job->dst and the check of its XXH3 against job->xxh3, with XXH3's
  * default secret (QV__XXH3_SECRET_BYTES). Frames of more than 240 bytes

@@ -549,7 +549,7 @@ static void test_cold_gpu_merge(void **state)
 	LT_CHECK(rc == 0, "qv_codec_header_read(%s): %d", g_big, rc);
 	LT_CHECK(h->frame_count >= 2 && h->frames[1].method == QV_CODEC_METHOD_BF16_PAIRS,
 	         "frame 1 of %s: method %u of %u frames", g_big, h->frames[1].method, h->frame_count);
-	uint64_t at = h->frames[1].offset;
+	uint64_t at = h->frames[1].offset, n1 = h->frames[1].raw_bytes / 2;
 	qv_codec_header_destroy(h);
 	unsigned char head[16];
 	LT_CHECK(pread(fd, head, sizeof(head), (off_t)at) == (ssize_t)sizeof(head), "pread");
@@ -557,18 +557,26 @@ static void test_cold_gpu_merge(void **state)
 	uint32_t plen[3], ne;
 	memcpy(plen, head, 12);
 	memcpy(&ne, head + 12, 4);
-	LT_CHECK(ne > 0 && plen[2] > 0, "frame 1: %u escapes stored in %u bytes", ne, plen[2]);
+	/* the mantissas are stored raw: a flipped one gets past the CPU, which
+	 * only decodes the codes, and only the GPU's checksum can catch it */
+	LT_CHECK(plen[1] == n1 && ne > 0 && plen[2] > 0,
+	         "frame 1: %u values, mantissas in %u bytes, %u escapes in %u bytes", (unsigned)n1,
+	         plen[1], ne, plen[2]);
 	const struct {
 		uint64_t off;
-		const char *what;
+		const char *what, *msg; /* msg: where it must be caught, or NULL */
 	} spots[] = {
-		{32 + plen[0] + plen[1] / 2, "a flipped mantissa byte in a GPU-merged frame"},
-		{32 + plen[0] + plen[1] + plen[2] / 2, "a flipped byte in a GPU-merged frame's escapes"},
+		{32 + plen[0] + plen[1] / 2, "a flipped mantissa byte in a GPU-merged frame",
+		 "merged on device"},
+		{32 + plen[0] + plen[1] + plen[2] / 2, "a flipped byte in a pairs frame's escape plane",
+		 NULL},
 	};
 	for (size_t k = 0; k < 2; k++) {
 		unsigned char old = flip_byte(g_big, (off_t)(at + spots[k].off));
 		qv_load_opts o = {.device = g_dev, .decode_threads = 2};
 		load_fails(e, dest, need, &o, QV_ECORRUPT, spots[k].what);
+		LT_CHECK(!spots[k].msg || strstr(qv_store_errmsg(e->s), spots[k].msg),
+		         "%s: caught, but not by the GPU: %s", spots[k].what, qv_store_errmsg(e->s));
 		put_byte(g_big, (off_t)(at + spots[k].off), old);
 	}
 	qv_load_opts o = {.device = g_dev, .decode_threads = 2};
@@ -696,7 +704,8 @@ static void test_sink_pairs(void **state)
 					rc = qv_sink_slot_busy(k, slot);
 					while (rc == 1)
 						rc = qv_sink_slot_busy(k, slot);
-					LT_CHECK(rc == QV_ECORRUPT, "%llu values, escapes %+d: %d (%s)",
+					LT_CHECK(rc == QV_ECORRUPT && strstr(qv_sink_errmsg(k), "escapes"),
+					         "%llu values, escapes %+d: %d (%s)",
 					         (unsigned long long)values[v], d, rc, qv_sink_errmsg(k));
 				}
 			}
