@@ -26,6 +26,10 @@ HIDDEN=${HIDDEN:-4096} LAYERS=${LAYERS:-4} VOCAB=${VOCAB:-32000} REPS=${REPS:-3}
 CPUSETS=${CPUSETS:-all 0,1} DEVICES=${DEVICES:-cuda:0 cpu} THREADS=${THREADS:-default}
 READS=${READS:-default} PAGES=${PAGES:-default} MERGE=${MERGE:-default}
 DR=${DR:-16x16 4x4 2x4 2x1}
+case " $PAGES " in *" default "*) ;; *) case " $DEVICES " in *cuda*)
+  echo "note: PAGES has no 'default': GPU loads (which have no host pages) are skipped" ;; esac ;; esac
+case " $MERGE " in *" default "*) ;; *) case " $DEVICES " in *" cpu "*)
+  echo "note: MERGE has no 'default': host loads (merged on the CPU anyway) are skipped" ;; esac ;; esac
 t() { date +%s.%N; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 mkdir -p "$W"
