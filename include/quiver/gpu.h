@@ -106,7 +106,8 @@ struct qv_codec_pairs;
 /* Readies slots [first_slot, first_slot + n_slots) for qv_sink_put_pairs()
  * with frames of up to frame_bytes raw bytes (device memory for the planes).
  * Returns 0, -ENOTSUP where the sink cannot merge frames (host sinks,
- * builds without the kernels), -EINVAL, or -ENOMEM / -EIO (the device). */
+ * builds without CUDA, a GPU the kernels were not built for), -EINVAL,
+ * -ENODEV, or -ENOMEM / -EIO (the device). */
 int qv_sink_pairs_reserve(qv_sink *k, unsigned first_slot, unsigned n_slots, size_t frame_bytes);
 
 /* Queues a BF16 pairs frame taken apart (qv_codec_pairs_planes()) for the
@@ -115,7 +116,9 @@ int qv_sink_pairs_reserve(qv_sink *k, unsigned first_slot, unsigned n_slots, siz
  * host memory is copied asynchronously; pinned memory for speed). The
  * slot's qv_sink_slot_busy()/_wait() return QV_ECORRUPT when the frame
  * does not merge or its checksum differs. Returns 0, -ENOTSUP, -ERANGE,
- * or -EIO (message in qv_sink_errmsg()). */
+ * -EINVAL (a slot not reserved, a frame larger than reserved or of 240
+ * bytes or less), -ENODEV, or -EIO (message in qv_sink_errmsg()). After a
+ * failure nothing queued reads the planes any more. */
 int qv_sink_put_pairs(qv_sink *k, unsigned slot, const struct qv_codec_pairs *p, uint64_t xxh3,
                       uint64_t dest_off);
 
