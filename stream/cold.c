@@ -31,7 +31,7 @@
 /* qv_codec_header_read() bounds a frame's stored length by its raw length,
  * which is its file's frame_bytes (the last frame's less), at most
  * QV_CODEC_FRAME_MAX: an aligned read of it fits a buffer of the largest
- * frame_bytes of the targets, rounded up to huge pages (read_stride()). */
+ * frame_bytes of the targets, rounded up to huge pages (rstride). */
 _Static_assert(QV_CODEC_FRAME_MAX % QV_CODEC_ALIGN == 0, "an aligned frame read fits a buffer");
 
 /* Frames read ahead: the caller picks how many readers (load.c: fewer on a
