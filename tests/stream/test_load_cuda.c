@@ -110,8 +110,9 @@ static void bf16_tensor(struct lt_file *f, const char *name, uint64_t values)
 	free(d);
 }
 
-/* A store with a cold tier, the standard model published as v1 and demoted. */
-static int setup_cold(void **state)
+/* A store with a cold tier and the model `model` writes, published as v1
+ * and demoted. */
+static int setup_tiered(void **state, void (*model)(struct env *))
 {
 	struct env *e = env_new();
 	if (!e)
@@ -124,12 +125,33 @@ static int setup_cold(void **state)
 	LT_CHECK(rc == 0, "qv_store_init: %d %s", rc, err);
 	e->s = lt_store_open(e->root);
 	qv_tier_attach(e->s);
-	std_model(e);
+	model(e);
 	qv_migrate_result r;
 	rc = qv_tier_demote(e->s, MODEL, "v1", &r, NULL, NULL);
 	LT_CHECK(rc == 0, "qv_tier_demote: %d (%s) %s", rc, qv_strerror(rc), qv_store_errmsg(e->s));
 	*state = e;
 	return 0;
+}
+
+/* Three BF16 tensors, published as v1: cold frames of BF16 pairs. */
+static void bf16_model(struct env *e)
+{
+	struct lt_file *f = lt_file_add(&e->m, "model.safetensors");
+	bf16_tensor(f, "w.big", 3 * MIB + 12345);
+	bf16_tensor(f, "w.small", 1000);
+	bf16_tensor(f, "w.mid", MIB / 2 + 1);
+	lt_model_write(&e->m, e->in, 1);
+	lt_publish(e->s, MODEL, &e->m, "v1");
+}
+
+static int setup_cold(void **state)
+{
+	return setup_tiered(state, std_model);
+}
+
+static int setup_bf16(void **state)
+{
+	return setup_tiered(state, bf16_model);
 }
 
 static int teardown(void **state)
@@ -375,6 +397,46 @@ static int note_big(const char *path, const struct stat *st, int type, struct FT
 	return 0;
 }
 
+/* Flips the byte at off of path; returns the old value. */
+static unsigned char flip_byte(const char *path, off_t off)
+{
+	int fd = open(path, O_RDWR);
+	LT_CHECK(fd >= 0, "open %s", path);
+	unsigned char b, old;
+	LT_CHECK(pread(fd, &b, 1, off) == 1, "pread");
+	old = b;
+	b ^= 0x5a;
+	LT_CHECK(pwrite(fd, &b, 1, off) == 1, "pwrite");
+	LT_CHECK(fsync(fd) == 0, "fsync");
+	close(fd);
+	return old;
+}
+
+static void put_byte(const char *path, off_t off, unsigned char b)
+{
+	int fd = open(path, O_RDWR);
+	LT_CHECK(fd >= 0 && pwrite(fd, &b, 1, off) == 1 && fsync(fd) == 0, "restore %s", path);
+	close(fd);
+}
+
+/* The header of the largest file under e's cold tier, whose path is left
+ * in g_big. */
+static struct qv_codec_header *big_cold_header(struct env *e)
+{
+	char cold[600];
+	snprintf(cold, sizeof(cold), "%s/cold", e->base);
+	g_big[0] = '\0';
+	g_big_size = 0;
+	LT_CHECK(nftw(cold, note_big, 16, FTW_PHYS) == 0 && g_big[0], "no file under %s", cold);
+	int fd = open(g_big, O_RDONLY);
+	LT_CHECK(fd >= 0, "open %s", g_big);
+	struct qv_codec_header *h = NULL;
+	int rc = qv_codec_header_read(fd, (uint64_t)g_big_size, &h);
+	LT_CHECK(rc == 0, "qv_codec_header_read(%s): %d", g_big, rc);
+	close(fd);
+	return h;
+}
+
 /* A cold version into device memory: library and caller arenas, 1, 2 and 4
  * decoders, 1 and 4 copy streams, with and without verify, each compared
  * byte for byte; then a flipped byte in a cold frame fails the load. */
@@ -412,80 +474,17 @@ static void test_cold_tier(void **state)
 		}
 	print_message("#   ok: %d cold loads into device memory matched the source byte for byte\n", n);
 
-	char cold[600];
-	snprintf(cold, sizeof(cold), "%s/cold", e->base);
-	g_big[0] = '\0';
-	g_big_size = 0;
-	LT_CHECK(nftw(cold, note_big, 16, FTW_PHYS) == 0 && g_big[0], "no file under %s", cold);
-	int fd = open(g_big, O_RDWR);
-	LT_CHECK(fd >= 0, "open %s", g_big);
-	struct qv_codec_header *h = NULL;
-	rc = qv_codec_header_read(fd, (uint64_t)g_big_size, &h);
-	LT_CHECK(rc == 0, "qv_codec_header_read(%s): %d", g_big, rc);
+	struct qv_codec_header *h = big_cold_header(e);
 	off_t off = (off_t)(h->frames[h->frame_count - 1].offset +
 	                    h->frames[h->frame_count - 1].stored_bytes / 2);
 	qv_codec_header_destroy(h);
-	unsigned char b;
-	LT_CHECK(pread(fd, &b, 1, off) == 1, "pread");
-	b ^= 0x5a;
-	LT_CHECK(pwrite(fd, &b, 1, off) == 1, "pwrite");
-	fsync(fd);
-	close(fd);
+	flip_byte(g_big, off);
 	for (int verify = 0; verify < 2; verify++) {
 		qv_load_opts o = {.device = g_dev, .decode_threads = 2, .verify = verify};
 		load_fails(e, dest, need, &o, QV_ECORRUPT,
 		           verify ? "flipped cold byte, verify" : "flipped cold byte, no verify");
 	}
 	qv_gpu_free(g_dev, dest);
-}
-
-/* A store with a cold tier and a BF16 model, published as v1 and demoted. */
-static int setup_bf16(void **state)
-{
-	struct env *e = env_new();
-	if (!e)
-		return -1;
-	char hot[600], cold[600], err[512] = "";
-	snprintf(hot, sizeof(hot), "%s/hot", e->base);
-	snprintf(cold, sizeof(cold), "%s/cold", e->base);
-	qv_store_config cfg = {.hot_dir = hot, .cold_dir = cold, .high = 0.9, .low = 0.75};
-	int rc = qv_store_init(e->root, &cfg, err, sizeof(err));
-	LT_CHECK(rc == 0, "qv_store_init: %d %s", rc, err);
-	e->s = lt_store_open(e->root);
-	qv_tier_attach(e->s);
-	struct lt_file *f = lt_file_add(&e->m, "model.safetensors");
-	bf16_tensor(f, "w.big", 3 * MIB + 12345);
-	bf16_tensor(f, "w.small", 1000);
-	bf16_tensor(f, "w.mid", MIB / 2 + 1);
-	lt_model_write(&e->m, e->in, 1);
-	lt_publish(e->s, MODEL, &e->m, "v1");
-	qv_migrate_result r;
-	rc = qv_tier_demote(e->s, MODEL, "v1", &r, NULL, NULL);
-	LT_CHECK(rc == 0, "qv_tier_demote: %d (%s) %s", rc, qv_strerror(rc), qv_store_errmsg(e->s));
-	*state = e;
-	return 0;
-}
-
-/* Flips the byte at off of path; returns the old value. */
-static unsigned char flip_byte(const char *path, off_t off)
-{
-	int fd = open(path, O_RDWR);
-	LT_CHECK(fd >= 0, "open %s", path);
-	unsigned char b, old;
-	LT_CHECK(pread(fd, &b, 1, off) == 1, "pread");
-	old = b;
-	b ^= 0x5a;
-	LT_CHECK(pwrite(fd, &b, 1, off) == 1, "pwrite");
-	LT_CHECK(fsync(fd) == 0, "fsync");
-	close(fd);
-	return old;
-}
-
-static void put_byte(const char *path, off_t off, unsigned char b)
-{
-	int fd = open(path, O_RDWR);
-	LT_CHECK(fd >= 0 && pwrite(fd, &b, 1, off) == 1 && fsync(fd) == 0, "restore %s", path);
-	close(fd);
 }
 
 /* A cold BF16 version into device memory: its pairs frames are merged and
@@ -537,22 +536,15 @@ static void test_cold_gpu_merge(void **state)
 			}
 
 	/* damage a frame the GPU merges: a pairs frame of 2 MiB, not the last */
-	char cold[600];
-	snprintf(cold, sizeof(cold), "%s/cold", e->base);
-	g_big[0] = '\0';
-	g_big_size = 0;
-	LT_CHECK(nftw(cold, note_big, 16, FTW_PHYS) == 0 && g_big[0], "no file under %s", cold);
-	int fd = open(g_big, O_RDONLY);
-	LT_CHECK(fd >= 0, "open %s", g_big);
-	struct qv_codec_header *h = NULL;
-	rc = qv_codec_header_read(fd, (uint64_t)g_big_size, &h);
-	LT_CHECK(rc == 0, "qv_codec_header_read(%s): %d", g_big, rc);
+	struct qv_codec_header *h = big_cold_header(e);
 	LT_CHECK(h->frame_count >= 2 && h->frames[1].method == QV_CODEC_METHOD_BF16_PAIRS,
 	         "frame 1 of %s: method %u of %u frames", g_big, h->frames[1].method, h->frame_count);
 	uint64_t at = h->frames[1].offset, n1 = h->frames[1].raw_bytes / 2;
 	qv_codec_header_destroy(h);
 	unsigned char head[16];
-	LT_CHECK(pread(fd, head, sizeof(head), (off_t)at) == (ssize_t)sizeof(head), "pread");
+	int fd = open(g_big, O_RDONLY);
+	LT_CHECK(fd >= 0 && pread(fd, head, sizeof(head), (off_t)at) == (ssize_t)sizeof(head),
+	         "read frame 1's head in %s", g_big);
 	close(fd);
 	uint32_t plen[3], ne;
 	memcpy(plen, head, 12);
