@@ -19,7 +19,10 @@
 #
 #   bench/cold_load.sh [WORKDIR]   (QUIVER=path, COLD_INTO=path, REPS=3,
 #                                   HIDDEN/LAYERS/VOCAB, DTYPE=BF16,
-#                                   FIO_QDS="16 4 2")
+#                                   FIO_QDS="16 4 2", COLD_BPS=bytes/s)
+# COLD_BPS caps the disk's read rate for fio and quiver alike (a block-I/O
+# cgroup, root only): how a slower cold disk, such as a hard disk at
+# 150-250 MB/s, would fare on this machine's cores.
 set -euo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 Q=${QUIVER:-$SRC/build/cli/quiver}
@@ -46,7 +49,8 @@ import json,sys; d=json.load(sys.stdin); c=[t for t in d["tiers"] if t["tier"]==
 print("STORED=%d RAW=%d" % (c["used_bytes"], c["raw_bytes"]))')"
 source "$SRC/bench/common.sh"
 bench_hugepages
-fio_runs=(); q_r=(); c_r=()
+if [ -n "${COLD_BPS:-}" ]; then bench_throttle_reads "$SHARDS" "$COLD_BPS"; fi
+fio_runs=(); q_r=(); c_r=(); cpu_r=()
 FIO=$(mktemp)   # one line per fio run: setting, GB/s
 for r in $(seq "$REPS"); do
   runs=""
@@ -58,8 +62,15 @@ for r in $(seq "$REPS"); do
   done
   fio_runs+=("[$runs ]")
   drop
+  st0=$(head -1 /proc/stat)
   q_r+=("$("$Q" --root "$R" load bench/cold@v1 --device cpu --io direct --json |
     python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["cold_bytes"]/d["seconds"]/1e9, d["decode_threads"], d["cpu_seconds"]/(d["cold_bytes"]/1e9), d["cold_reads"])')")
+  # the machine's CPU time over the load's process, by kind: on a VM the
+  # hypervisor's steal takes cores from a CPU-bound load
+  cpu_r+=("$(printf '%s\n%s\n' "$st0" "$(head -1 /proc/stat)" | awk '
+    {for (i = 2; i <= 9; i++) v[NR, i] = $i}
+    END {for (i = 2; i <= 9; i++) {d[i] = v[2, i] - v[1, i]; t += d[i]}
+         printf "%.0f/%.0f/%.0f", 100 * (d[2] + d[3] + d[4] + d[7] + d[8]) / t, 100 * (d[5] + d[6]) / t, 100 * d[9] / t}')")
   c_r+=("$(QV_IO=direct "$CI" "$R" bench/cold@v1 2 | tail -1 |
     python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["cold_bytes"]/d["seconds"]/1e9)')")
 done
@@ -70,7 +81,7 @@ mq=$(median "$(printf '%s\n' "${q_r[@]}" | cut -d' ' -f1)")
 mc=$(median "${c_r[@]}")
 threads=$(echo "${q_r[0]}" | cut -d' ' -f2) reads=$(echo "${q_r[0]}" | cut -d' ' -f4)
 mcpu=$(median "$(printf '%s\n' "${q_r[@]}" | cut -d' ' -f3)")
-echo "machine: $(nproc) cores, $(df -T "$W" | awk 'NR==2 {print $2}') on $(df "$W" | awk 'NR==2 {print $1}'), kernel $(uname -r); caches dropped: $DROPPED; fio on huge pages: $FIO_HUGE"
+echo "machine: $(nproc) cores, $(df -T "$W" | awk 'NR==2 {print $2}') on $(df "$W" | awk 'NR==2 {print $1}'), kernel $(uname -r); caches dropped: $DROPPED; fio on huge pages: $FIO_HUGE; reads throttled: $THROTTLED"
 awk -v s="$STORED" -v r="$RAW" -v f="$mf" -v q="$mq" -v c="$mc" -v t="$threads" -v u="$mcpu" -v n="$reads" -v qds="$FIO_QDS" -v fb="$fbest" 'BEGIN {
   ratio = s / r; limit = f / ratio
   printf "cold tier: %.0f raw bytes stored in %.0f (stored/raw %.3f)\n", r, s, ratio
@@ -78,5 +89,7 @@ awk -v s="$STORED" -v r="$RAW" -v f="$mf" -v q="$mq" -v c="$mc" -v t="$threads" 
   printf "(b) quiver load of the cold version, fresh memory: %.3f GB/s raw (%d decode threads, %d frames read at once, %.3f CPU-seconds per GB raw)\n", q, t, n, u
   printf "(c) the same load into a resident buffer: %.3f GB/s raw\n", c
   printf "ratio (b) / ((a) / (stored/raw)): %.3f (target >= 0.90)\n", q / limit
-  printf "ratio (c) / ((a) / (stored/raw)): %.3f\n", c / limit }'
+  printf "ratio (c) / ((a) / (stored/raw)): %.3f\n", c / limit
+  printf "summary: a_stored=%.3f b_raw=%.3f b_cpu=%.3f b_ratio=%.3f c_raw=%.3f c_ratio=%.3f\n", f, q, u, q / limit, c, c / limit }'
+echo "machine CPU during each (b) load, % busy/idle+iowait/stolen by the hypervisor: ${cpu_r[*]}"
 echo "runs: fio (4 KiB/huge-page buffers) ${fio_runs[*]} / quiver ${q_r[*]} / resident ${c_r[*]}"

@@ -11,7 +11,11 @@
 # A fio run that fails, reports an error or reads less than every byte of
 # the files stops the script: a failed run must never count as a figure (a
 # 0 or a partial rate would lower the limit and flatter quiver).
-DROPPED=no FIO_HUGE=no
+DROPPED=no FIO_HUGE=no THROTTLED=no
+# What to undo when the script exits: each helper adds its own line.
+BENCH_UNDO=""
+bench_undo() { eval "$BENCH_UNDO"; }
+trap bench_undo EXIT
 drop() { sync; if echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then DROPPED=yes; fi; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
@@ -22,7 +26,7 @@ bench_hugepages() {
   local hp0
   hp0=$(cat /proc/sys/vm/nr_hugepages 2>/dev/null || echo 0)
   if [ "$hp0" -lt $FIO_HUGE_PAGES ] && { echo $FIO_HUGE_PAGES > /proc/sys/vm/nr_hugepages; } 2>/dev/null; then
-    trap "echo $hp0 > /proc/sys/vm/nr_hugepages 2>/dev/null || true" EXIT
+    BENCH_UNDO+="echo $hp0 > /proc/sys/vm/nr_hugepages 2>/dev/null || true;"
   fi
   [ "$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)" -ge $FIO_HUGE_PAGES ] && FIO_HUGE=yes
   return 0
@@ -97,4 +101,34 @@ for line in open(sys.argv[1]):
     runs.setdefault(k, []).append(float(v))
 k = max(runs, key=lambda k: statistics.median(runs[k]))
 print(statistics.median(runs[k]), k)' "$1"
+}
+
+# bench_throttle_reads DIR BYTES_PER_S: from here on, this shell and what it
+# starts (fio, quiver) read the disk under DIR at most BYTES_PER_S, through a
+# block-I/O cgroup (v1 blkio.throttle or v2 io.max; root only), so a fast
+# disk can stand in for a slower one, such as the hard disk a cold tier is
+# meant for. Sets THROTTLED to the rate; exits, saying why, where it cannot.
+bench_throttle_reads() {
+  local dir=$1 bps=$2 src name parent dev cg
+  case $bps in '' | *[!0-9]*) echo "throttle: '$bps' is not a byte rate" >&2; exit 2 ;; esac
+  src=$(findmnt -no SOURCE --target "$dir") || { echo "throttle: no mount for $dir" >&2; exit 1; }
+  name=$(lsblk -no KNAME "$src" 2>/dev/null | head -1)
+  parent=$(lsblk -no PKNAME "$src" 2>/dev/null | head -1)
+  # the limit applies to whole disks, not partitions
+  dev=$(cat "/sys/class/block/${parent:-$name}/dev" 2>/dev/null) ||
+    { echo "throttle: cannot tell which disk holds $dir ($src)" >&2; exit 1; }
+  if [ -f /sys/fs/cgroup/cgroup.controllers ] && grep -qw io /sys/fs/cgroup/cgroup.controllers; then
+    cg=/sys/fs/cgroup/qv-bench-$$
+    grep -qw io /sys/fs/cgroup/cgroup.subtree_control || echo +io > /sys/fs/cgroup/cgroup.subtree_control
+    mkdir "$cg" && echo "$dev rbps=$bps" > "$cg/io.max"
+    BENCH_UNDO+="echo $$ > /sys/fs/cgroup/cgroup.procs; rmdir $cg;"
+  elif [ -f /sys/fs/cgroup/blkio/blkio.throttle.read_bps_device ]; then
+    cg=/sys/fs/cgroup/blkio/qv-bench-$$
+    mkdir "$cg" && echo "$dev $bps" > "$cg/blkio.throttle.read_bps_device"
+    BENCH_UNDO+="echo $$ > /sys/fs/cgroup/blkio/cgroup.procs; rmdir $cg;"
+  else
+    echo "throttle: no cgroup v2 io controller or v1 blkio.throttle here" >&2; exit 1
+  fi || { echo "throttle: could not set up $cg (root only)" >&2; exit 1; }
+  echo $$ > "$cg/cgroup.procs" || { echo "throttle: could not join $cg" >&2; exit 1; }
+  THROTTLED="$bps B/s on $dev"
 }
