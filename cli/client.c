@@ -11,6 +11,7 @@
 
 #include "proto.h"
 #include "quiver/client.h"
+#include "quiver/store.h"
 
 struct qv_client {
 	int fd;
@@ -20,15 +21,10 @@ static int socket_path(const char *root, char *buf, size_t len)
 {
 	char def[PATH_MAX];
 	if (!root) {
-		const char *env = getenv("QUIVER_ROOT"), *home = getenv("HOME");
-		if (env && *env)
-			root = env;
-		else if (home && *home) {
-			snprintf(def, sizeof(def), "%s/.local/share/quiver", home);
-			root = def;
-		} else {
-			return -ENOENT;
-		}
+		int rc = qv_store_default_root(def, sizeof(def));
+		if (rc)
+			return rc;
+		root = def;
 	}
 	int n = snprintf(buf, len, "%s/quiverd.sock", root);
 	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;

@@ -48,18 +48,17 @@ static char *path_join(const char *a, const char *b)
 	return p;
 }
 
-static int default_root(char *buf, size_t n)
+int qv_store_default_root(char *buf, size_t len)
 {
-	const char *env = getenv("QUIVER_ROOT");
-	if (env && *env) {
-		snprintf(buf, n, "%s", env);
-		return 0;
-	}
-	const char *home = getenv("HOME");
-	if (!home || !*home)
+	const char *env = getenv("QUIVER_ROOT"), *home = getenv("HOME");
+	int n;
+	if (env && *env)
+		n = snprintf(buf, len, "%s", env);
+	else if (home && *home)
+		n = snprintf(buf, len, "%s/.local/share/quiver", home);
+	else
 		return -ENOENT;
-	snprintf(buf, n, "%s/.local/share/quiver", home);
-	return 0;
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
 static int open_dbs(qv_store *s, char *errbuf, size_t errlen)
@@ -130,9 +129,11 @@ int qv_store_open(const char *root, qv_store **out, char *errbuf, size_t errlen)
 	}
 	*out = NULL;
 	if (!root) {
-		rc = default_root(rootbuf, sizeof(rootbuf));
+		rc = qv_store_default_root(rootbuf, sizeof(rootbuf));
 		if (rc) {
-			snprintf(errbuf, errlen, "no store root: set --root, QUIVER_ROOT or HOME");
+			snprintf(errbuf, errlen, "%s",
+			         rc == -ENOENT ? "no store root: set --root, QUIVER_ROOT or HOME"
+			                       : "no store root: QUIVER_ROOT or HOME is too long");
 			return rc;
 		}
 		root = rootbuf;

@@ -36,8 +36,13 @@ extern "C" {
 
 typedef struct qv_store qv_store;
 
+/* The root used where none is given: $QUIVER_ROOT if set and not empty,
+ * else $HOME/.local/share/quiver. Writes it into buf (len bytes) and returns
+ * 0, -ENOENT when neither variable is set, or -ENAMETOOLONG. */
+int qv_store_default_root(char *buf, size_t len);
+
 /* Opens (creating it on first use) the store at root. root == NULL picks
- * $QUIVER_ROOT, else ~/.local/share/quiver. On success *out owns the handle;
+ * qv_store_default_root(). On success *out owns the handle;
  * release it with qv_store_close(). On failure *out is NULL and, when the
  * failure is not an allocation failure, a message is printed into errbuf
  * (may be NULL) of errlen bytes. */

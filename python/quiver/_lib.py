@@ -3,6 +3,7 @@
 The Structures mirror include/quiver/load.h field for field; keep them in
 step with it."""
 import ctypes
+import errno
 import ctypes.util
 import os
 import threading
@@ -141,6 +142,7 @@ def _declare(lib):
     P, I, U64, S = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64, ctypes.c_char_p
     sig = {
         "qv_strerror": (S, [I]),
+        "qv_store_default_root": (I, [ctypes.c_char_p, ctypes.c_size_t]),
         "qv_store_open": (I, [S, ctypes.POINTER(P), ctypes.c_char_p, ctypes.c_size_t]),
         "qv_store_close": (None, [P]),
         "qv_store_root": (S, [P]),
@@ -181,14 +183,16 @@ _stores_mu = threading.Lock()
 
 
 def default_root(root=None):
-    """The store root, resolved as the library resolves it."""
+    """The store root: root, else the library's default ($QUIVER_ROOT, else
+    ~/.local/share/quiver)."""
     if root is None:
-        root = os.environ.get("QUIVER_ROOT") or None
-    if root is None:
-        home = os.environ.get("HOME")
-        if not home:
+        buf = ctypes.create_string_buffer(4096)
+        rc = library().qv_store_default_root(buf, len(buf))
+        if rc == -errno.ENOENT:
             raise QuiverError("no store root: pass root=, or set QUIVER_ROOT or HOME")
-        root = os.path.join(home, ".local", "share", "quiver")
+        if rc:
+            raise QuiverError("no store root: " + strerror(rc))
+        root = os.fsdecode(buf.value)
     return os.path.abspath(root)
 
 

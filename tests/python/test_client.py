@@ -48,6 +48,17 @@ def main():
         compare("QUIVER_ROOT", got, refs["mixed"], "cpu")
     finally:
         del os.environ["QUIVER_ROOT"]
+    # without it, the library's default under HOME; with neither, a clear error
+    home = os.environ.get("HOME")
+    try:
+        os.environ["HOME"] = "/nonexistent-home"
+        got = quiver._lib.default_root()
+        check(got == "/nonexistent-home/.local/share/quiver", f"default root under HOME: {got}")
+        del os.environ["HOME"]
+        expect_error("no HOME, no QUIVER_ROOT", lambda: quiver.load("mixed"), "QUIVER_ROOT or HOME")
+    finally:
+        if home is not None:
+            os.environ["HOME"] = home
 
     # ---- errors, in-process ----
     e = expect_error("unknown model", lambda: quiver.load("nosuch", root=root), "nosuch")

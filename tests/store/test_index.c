@@ -1449,6 +1449,50 @@ static void test_gc_no_versions(void **state)
 	assert_false(exists(orphan));
 }
 
+/* Sets or (v == NULL) unsets the variable name. */
+static void set_env(const char *name, const char *v)
+{
+	if (v)
+		assert_int_equal(setenv(name, v, 1), 0);
+	else
+		assert_int_equal(unsetenv(name), 0);
+}
+
+static void test_default_root(void **state)
+{
+	(void)state;
+	char *env = getenv("QUIVER_ROOT"), *home = getenv("HOME");
+	char *env0 = env ? strdup(env) : NULL, *home0 = home ? strdup(home) : NULL;
+	char buf[64], tiny[8];
+
+	set_env("QUIVER_ROOT", "/srv/weights");
+	set_env("HOME", "/home/u");
+	assert_int_equal(qv_store_default_root(buf, sizeof(buf)), 0);
+	assert_string_equal(buf, "/srv/weights");
+	set_env("QUIVER_ROOT", ""); /* empty counts as unset */
+	assert_int_equal(qv_store_default_root(buf, sizeof(buf)), 0);
+	assert_string_equal(buf, "/home/u/.local/share/quiver");
+	assert_int_equal(qv_store_default_root(tiny, sizeof(tiny)), -ENAMETOOLONG);
+	/* exactly fits: 27 characters and the NUL */
+	assert_int_equal(qv_store_default_root(buf, 28), 0);
+	assert_int_equal(qv_store_default_root(buf, 27), -ENAMETOOLONG);
+	set_env("QUIVER_ROOT", NULL);
+	set_env("HOME", "");
+	assert_int_equal(qv_store_default_root(buf, sizeof(buf)), -ENOENT);
+	set_env("HOME", NULL);
+	assert_int_equal(qv_store_default_root(buf, sizeof(buf)), -ENOENT);
+	char err[128] = "";
+	qv_store *s = NULL;
+	assert_int_equal(qv_store_open(NULL, &s, err, sizeof(err)), -ENOENT);
+	assert_null(s);
+	assert_non_null(strstr(err, "QUIVER_ROOT"));
+
+	set_env("QUIVER_ROOT", env0);
+	set_env("HOME", home0);
+	free(env0);
+	free(home0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1467,6 +1511,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_duplicate_data, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_progress, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_gc_no_versions, setup, teardown),
+		cmocka_unit_test(test_default_root),
 	};
 	/* QV_TEST_FILTER=test_gc (a glob) runs a subset, e.g. to get past a test
 	 * that a sanitizer aborts. */
