@@ -4,53 +4,72 @@
  * destination offset at once, so its ring slot is free as soon as put()
  * returns. The dispatch functions check the bounds every sink relies on. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gpu_int.h"
 #include "quiver/codec.h"
+#include "quiver/error.h"
+
+/* Each call starts with no message (fresh) and leaves one for any failure
+ * (said): the backend's where it wrote one, else the code's. So the caller
+ * of a failed call reads that failure, never an earlier one. */
+static qv_sink *fresh(qv_sink *k)
+{
+	k->errmsg[0] = '\0';
+	return k;
+}
+
+static int said(qv_sink *k, int rc)
+{
+	if (rc < 0 && !k->errmsg[0])
+		snprintf(k->errmsg, sizeof(k->errmsg), "%s",
+		         rc == QV_ECORRUPT ? "damaged data" : strerror(-rc));
+	return rc;
+}
 
 int qv_sink_put(qv_sink *k, unsigned slot, const void *src, size_t len, uint64_t dest_off)
 {
-	if (slot >= k->n_slots || dest_off > k->dest_bytes || len > k->dest_bytes - dest_off)
-		return -ERANGE;
-	return k->ops->put(k, slot, src, len, dest_off);
+	if (slot >= fresh(k)->n_slots || dest_off > k->dest_bytes || len > k->dest_bytes - dest_off)
+		return said(k, -ERANGE);
+	return said(k, k->ops->put(k, slot, src, len, dest_off));
 }
 
 int qv_sink_pairs_reserve(qv_sink *k, unsigned first_slot, unsigned n_slots, size_t frame_bytes)
 {
-	if (!k->ops->pairs_reserve)
-		return -ENOTSUP;
+	if (!fresh(k)->ops->pairs_reserve)
+		return said(k, -ENOTSUP);
 	if (first_slot > k->n_slots || n_slots > k->n_slots - first_slot || n_slots == 0 ||
 	    frame_bytes == 0 || frame_bytes > QV_CODEC_FRAME_MAX)
-		return -EINVAL;
-	return k->ops->pairs_reserve(k, first_slot, n_slots, frame_bytes);
+		return said(k, -EINVAL);
+	return said(k, k->ops->pairs_reserve(k, first_slot, n_slots, frame_bytes));
 }
 
 int qv_sink_put_pairs(qv_sink *k, unsigned slot, const struct qv_codec_pairs *p, uint64_t xxh3,
                       uint64_t dest_off)
 {
-	if (!k->ops->put_pairs)
-		return -ENOTSUP;
+	if (!fresh(k)->ops->put_pairs)
+		return said(k, -ENOTSUP);
 	uint64_t len = 2 * (uint64_t)p->values + (p->has_tail ? 1 : 0);
 	if (slot >= k->n_slots || dest_off > k->dest_bytes || len > k->dest_bytes - dest_off)
-		return -ERANGE;
-	return k->ops->put_pairs(k, slot, p, xxh3, dest_off);
+		return said(k, -ERANGE);
+	return said(k, k->ops->put_pairs(k, slot, p, xxh3, dest_off));
 }
 
 int qv_sink_slot_busy(qv_sink *k, unsigned slot)
 {
-	return slot < k->n_slots ? k->ops->slot_busy(k, slot) : -ERANGE;
+	return said(k, slot < fresh(k)->n_slots ? k->ops->slot_busy(k, slot) : -ERANGE);
 }
 
 int qv_sink_slot_wait(qv_sink *k, unsigned slot)
 {
-	return slot < k->n_slots ? k->ops->slot_wait(k, slot) : -ERANGE;
+	return said(k, slot < fresh(k)->n_slots ? k->ops->slot_wait(k, slot) : -ERANGE);
 }
 
 int qv_sink_finish(qv_sink *k)
 {
-	return k->ops->finish(k);
+	return said(k, fresh(k)->ops->finish(k));
 }
 
 void *qv_sink_host_dest(const qv_sink *k, uint64_t *dest_bytes)

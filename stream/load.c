@@ -712,8 +712,8 @@ int qv_load_run(qv_store *s, const char *model, const char *ref, void *dest, uin
 	if (rc == 0)
 		rc = run_cold(s, o, &p, sink, ring_slots, threads, cold_bufs, cold_buf, &l->stats,
 		              qv__stream_now() - t0);
-	if (rc == 0 && qv_sink_finish(sink))
-		rc = qv_store_fail(s, -EIO, "%s", qv_sink_errmsg(sink));
+	if (rc == 0 && (rc = qv_sink_finish(sink)) != 0) /* a frame merged there may be damaged */
+		rc = qv_store_fail(s, rc == QV_ECORRUPT ? QV_ECORRUPT : -EIO, "%s", qv_sink_errmsg(sink));
 	qv__prefault_stop(pf);
 	pf = NULL;
 	if (rc)

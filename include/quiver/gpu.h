@@ -132,7 +132,8 @@ int qv_sink_finish(qv_sink *k);
  * directly, skipping the copy), or NULL for other sinks. */
 void *qv_sink_host_dest(const qv_sink *k, uint64_t *dest_bytes);
 
-/* The last error's description ("" if none). */
+/* The description of the last call's failure ("" after a call that did not
+ * fail): the call that returned an error is the one it describes. */
 const char *qv_sink_errmsg(const qv_sink *k);
 /* NULL is a no-op. Waits for queued copies first. */
 void qv_sink_destroy(qv_sink *k);

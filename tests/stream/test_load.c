@@ -1128,6 +1128,30 @@ static void test_odirect_fallback(void **state)
 	}
 }
 
+/* A sink's message describes the failure of the call that just returned
+ * one, and a call that succeeds leaves none behind. */
+static void test_sink_messages(void **state)
+{
+	(void)state;
+	char dest[64];
+	qv_sink *k = NULL;
+	assert_int_equal(qv_sink_host_create(dest, sizeof(dest), 4, &k), 0);
+	assert_int_equal(qv_sink_put(k, 0, "abcd", 4, 62), -ERANGE);
+	assert_non_null(strstr(qv_sink_errmsg(k), "range"));
+	assert_int_equal(qv_sink_put(k, 0, "abcd", 4, 60), 0);
+	assert_string_equal(qv_sink_errmsg(k), "");
+	assert_memory_equal(dest + 60, "abcd", 4);
+	assert_int_equal(qv_sink_pairs_reserve(k, 0, 4, 1 << 20), -ENOTSUP); /* host sinks */
+	assert_string_not_equal(qv_sink_errmsg(k), "");
+	assert_int_equal(qv_sink_slot_wait(k, 3), 0);
+	assert_string_equal(qv_sink_errmsg(k), "");
+	assert_int_equal(qv_sink_slot_busy(k, 4), -ERANGE);
+	assert_string_not_equal(qv_sink_errmsg(k), "");
+	assert_int_equal(qv_sink_finish(k), 0);
+	assert_string_equal(qv_sink_errmsg(k), "");
+	qv_sink_destroy(k);
+}
+
 int main(void)
 {
 	lt_seed_init();
@@ -1151,6 +1175,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_host_pages, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_free_page_reporting, setup, teardown),
 		cmocka_unit_test(test_pci_bus_id),
+		cmocka_unit_test(test_sink_messages),
 	};
 	int rc = cmocka_run_group_tests_name("load", tests, NULL, NULL);
 	if (rc)
