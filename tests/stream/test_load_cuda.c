@@ -437,6 +437,17 @@ static struct qv_codec_header *big_cold_header(struct env *e)
 	return h;
 }
 
+/* Device memory for the whole of MODEL@v1 (*need bytes), for loads into a
+ * caller's arena; free it with qv_gpu_free. */
+static void *version_dest(struct env *e, uint64_t *need)
+{
+	void *dest = NULL;
+	assert_int_equal(qv_load_size(e->s, MODEL, "v1", need), 0);
+	int rc = qv_gpu_alloc(g_dev, *need, &dest);
+	LT_CHECK(rc == 0, "qv_gpu_alloc(%llu): %d", (unsigned long long)*need, rc);
+	return dest;
+}
+
 /* A cold version into device memory: library and caller arenas, 1, 2 and 4
  * decoders, 1 and 4 copy streams, with and without verify, each compared
  * byte for byte; then a flipped byte in a cold frame fails the load. */
@@ -444,10 +455,8 @@ static void test_cold_tier(void **state)
 {
 	struct env *e = *state;
 	uint64_t need = 0;
-	assert_int_equal(qv_load_size(e->s, MODEL, "v1", &need), 0);
-	void *dest = NULL;
-	int rc = qv_gpu_alloc(g_dev, need, &dest);
-	LT_CHECK(rc == 0, "qv_gpu_alloc(%llu): %d", (unsigned long long)need, rc);
+	void *dest = version_dest(e, &need);
+	int rc;
 	static const unsigned threads[] = {1, 2, 4};
 	int n = 0;
 	for (size_t t = 0; t < 3; t++)
@@ -496,10 +505,8 @@ static void test_cold_gpu_merge(void **state)
 {
 	struct env *e = *state;
 	uint64_t need = 0;
-	assert_int_equal(qv_load_size(e->s, MODEL, "v1", &need), 0);
-	void *dest = NULL;
-	int rc = qv_gpu_alloc(g_dev, need, &dest);
-	LT_CHECK(rc == 0, "qv_gpu_alloc(%llu): %d", (unsigned long long)need, rc);
+	void *dest = version_dest(e, &need);
+	int rc;
 	for (int cpu_merge = 0; cpu_merge < 2; cpu_merge++)
 		for (unsigned threads = 1; threads <= 2; threads++)
 			for (int caller = 0; caller < 2; caller++) {
