@@ -29,10 +29,17 @@ static int said(qv_sink *k, int rc)
 	return rc;
 }
 
+/* A copy that would land past the destination's end (or a bad slot). */
+static int out_of_range(qv_sink *k)
+{
+	snprintf(k->errmsg, sizeof(k->errmsg), "out of range");
+	return -ERANGE;
+}
+
 int qv_sink_put(qv_sink *k, unsigned slot, const void *src, size_t len, uint64_t dest_off)
 {
 	if (slot >= fresh(k)->n_slots || dest_off > k->dest_bytes || len > k->dest_bytes - dest_off)
-		return said(k, -ERANGE);
+		return out_of_range(k);
 	return said(k, k->ops->put(k, slot, src, len, dest_off));
 }
 
@@ -53,7 +60,7 @@ int qv_sink_put_pairs(qv_sink *k, unsigned slot, const struct qv_codec_pairs *p,
 		return said(k, -ENOTSUP);
 	uint64_t len = 2 * (uint64_t)p->values + (p->has_tail ? 1 : 0);
 	if (slot >= k->n_slots || dest_off > k->dest_bytes || len > k->dest_bytes - dest_off)
-		return said(k, -ERANGE);
+		return out_of_range(k);
 	return said(k, k->ops->put_pairs(k, slot, p, xxh3, dest_off));
 }
 

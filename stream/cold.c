@@ -455,8 +455,7 @@ int qv__cold_run(struct qv__cold_target *t, size_t n, unsigned n_threads, unsign
 			              : qv_sink_put(sink, slot_base + j.buf, bufs + (size_t)j.buf * buf_bytes,
 			                            fr->raw_bytes, off);
 			if (rc)
-				snprintf(err, errlen, "cold shard %s: copy to destination: %s", ct->name,
-				         rc == -ERANGE ? "out of range" : qv_sink_errmsg(sink));
+				sink_failed(&c, &j, rc, sink, err, errlen);
 			else
 				fly[(fly_head + fly_n++) % n_bufs] = j;
 		}

@@ -197,7 +197,7 @@ static int drain(struct engine *e)
 		int rc = qv_sink_put(e->sink, s, buf, sl->want, t->dest_off + sl->off);
 		if (rc) {
 			snprintf(e->err, e->errlen, "shard %s: copy to destination: %s", t->name,
-			         rc == -ERANGE ? "out of range" : qv_sink_errmsg(e->sink));
+			         qv_sink_errmsg(e->sink));
 			return rc == -ERANGE ? -ERANGE : -EIO;
 		}
 		sl->state = SLOT_SINKING;
