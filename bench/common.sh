@@ -110,22 +110,22 @@ print(statistics.median(runs[k]), k)' "$1"
 # meant for. Sets THROTTLED to the rate; exits, saying why, where it cannot.
 bench_throttle_reads() {
   local dir=$1 bps=$2 src name parent dev cg
-  case $bps in '' | *[!0-9]*) echo "throttle: '$bps' is not a byte rate" >&2; exit 2 ;; esac
+  case $bps in '' | 0 | *[!0-9]*) echo "throttle: '$bps' is not a byte rate (0 would mean no cap)" >&2; exit 2 ;; esac
   src=$(findmnt -no SOURCE --target "$dir") || { echo "throttle: no mount for $dir" >&2; exit 1; }
-  name=$(lsblk -no KNAME "$src" 2>/dev/null | head -1)
-  parent=$(lsblk -no PKNAME "$src" 2>/dev/null | head -1)
+  name=$(lsblk -no KNAME "$src" 2>/dev/null | head -1) || true
+  parent=$(lsblk -no PKNAME "$src" 2>/dev/null | head -1) || true
   # the limit applies to whole disks, not partitions
   dev=$(cat "/sys/class/block/${parent:-$name}/dev" 2>/dev/null) ||
     { echo "throttle: cannot tell which disk holds $dir ($src)" >&2; exit 1; }
   if [ -f /sys/fs/cgroup/cgroup.controllers ] && grep -qw io /sys/fs/cgroup/cgroup.controllers; then
     cg=/sys/fs/cgroup/qv-bench-$$
     grep -qw io /sys/fs/cgroup/cgroup.subtree_control || echo +io > /sys/fs/cgroup/cgroup.subtree_control
-    mkdir "$cg" && echo "$dev rbps=$bps" > "$cg/io.max"
-    BENCH_UNDO+="echo $$ > /sys/fs/cgroup/cgroup.procs; rmdir $cg;"
+    mkdir "$cg" && BENCH_UNDO+="echo $$ > /sys/fs/cgroup/cgroup.procs; rmdir $cg;" &&
+      echo "$dev rbps=$bps" > "$cg/io.max"
   elif [ -f /sys/fs/cgroup/blkio/blkio.throttle.read_bps_device ]; then
     cg=/sys/fs/cgroup/blkio/qv-bench-$$
-    mkdir "$cg" && echo "$dev $bps" > "$cg/blkio.throttle.read_bps_device"
-    BENCH_UNDO+="echo $$ > /sys/fs/cgroup/blkio/cgroup.procs; rmdir $cg;"
+    mkdir "$cg" && BENCH_UNDO+="echo $$ > /sys/fs/cgroup/blkio/cgroup.procs; rmdir $cg;" &&
+      echo "$dev $bps" > "$cg/blkio.throttle.read_bps_device"
   else
     echo "throttle: no cgroup v2 io controller or v1 blkio.throttle here" >&2; exit 1
   fi || { echo "throttle: could not set up $cg (root only)" >&2; exit 1; }
