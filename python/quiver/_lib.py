@@ -3,8 +3,8 @@
 The Structures mirror include/quiver/load.h field for field; keep them in
 step with it."""
 import ctypes
-import errno
 import ctypes.util
+import errno
 import os
 import threading
 
