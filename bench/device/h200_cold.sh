@@ -10,7 +10,9 @@
 #   core and pinned to 2 cores (taskset: one decoder per core it may use);
 #   one cold load to cuda:0 with --verify. Ends with each load's median
 #   against the limit, the best setting's median direct_read rate into huge
-#   pages, in raw bytes (the tiering issue's target: >= 0.90).
+#   pages, in raw bytes (the tiering issue's target: >= 0.90), and beside
+#   it the median of its ratios to the best direct_read of the same
+#   repetition (the disk's rate drifts by 20% within a run).
 # Usage (on the device machine, from the repo root): bench/device/h200_cold.sh
 #   (REPS=3, CPUSETS="all 0,1" for taskset -c, DEVICES="cuda:0 cpu",
 #    THREADS="default" or --decode-threads values, e.g. "2 4 8 16",
@@ -60,7 +62,7 @@ done
 # dd reads into 4 KiB pages; bench/direct_read (O_DIRECT reads, no fio
 # here) reads into huge pages as well, as quiver's own read buffers are.
 # Each repetition measures it (huge pages, the better here) in each DR
-# setting before its loads, and the end prints each load's median against
+# setting among its loads, and the end prints each load's median against
 # the best setting's median, in raw bytes: (load raw GB/s) / (limit /
 # (stored/raw)).
 RATIO=$(awk -v s="$STORED" -v r="$("$Q" --root "$R" status --json | python3 -c '
@@ -70,44 +72,59 @@ drop
 "$QV_BUILD/bench/direct_read" --small-pages "$R/cold/shards" |
   python3 -c 'import json,sys; print("raw_direct_read_small_pages_gbps_stored %.3f" % json.load(sys.stdin)["gb_per_s"])'
 RES=$(mktemp)
-for r in $(seq "$REPS"); do
- for dr in $DR; do
-  drop
-  "$QV_BUILD/bench/direct_read" --streams "${dr%x*}" --block "${dr#*x}" "$R/cold/shards" |
-    python3 -c 'import json,sys; print("raw_direct_read_%s %.3f GB/s stored" % (sys.argv[1], json.load(sys.stdin)["gb_per_s"]))' \
-      "$dr" | tee -a "$RES"
- done
- for cpus in $CPUSETS; do
-  for dev in $DEVICES; do
-   for th in $THREADS; do
-    for rd in $READS; do
-     for pg in $PAGES; do
-      for mg in $MERGE; do
+# One repetition runs every direct_read setting and every load once. The
+# order turns by one each repetition, so that no setting always runs first
+# after the previous repetition (this disk's rate drifts within seconds).
+JOBS=()
+for dr in $DR; do JOBS+=("dr $dr"); done
+for cpus in $CPUSETS; do
+ for dev in $DEVICES; do
+  for th in $THREADS; do
+   for rd in $READS; do
+    for pg in $PAGES; do
+     for mg in $MERGE; do
       [ "$pg" = default ] || [ "$dev" = cpu ] || continue
       [ "$mg" = default ] || [ "$dev" != cpu ] || continue
-      drop
-      run=("$Q" --root "$R" load bench/cold@v1 --device "$dev" --io direct --json)
-      [ "$mg" = default ] || run=(env QV_SINK_MERGE=0 "${run[@]}")
-      [ "$th" = default ] || run+=(--decode-threads "$th")
-      [ "$rd" = default ] || run+=(--cold-reads "$rd")
-      [ "$pg" = default ] || run+=(--host-pages "$pg")
-      [ "$cpus" = all ] || run=(taskset -c "$cpus" "${run[@]}")
-      "${run[@]}" | python3 -c '
-import json,sys; d=json.load(sys.stdin); s=d["seconds"]-d["device_init_seconds"]
-print("cpus %-6s %-6s threads %-7s reads %-7s pages %-7s merge %-7s cold %.3f GB/s raw (%.3f s after device init), %d decode threads, %d read at once, %s host pages, %.3f CPU-s per GB raw, %.2f merged on the GPU" %
-      (sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], d["cold_bytes"]/s/1e9, s, d["decode_threads"], d["cold_reads"], d["host_pages"], d["cpu_seconds"]/(d["cold_bytes"]/1e9), d["cold_gpu_bytes"]/d["cold_bytes"]))' \
-        "$cpus" "$dev" "$th" "$rd" "$pg" "$mg" | tee -a "$RES"
-      done
+      JOBS+=("load $cpus $dev $th $rd $pg $mg")
      done
     done
    done
   done
  done
 done
-python3 - "$RES" "$RATIO" <<'PY'
+job() {
+  local kind=$1; shift
+  drop
+  if [ "$kind" = dr ]; then
+    "$QV_BUILD/bench/direct_read" --streams "${1%x*}" --block "${1#*x}" "$R/cold/shards" |
+      python3 -c 'import json,sys; print("raw_direct_read_%s %.3f GB/s stored" % (sys.argv[1], json.load(sys.stdin)["gb_per_s"]))' \
+        "$1" | tee -a "$RES"
+    return
+  fi
+  local cpus=$1 dev=$2 th=$3 rd=$4 pg=$5 mg=$6
+  local run=("$Q" --root "$R" load bench/cold@v1 --device "$dev" --io direct --json)
+  [ "$mg" = default ] || run=(env QV_SINK_MERGE=0 "${run[@]}")
+  [ "$th" = default ] || run+=(--decode-threads "$th")
+  [ "$rd" = default ] || run+=(--cold-reads "$rd")
+  [ "$pg" = default ] || run+=(--host-pages "$pg")
+  [ "$cpus" = all ] || run=(taskset -c "$cpus" "${run[@]}")
+  "${run[@]}" | python3 -c '
+import json,sys; d=json.load(sys.stdin); s=d["seconds"]-d["device_init_seconds"]
+print("cpus %-6s %-6s threads %-7s reads %-7s pages %-7s merge %-7s cold %.3f GB/s raw (%.3f s after device init), %d decode threads, %d read at once, %s host pages, %.3f CPU-s per GB raw, %.2f merged on the GPU" %
+      (sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], d["cold_bytes"]/s/1e9, s, d["decode_threads"], d["cold_reads"], d["host_pages"], d["cpu_seconds"]/(d["cold_bytes"]/1e9), d["cold_gpu_bytes"]/d["cold_bytes"]))' \
+    "$cpus" "$dev" "$th" "$rd" "$pg" "$mg" | tee -a "$RES"
+}
+for r in $(seq "$REPS"); do
+  for i in $(seq 0 $((${#JOBS[@]} - 1))); do
+    # shellcheck disable=SC2086 # a job is its words
+    job ${JOBS[$(((i + r - 1) % ${#JOBS[@]}))]}
+  done
+done
+python3 - "$RES" "$RATIO" "${#JOBS[@]}" <<'PY'
 import statistics, sys
 lines = open(sys.argv[1]).read().splitlines()
 ratio = float(sys.argv[2])
+njobs = int(sys.argv[3])
 dr = {}
 for l in lines:
     if l.startswith("raw_direct_read_"):
@@ -124,10 +141,20 @@ for l in lines:
     if l.startswith("cpus"):
         w = l.split()
         runs.setdefault((w[1], w[2], w[4], w[6], w[8], w[10]), []).append(float(w[12]))
-for (cpus, dev, th, rd, pg, mg), v in runs.items():
+# Paired: each load against the best direct_read of its own repetition
+# (its lines are contiguous), which follows the disk's drift across the run.
+paired = {}
+for i in range(0, len(lines) - njobs + 1, njobs):
+    rep = lines[i:i + njobs]
+    lim = max(float(l.split()[1]) for l in rep if l.startswith("raw_direct_read_")) / ratio
+    for l in rep:
+        if l.startswith("cpus"):
+            w = l.split()
+            paired.setdefault((w[1], w[2], w[4], w[6], w[8], w[10]), []).append(float(w[12]) / lim)
+for key, v in runs.items():
     m = statistics.median(v)
-    print("cpus %-6s %-6s threads %-7s reads %-7s pages %-7s merge %-7s median %.3f GB/s raw = %.3f of the limit (target >= 0.90)" %
-          (cpus, dev, th, rd, pg, mg, m, m / (limit / ratio)))
+    print("cpus %-6s %-6s threads %-7s reads %-7s pages %-7s merge %-7s median %.3f GB/s raw = %.3f of the limit (target >= 0.90); paired by repetition: median %.3f" %
+          (key + (m, m / (limit / ratio), statistics.median(paired[key]))))
 PY
 rm -f "$RES"
 drop
