@@ -10,7 +10,8 @@
  * (docs/BENCHMARKS.md). Prints one line of JSON: bytes, seconds, gb_per_s,
  * streams, block_bytes, huge_pages. Drop the page cache before running it.
  *
- * usage: direct_read [--streams S] [--block SIZE_MIB] [--small-pages] DIR
+ * usage: direct_read [--streams S] [--block SIZE_MIB | --block-kib SIZE_KIB] [--small-pages] DIR
+ *   (--block-kib: any multiple of 4 KiB, e.g. a cold frame's stored size)
  *   (defaults: 16 streams, 16 MiB requests)
  */
 #include <dirent.h>
@@ -191,7 +192,7 @@ static void *stream(void *arg)
 int main(int argc, char **argv)
 {
 	unsigned streams = 16;
-	size_t block_mib = 16;
+	size_t block_kib = 16u << 10;
 	int huge = 1;
 	const char *dir = NULL;
 	struct files f = { 0 };
@@ -204,11 +205,14 @@ int main(int argc, char **argv)
 		if (strcmp(argv[i], "--streams") == 0 && i + 1 < argc)
 			streams = (unsigned)strtoul(argv[++i], NULL, 10);
 		else if (strcmp(argv[i], "--block") == 0 && i + 1 < argc)
-			block_mib = strtoul(argv[++i], NULL, 10);
+			block_kib = strtoul(argv[++i], NULL, 10) << 10;
+		else if (strcmp(argv[i], "--block-kib") == 0 && i + 1 < argc)
+			block_kib = strtoul(argv[++i], NULL, 10);
 		else if (strcmp(argv[i], "--small-pages") == 0)
 			huge = 0;
 		else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
-			printf("usage: direct_read [--streams S] [--block SIZE_MIB] [--small-pages] DIR\n");
+			printf("usage: direct_read [--streams S] [--block SIZE_MIB | --block-kib SIZE_KIB] "
+			       "[--small-pages] DIR\n");
 			return 0;
 		} else if (argv[i][0] == '-' || dir) {
 			dir = NULL;
@@ -216,9 +220,10 @@ int main(int argc, char **argv)
 		} else
 			dir = argv[i];
 	}
-	if (dir == NULL || streams < 1 || streams > STREAMS_MAX || block_mib < 1 || block_mib > 256) {
-		fprintf(stderr, "usage: direct_read [--streams 1-%d] [--block 1-256 (MiB)] "
-				"[--small-pages] DIR\n", STREAMS_MAX);
+	if (dir == NULL || streams < 1 || streams > STREAMS_MAX || block_kib < 4 || block_kib % 4 ||
+	    block_kib > (256u << 10)) {
+		fprintf(stderr, "usage: direct_read [--streams 1-%d] [--block 1-256 (MiB) | "
+				"--block-kib 4-262144, a multiple of 4] [--small-pages] DIR\n", STREAMS_MAX);
 		return 2;
 	}
 	if (collect(dir, &f) != 0)
@@ -244,7 +249,7 @@ int main(int argc, char **argv)
 		f.size[i] = st.st_size;
 	}
 	r.f = &f;
-	r.block = block_mib << 20;
+	r.block = block_kib << 10;
 	r.huge = huge;
 	pthread_mutex_init(&r.mu, NULL);
 	for (unsigned i = 0; i < streams; i++) {
