@@ -11,7 +11,7 @@
 #   one cold load to cuda:0 with --verify. Ends with each load's median
 #   against the limit, the best setting's median direct_read rate into huge
 #   pages, in raw bytes (the tiering issue's target: >= 0.90), and beside
-#   it the median of its ratios to the best direct_read of the same
+#   it the median of its ratios to that setting's direct_read in the same
 #   repetition (the disk's rate drifts by 20% within a run).
 # Usage (on the device machine, from the repo root): bench/device/h200_cold.sh
 #   (REPS=3, CPUSETS="all 0,1" for taskset -c, DEVICES="cuda:0 cpu",
@@ -141,12 +141,14 @@ for l in lines:
     if l.startswith("cpus"):
         w = l.split()
         runs.setdefault((w[1], w[2], w[4], w[6], w[8], w[10]), []).append(float(w[12]))
-# Paired: each load against the best direct_read of its own repetition
-# (its lines are contiguous), which follows the disk's drift across the run.
+# Paired: each load against the limit's setting in its own repetition (its
+# lines are contiguous), which follows the disk's drift across the run. (The
+# better of several settings in each repetition would be the larger of noisy
+# samples: 2-4% above either one on the H200 disks.)
 paired = {}
 for i in range(0, len(lines) - njobs + 1, njobs):
     rep = lines[i:i + njobs]
-    lim = max(float(l.split()[1]) for l in rep if l.startswith("raw_direct_read_")) / ratio
+    lim = [float(l.split()[1]) for l in rep if l.startswith("raw_direct_read_%s " % best)][0] / ratio
     for l in rep:
         if l.startswith("cpus"):
             w = l.split()
