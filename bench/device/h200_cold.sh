@@ -144,7 +144,7 @@ for l in lines:
 # Paired: each load against the limit's setting in its own repetition (its
 # lines are contiguous), which follows the disk's drift across the run. (The
 # better of several settings in each repetition would be the larger of noisy
-# samples: 2-4% above either one on the H200 disks.)
+# samples: 1-4% above either one on the H200 disks.)
 paired = {}
 for i in range(0, len(lines) - njobs + 1, njobs):
     rep = lines[i:i + njobs]
