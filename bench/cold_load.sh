@@ -3,7 +3,8 @@
 #
 # Publishes a generated bf16 model whose values are shaped like trained
 # weights (gen_model.py --values normal), demotes it to the cold tier (same
-# disk, another folder), then REPS times, caches dropped before each:
+# disk, another folder), then REPS times, in an order that turns by one each
+# repetition, caches dropped before each:
 #   (a) fio: raw O_DIRECT read rate of the cold tier's files (stored bytes/s),
 #       the best of 1 MiB reads FIO_QDS deep (default 16, 4 and 2: some disks,
 #       the 2-vCPU box's among them, read faster with fewer in flight), each
@@ -16,6 +17,7 @@
 #       ring of a GPU load. (b) - (c) is the price of first-touch page faults.
 # Target: (b) >= 0.9 x (a) / (stored/raw): decoding never the bottleneck with
 # the default workers. Prints the ratios (b) / ((a) / (stored/raw)) and (c) / ...
+# of the medians, and paired: each repetition's load against its own fio run.
 #
 #   bench/cold_load.sh [WORKDIR]   (QUIVER=path, COLD_INTO=path, REPS=3,
 #                                   HIDDEN/LAYERS/VOCAB, DTYPE=BF16,
@@ -32,57 +34,80 @@ REPS=${REPS:-3} FIO_QDS=${FIO_QDS:-16 4 2}
 HIDDEN=${HIDDEN:-2048} LAYERS=${LAYERS:-6} VOCAB=${VOCAB:-32000} DTYPE=${DTYPE:-BF16}
 command -v fio >/dev/null || { echo "fio is not installed (./dev.sh deps)" >&2; exit 1; }
 [ -x "$CI" ] || { echo "no $CI: build the bench/ targets (COLD_INTO=path)" >&2; exit 1; }
-mkdir -p "$W"
-if [ ! -f "$W/model/model.safetensors.index.json" ]; then
-  python3 "$SRC/python/tools/gen_model.py" "$W/model" --shards 2 --values normal --dtype "$DTYPE" \
-    --hidden "$HIDDEN" --layers "$LAYERS" --vocab "$VOCAB" >/dev/null
-fi
-R="$W/store"
-if [ ! -f "$R/config.ini" ]; then
-  "$Q" --root "$R" init --hot "$R/hot" --cold "$R/cold" >/dev/null
-  "$Q" --root "$R" publish bench/cold "$W/model" --no-activate >/dev/null
-  "$Q" --root "$R" demote bench/cold@v1 >/dev/null
-fi
+source "$SRC/bench/common.sh"
+cold_fixture "$Q" "$W" 2 "$HIDDEN" "$LAYERS" "$VOCAB" "$DTYPE" >/dev/null
 SHARDS=$R/cold/shards   # fio reads every file below it (opendir)
 eval "$("$Q" --root "$R" status --json | python3 -c '
 import json,sys; d=json.load(sys.stdin); c=[t for t in d["tiers"] if t["tier"]=="cold"][0]
 print("STORED=%d RAW=%d" % (c["used_bytes"], c["raw_bytes"]))')"
-source "$SRC/bench/common.sh"
 bench_hugepages
 if [ -n "${COLD_BPS:-}" ]; then bench_throttle_reads "$SHARDS" "$COLD_BPS"; fi
 fio_runs=(); q_r=(); c_r=(); cpu_r=()
 FIO=$(mktemp)   # one line per fio run: setting, GB/s
-for r in $(seq "$REPS"); do
-  runs=""
+PAIR=$(mktemp)  # one line per run: repetition, job (fio setting, b or c), GB/s
+# One repetition runs fio's settings, (b) and (c) once each. Their order
+# turns by one each repetition, so that no job always runs first: a shared
+# virtual disk's rate drifts within seconds, and on this box a fixed order
+# once showed a 16% effect of a change that vanished with the order turned.
+job_fio() {
+  local runs="" qd
   for qd in $FIO_QDS; do
     fio_best "$SHARDS" --iodepth="$qd" || exit 1
     echo "qd$qd-4k $F4" >>"$FIO"
-    if [ -n "$FH" ]; then echo "qd$qd-huge $FH" >>"$FIO"; fi
+    echo "$r qd$qd-4k $F4" >>"$PAIR"
+    if [ -n "$FH" ]; then echo "qd$qd-huge $FH" >>"$FIO"; echo "$r qd$qd-huge $FH" >>"$PAIR"; fi
     runs="$runs qd$qd:$(printf '%.3f/%.3f' "$F4" "${FH:-0}")"
   done
   fio_runs+=("[$runs ]")
+}
+job_b() {
   drop
+  local st0 out
   st0=$(head -1 /proc/stat)
-  q_r+=("$("$Q" --root "$R" load bench/cold@v1 --device cpu --io direct --json |
-    python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["cold_bytes"]/d["seconds"]/1e9, d["decode_threads"], d["cpu_seconds"]/(d["cold_bytes"]/1e9), d["cold_reads"])')")
+  out=$("$Q" --root "$R" load bench/cold@v1 --device cpu --io direct --json |
+    python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["cold_bytes"]/d["seconds"]/1e9, d["decode_threads"], d["cpu_seconds"]/(d["cold_bytes"]/1e9), d["cold_reads"])')
+  q_r+=("$out")
+  echo "$r b ${out%% *}" >>"$PAIR"
   # the machine's CPU time over the load's process, by kind: on a VM the
   # hypervisor's steal takes cores from a CPU-bound load
   cpu_r+=("$(printf '%s\n%s\n' "$st0" "$(head -1 /proc/stat)" | awk '
     {for (i = 2; i <= 9; i++) v[NR, i] = $i}
     END {for (i = 2; i <= 9; i++) {d[i] = v[2, i] - v[1, i]; t += d[i]}
          printf "%.0f/%.0f/%.0f", 100 * (d[2] + d[3] + d[4] + d[7] + d[8]) / t, 100 * (d[5] + d[6]) / t, 100 * d[9] / t}')")
-  c_r+=("$(QV_IO=direct "$CI" "$R" bench/cold@v1 2 | tail -1 |
-    python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["cold_bytes"]/d["seconds"]/1e9)')")
+}
+job_c() {
+  local out
+  out=$(QV_IO=direct "$CI" "$R" bench/cold@v1 2 | tail -1 |
+    python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["cold_bytes"]/d["seconds"]/1e9)')
+  c_r+=("$out")
+  echo "$r c $out" >>"$PAIR"
+}
+JOBS=(job_fio job_b job_c)
+for r in $(seq "$REPS"); do
+  for i in 0 1 2; do "${JOBS[$(((i + r - 1) % 3))]}"; done
 done
 # (a): each fio setting's median over the repetitions, the best setting's
 read -r mf fbest <<<"$(best_median "$FIO")"
 rm -f "$FIO"
+# Paired: each repetition's (b) and (c) against that repetition's run of the
+# best setting, the median over repetitions (follows the disk's drift).
+read -r pb pc <<<"$(python3 -c '
+import statistics, sys
+best, ratio = sys.argv[2], float(sys.argv[3])
+reps = {}
+for line in open(sys.argv[1]):
+    rep, k, v = line.split()
+    reps.setdefault(rep, {})[k] = float(v)
+pb = [d["b"] / (d[best] / ratio) for d in reps.values()]
+pc = [d["c"] / (d[best] / ratio) for d in reps.values()]
+print("%.3f %.3f" % (statistics.median(pb), statistics.median(pc)))' "$PAIR" "$fbest" "$(awk -v s="$STORED" -v r="$RAW" 'BEGIN {print s / r}')")"
+rm -f "$PAIR"
 mq=$(median "$(printf '%s\n' "${q_r[@]}" | cut -d' ' -f1)")
 mc=$(median "${c_r[@]}")
 threads=$(echo "${q_r[0]}" | cut -d' ' -f2) reads=$(echo "${q_r[0]}" | cut -d' ' -f4)
 mcpu=$(median "$(printf '%s\n' "${q_r[@]}" | cut -d' ' -f3)")
 echo "machine: $(nproc) cores, $(df -T "$W" | awk 'NR==2 {print $2}') on $(df "$W" | awk 'NR==2 {print $1}'), kernel $(uname -r); caches dropped: $DROPPED; fio on huge pages: $FIO_HUGE; reads throttled: $THROTTLED"
-awk -v s="$STORED" -v r="$RAW" -v f="$mf" -v q="$mq" -v c="$mc" -v t="$threads" -v u="$mcpu" -v n="$reads" -v qds="$FIO_QDS" -v fb="$fbest" 'BEGIN {
+awk -v s="$STORED" -v r="$RAW" -v pb="$pb" -v pc="$pc" -v f="$mf" -v q="$mq" -v c="$mc" -v t="$threads" -v u="$mcpu" -v n="$reads" -v qds="$FIO_QDS" -v fb="$fbest" 'BEGIN {
   ratio = s / r; limit = f / ratio
   printf "cold tier: %.0f raw bytes stored in %.0f (stored/raw %.3f)\n", r, s, ratio
   printf "(a) raw O_DIRECT read of the cold files (fio, 1 MiB reads %s deep; best median: %s): %.3f GB/s stored -> %.3f GB/s raw equivalent\n", qds, fb, f, limit
@@ -90,6 +115,7 @@ awk -v s="$STORED" -v r="$RAW" -v f="$mf" -v q="$mq" -v c="$mc" -v t="$threads" 
   printf "(c) the same load into a resident buffer: %.3f GB/s raw\n", c
   printf "ratio (b) / ((a) / (stored/raw)): %.3f (target >= 0.90)\n", q / limit
   printf "ratio (c) / ((a) / (stored/raw)): %.3f\n", c / limit
-  printf "summary: a_stored=%.3f b_raw=%.3f b_cpu=%.3f b_ratio=%.3f c_raw=%.3f c_ratio=%.3f\n", f, q, u, q / limit, c, c / limit }'
+  printf "paired by repetition (each load against its own repetition'"'"'s %s run), medians: (b) %.3f, (c) %.3f\n", fb, pb, pc
+  printf "summary: a_stored=%.3f b_raw=%.3f b_cpu=%.3f b_ratio=%.3f c_raw=%.3f c_ratio=%.3f b_paired=%.3f c_paired=%.3f\n", f, q, u, q / limit, c, c / limit, pb, pc }'
 echo "machine CPU during each (b) load, % busy/idle+iowait/stolen by the hypervisor: ${cpu_r[*]}"
 echo "runs: fio (4 KiB/huge-page buffers) ${fio_runs[*]} / quiver ${q_r[*]} / resident ${c_r[*]}"

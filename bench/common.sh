@@ -19,6 +19,29 @@ trap bench_undo EXIT
 drop() { sync; if echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then DROPPED=yes; fi; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
+# cold_fixture QUIVER W SHARDS HIDDEN LAYERS VOCAB DTYPE: a generated model
+# with values shaped like trained weights (gen_model.py --values normal) in
+# W/model, published to the store W/store as bench/cold and demoted to its
+# cold tier (W/store/cold); what is there already is kept. Sets R to the
+# store's root. Prints how long the demote took when it runs one.
+cold_fixture() {
+  local q=$1 w=$2 t0 t1
+  mkdir -p "$w"
+  if [ ! -f "$w/model/model.safetensors.index.json" ]; then
+    python3 "$(dirname "${BASH_SOURCE[0]}")/../python/tools/gen_model.py" "$w/model" --shards "$3" \
+      --values normal --hidden "$4" --layers "$5" --vocab "$6" --dtype "$7" >/dev/null
+  fi
+  R=$w/store
+  if [ ! -f "$R/config.ini" ]; then
+    "$q" --root "$R" init --hot "$R/hot" --cold "$R/cold" >/dev/null
+    "$q" --root "$R" publish bench/cold "$w/model" --no-activate >/dev/null
+    t0=$(date +%s.%N)
+    "$q" --root "$R" demote bench/cold@v1 >/dev/null
+    t1=$(date +%s.%N)
+    echo "demoted in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}') s"
+  fi
+}
+
 # Reserves 64 huge pages (128 MiB: 64 reads of 1 MiB or 16 of 4 MiB, with
 # room) for fio's buffers until the script exits.
 FIO_HUGE_PAGES=64

@@ -32,20 +32,10 @@ case " $PAGES " in *" default "*) ;; *) case " $DEVICES " in *cuda*)
   echo "note: PAGES has no 'default': GPU loads (which have no host pages) are skipped" ;; esac ;; esac
 case " $MERGE " in *" default "*) ;; *) case " $DEVICES " in *" cpu "*)
   echo "note: MERGE has no 'default': host loads (merged on the CPU anyway) are skipped" ;; esac ;; esac
+source "$QV_SRC/bench/common.sh" # cold_fixture; drop is this script's own, which fails loudly
 t() { date +%s.%N; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-mkdir -p "$W"
-if [ ! -f "$W/model/model.safetensors.index.json" ]; then
-  python3 "$QV_SRC/python/tools/gen_model.py" "$W/model" --shards 4 --values normal --dtype BF16 \
-    --hidden "$HIDDEN" --layers "$LAYERS" --vocab "$VOCAB" >/dev/null
-fi
-R=$W/store
-if [ ! -f "$R/config.ini" ]; then
-  "$Q" --root "$R" init --hot "$R/hot" --cold "$R/cold" >/dev/null
-  "$Q" --root "$R" publish bench/cold "$W/model" --no-activate >/dev/null
-  t0=$(t); "$Q" --root "$R" demote bench/cold@v1 >/dev/null; t1=$(t)
-  echo "demoted in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}') s"
-fi
+cold_fixture "$Q" "$W" 4 "$HIDDEN" "$LAYERS" "$VOCAB" BF16
 "$Q" --root "$R" status --json | python3 -c '
 import json,sys; d=json.load(sys.stdin); c=[t for t in d["tiers"] if t["tier"]=="cold"][0]
 print("== machine: %s cores; cold tier %d raw bytes stored in %d (stored/raw %.3f)" %
