@@ -45,6 +45,7 @@ if [ -n "${COLD_BPS:-}" ]; then bench_throttle_reads "$SHARDS" "$COLD_BPS"; fi
 fio_runs=(); q_r=(); c_r=(); cpu_r=()
 FIO=$(mktemp)   # one line per fio run: setting, GB/s
 PAIR=$(mktemp)  # one line per run: repetition, job (fio setting, b or c), GB/s
+BENCH_UNDO+="rm -f $FIO $PAIR;"
 # One repetition runs fio's settings, (b) and (c) once each. Their order
 # turns by one each repetition, so that no job always runs first: a shared
 # virtual disk's rate drifts within seconds, and on this box a fixed order
@@ -87,21 +88,24 @@ for r in $(seq "$REPS"); do
   for i in 0 1 2; do "${JOBS[$(((i + r - 1) % 3))]}"; done
 done
 # (a): each fio setting's median over the repetitions, the best setting's
-read -r mf fbest <<<"$(best_median "$FIO")"
-rm -f "$FIO"
+best=$(best_median "$FIO") # (a plain assignment: set -e sees a failure)
+read -r mf fbest <<<"$best"
 # Paired: each repetition's (b) and (c) against that repetition's run of the
 # best setting, the median over repetitions (follows the disk's drift).
-read -r pb pc <<<"$(python3 -c '
+paired=$(python3 -c '
 import statistics, sys
 best, ratio = sys.argv[2], float(sys.argv[3])
 reps = {}
 for line in open(sys.argv[1]):
     rep, k, v = line.split()
     reps.setdefault(rep, {})[k] = float(v)
+for rep, d in reps.items():
+    if best not in d:
+        sys.exit("repetition %s has no %s run to pair with" % (rep, best))
 pb = [d["b"] / (d[best] / ratio) for d in reps.values()]
 pc = [d["c"] / (d[best] / ratio) for d in reps.values()]
-print("%.3f %.3f" % (statistics.median(pb), statistics.median(pc)))' "$PAIR" "$fbest" "$(awk -v s="$STORED" -v r="$RAW" 'BEGIN {print s / r}')")"
-rm -f "$PAIR"
+print("%.3f %.3f" % (statistics.median(pb), statistics.median(pc)))' "$PAIR" "$fbest" "$(awk -v s="$STORED" -v r="$RAW" 'BEGIN {print s / r}')")
+read -r pb pc <<<"$paired"
 mq=$(median "$(printf '%s\n' "${q_r[@]}" | cut -d' ' -f1)")
 mc=$(median "${c_r[@]}")
 threads=$(echo "${q_r[0]}" | cut -d' ' -f2) reads=$(echo "${q_r[0]}" | cut -d' ' -f4)

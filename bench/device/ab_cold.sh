@@ -9,18 +9,20 @@
 # repetition.
 #
 #   bench/device/ab_cold.sh QUIVER_A QUIVER_B
-#     (W=/tmp/qvab, HIDDEN=1024 LAYERS=4 VOCAB=32000: a 0.27 GB BF16 model,
+#     (W=/tmp/qvab-HIDDEN-LAYERS-VOCAB, HIDDEN=1024 LAYERS=4 VOCAB=32000: a 0.27 GB BF16 model,
 #      where a load's fixed costs show; REPS=10, DEVICE=cuda:0)
 # Both builds read the same store: the first one publishes and demotes it.
 set -euo pipefail
 QA=${1:?usage: ab_cold.sh QUIVER_A QUIVER_B} QB=${2:?usage: ab_cold.sh QUIVER_A QUIVER_B}
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
-W=${W:-/tmp/qvab} REPS=${REPS:-10} DEVICE=${DEVICE:-cuda:0}
+REPS=${REPS:-10} DEVICE=${DEVICE:-cuda:0}
 HIDDEN=${HIDDEN:-1024} LAYERS=${LAYERS:-4} VOCAB=${VOCAB:-32000}
+W=${W:-/tmp/qvab-$HIDDEN-$LAYERS-$VOCAB} # a folder per model: an old one is reused as it is
 source "$SRC/bench/common.sh" # cold_fixture
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; } # fails loudly
 cold_fixture "$QA" "$W" 4 "$HIDDEN" "$LAYERS" "$VOCAB" BF16
 RES=$(mktemp)
+BENCH_UNDO+="rm -f $RES;"
 one() { # build-name binary rep
   drop
   "$2" --root "$R" load bench/cold@v1 --device "$DEVICE" --io direct --json | python3 -c '

@@ -62,6 +62,7 @@ drop
 "$QV_BUILD/bench/direct_read" --small-pages "$R/cold/shards" |
   python3 -c 'import json,sys; print("raw_direct_read_small_pages_gbps_stored %.3f" % json.load(sys.stdin)["gb_per_s"])'
 RES=$(mktemp)
+BENCH_UNDO+="rm -f $RES;"
 # One repetition runs every direct_read setting and every load once. The
 # order turns by one each repetition, so that no setting always runs first
 # after the previous repetition (this disk's rate drifts within seconds).
