@@ -1,5 +1,7 @@
 # Shared by the bench scripts (sourced): dropping the page cache, medians,
-# and fio's read rate of a folder of files, the limit the loads are held to.
+# the generated cold-tier model (cold_fixture), capping a disk's read rate
+# (bench_throttle_reads), what to undo on exit (BENCH_UNDO), and fio's read
+# rate of a folder of files, the limit the loads are held to.
 #
 # fio reads into huge-page buffers as well as 4 KiB ones and the better
 # figure counts: a virtio disk reads much faster into physically contiguous

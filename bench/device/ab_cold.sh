@@ -51,4 +51,3 @@ diffs = [by["B"][r][0] - by["A"][r][0] for r in by["A"] if r in by["B"]]
 print("B / A by repetition: median %.3f (B faster in %d of %d); B - A median %+.4f s"
       % (statistics.median(ratios), sum(x < 1 for x in ratios), len(ratios), statistics.median(diffs)))
 PY
-rm -f "$RES"

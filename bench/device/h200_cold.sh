@@ -149,7 +149,6 @@ for key, v in runs.items():
     print("cpus %-6s %-6s threads %-7s reads %-7s pages %-7s merge %-7s median %.3f GB/s raw = %.3f of the limit (target >= 0.90); paired by repetition: median %.3f" %
           (key + (m, m / (limit / ratio), statistics.median(paired[key]))))
 PY
-rm -f "$RES"
 drop
 "$Q" --root "$R" load bench/cold@v1 --device cuda:0 --verify --json | python3 -c '
 import json,sys; d=json.load(sys.stdin); print("verify: verified=%s cold_bytes=%d" % (d.get("verified"), d["cold_bytes"]))'
