@@ -15,11 +15,16 @@
 #   (c) the same load into a host buffer already resident (bench/cold_into's
 #       second pass): an engine reloading into its own buffers, or the pinned
 #       ring of a GPU load. (b) - (c) is the price of first-touch page faults.
+#   (f) bench/fault_in: first touch alone, as much fresh memory as (b) fills,
+#       in 4 KiB and in huge pages, after a drop as (b) has.
+# The CPU ceiling of (b): N cores, all busy, load at most N / (b)'s CPU-seconds
+# per GB raw, whatever the disk does; (b)'s CPU minus (c)'s is what its first
+# touch costs inside the load, and (f) the same cost alone.
 # Target: (b) >= 0.9 x (a) / (stored/raw): decoding never the bottleneck with
 # the default workers. Prints the ratios (b) / ((a) / (stored/raw)) and (c) / ...
 # of the medians, and paired: each repetition's load against its own fio run.
 #
-#   bench/cold_load.sh [WORKDIR]   (QUIVER=path, COLD_INTO=path, REPS=3,
+#   bench/cold_load.sh [WORKDIR]   (QUIVER=path, COLD_INTO=path, FAULT_IN=path, REPS=3,
 #                                   HIDDEN/LAYERS/VOCAB, DTYPE=BF16,
 #                                   FIO_QDS="16 4 2", COLD_BPS=bytes/s)
 # COLD_BPS caps the disk's read rate for fio and quiver alike (a block-I/O
@@ -34,6 +39,8 @@ REPS=${REPS:-3} FIO_QDS=${FIO_QDS:-16 4 2}
 HIDDEN=${HIDDEN:-2048} LAYERS=${LAYERS:-6} VOCAB=${VOCAB:-32000} DTYPE=${DTYPE:-BF16}
 command -v fio >/dev/null || { echo "fio is not installed (./dev.sh deps)" >&2; exit 1; }
 [ -x "$CI" ] || { echo "no $CI: build the bench/ targets (COLD_INTO=path)" >&2; exit 1; }
+FAULT_IN=${FAULT_IN:-$(dirname "$CI")/fault_in}
+[ -x "$FAULT_IN" ] || { echo "no $FAULT_IN: build the bench/ targets (FAULT_IN=path)" >&2; exit 1; }
 source "$SRC/bench/common.sh"
 cold_fixture "$Q" "$W" 2 "$HIDDEN" "$LAYERS" "$VOCAB" "$DTYPE" >/dev/null
 SHARDS=$R/cold/shards   # fio reads every file below it (opendir)
@@ -42,11 +49,12 @@ import json,sys; d=json.load(sys.stdin); c=[t for t in d["tiers"] if t["tier"]==
 print("STORED=%d RAW=%d" % (c["used_bytes"], c["raw_bytes"]))')"
 bench_hugepages
 if [ -n "${COLD_BPS:-}" ]; then bench_throttle_reads "$SHARDS" "$COLD_BPS"; fi
-fio_runs=(); q_r=(); c_r=(); cpu_r=()
+fio_runs=(); q_r=(); c_r=(); ccpu_r=(); cpu_r=()
 FIO=$(mktemp)   # one line per fio run: setting, GB/s
 PAIR=$(mktemp)  # one line per run: repetition, job (fio setting, b or c), GB/s
-BENCH_UNDO+="rm -f $FIO $PAIR;"
-# One repetition runs fio's settings, (b) and (c) once each. Their order
+TOUCH=$(mktemp) # one line per fault_in run: pages, core-seconds per GB
+BENCH_UNDO+="rm -f $FIO $PAIR $TOUCH;"
+# One repetition runs fio's settings, (b), (c) and (f) once each. Their order
 # turns by one each repetition, so that no job always runs first: a shared
 # virtual disk's rate drifts within seconds, and on this box a fixed order
 # once showed a 16% effect of a change that vanished with the order turned.
@@ -66,7 +74,7 @@ job_b() {
   local st0 out
   st0=$(head -1 /proc/stat)
   out=$("$Q" --root "$R" load bench/cold@v1 --device cpu --io direct --json |
-    python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["cold_bytes"]/d["seconds"]/1e9, d["decode_threads"], d["cpu_seconds"]/(d["cold_bytes"]/1e9), d["cold_reads"])')
+    python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["cold_bytes"]/d["seconds"]/1e9, d["decode_threads"], d["cpu_seconds"]/(d["cold_bytes"]/1e9), d["cold_reads"], d["host_pages"])')
   q_r+=("$out")
   echo "$r b ${out%% *}" >>"$PAIR"
   # the machine's CPU time over the load's process, by kind: on a VM the
@@ -79,13 +87,26 @@ job_b() {
 job_c() {
   local out
   out=$(QV_IO=direct "$CI" "$R" bench/cold@v1 2 | tail -1 |
-    python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["cold_bytes"]/d["seconds"]/1e9)')
-  c_r+=("$out")
-  echo "$r c $out" >>"$PAIR"
+    python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["cold_bytes"]/d["seconds"]/1e9, d["cpu_seconds"]/(d["cold_bytes"]/1e9))')
+  c_r+=("${out%% *}")
+  ccpu_r+=("${out##* }")
+  echo "$r c ${out%% *}" >>"$PAIR"
 }
-JOBS=(job_fio job_b job_c)
+# First touch alone: the kernel's price for faulting in as much fresh memory
+# as (b) writes, after a drop as (b) has, in 4 KiB and in huge pages (the
+# summary takes the kind (b)'s arena had). One thread, so its wall time is
+# its CPU time (and any time the hypervisor steals).
+job_f() {
+  local flag
+  for flag in "" --huge; do
+    drop
+    "$FAULT_IN" --size $((((RAW + (2 << 20) - 1) >> 21) * 2)) $flag |
+      python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["mode"], d["seconds"]/(d["bytes"]/1e9))' >>"$TOUCH"
+  done
+}
+JOBS=(job_fio job_b job_c job_f)
 for r in $(seq "$REPS"); do
-  for i in 0 1 2; do "${JOBS[$(((i + r - 1) % 3))]}"; done
+  for i in 0 1 2 3; do "${JOBS[$(((i + r - 1) % 4))]}"; done
 done
 # (a): each fio setting's median over the repetitions, the best setting's
 best=$(best_median "$FIO") # (a plain assignment: set -e sees a failure)
@@ -110,16 +131,22 @@ mq=$(median "$(printf '%s\n' "${q_r[@]}" | cut -d' ' -f1)")
 mc=$(median "${c_r[@]}")
 threads=$(echo "${q_r[0]}" | cut -d' ' -f2) reads=$(echo "${q_r[0]}" | cut -d' ' -f4)
 mcpu=$(median "$(printf '%s\n' "${q_r[@]}" | cut -d' ' -f3)")
+pages=$(echo "${q_r[0]}" | cut -d' ' -f5)
+mccpu=$(median "${ccpu_r[@]}")
+mtouch=$(median $(awk -v m="$pages" '$1 == m {print $2}' "$TOUCH"))
 echo "machine: $(nproc) cores, $(df -T "$W" | awk 'NR==2 {print $2}') on $(df "$W" | awk 'NR==2 {print $1}'), kernel $(uname -r); caches dropped: $DROPPED; fio on huge pages: $FIO_HUGE; reads throttled: $THROTTLED"
-awk -v s="$STORED" -v r="$RAW" -v pb="$pb" -v pc="$pc" -v f="$mf" -v q="$mq" -v c="$mc" -v t="$threads" -v u="$mcpu" -v n="$reads" -v qds="$FIO_QDS" -v fb="$fbest" 'BEGIN {
+awk -v s="$STORED" -v r="$RAW" -v pb="$pb" -v pc="$pc" -v f="$mf" -v q="$mq" -v c="$mc" -v t="$threads" -v u="$mcpu" -v n="$reads" -v qds="$FIO_QDS" -v fb="$fbest" \
+    -v cc="$mccpu" -v ft="$mtouch" -v pg="$pages" -v nc="$(nproc)" 'BEGIN {
   ratio = s / r; limit = f / ratio
   printf "cold tier: %.0f raw bytes stored in %.0f (stored/raw %.3f)\n", r, s, ratio
   printf "(a) raw O_DIRECT read of the cold files (fio, 1 MiB reads %s deep; best median: %s): %.3f GB/s stored -> %.3f GB/s raw equivalent\n", qds, fb, f, limit
   printf "(b) quiver load of the cold version, fresh memory: %.3f GB/s raw (%d decode threads, %d frames read at once, %.3f CPU-seconds per GB raw)\n", q, t, n, u
-  printf "(c) the same load into a resident buffer: %.3f GB/s raw\n", c
+  printf "(c) the same load into a resident buffer: %.3f GB/s raw (%.3f CPU-seconds per GB raw)\n", c, cc
+  printf "first touch alone (bench/fault_in, %s pages like (b)'"'"'s arena, after a drop): %.3f core-seconds per GB\n", pg, ft
+  printf "CPU ceiling of (b): %d cores / %.3f CPU-seconds per GB = %.3f GB/s raw = %.3f of the limit, however fast the disk (0.90 of the limit allows %.3f CPU-seconds per GB); of (b)'"'"'s CPU time, %.3f is (c)'"'"'s and %.3f the first touch\n", nc, u, nc / u, nc / u / limit, nc / (0.9 * limit), cc, u - cc
   printf "ratio (b) / ((a) / (stored/raw)): %.3f (target >= 0.90)\n", q / limit
   printf "ratio (c) / ((a) / (stored/raw)): %.3f\n", c / limit
   printf "paired by repetition (each load against its own repetition'"'"'s %s run), medians: (b) %.3f, (c) %.3f\n", fb, pb, pc
-  printf "summary: a_stored=%.3f b_raw=%.3f b_cpu=%.3f b_ratio=%.3f c_raw=%.3f c_ratio=%.3f b_paired=%.3f c_paired=%.3f\n", f, q, u, q / limit, c, c / limit, pb, pc }'
+  printf "summary: a_stored=%.3f b_raw=%.3f b_cpu=%.3f b_ratio=%.3f c_raw=%.3f c_ratio=%.3f b_paired=%.3f c_paired=%.3f c_cpu=%.3f touch=%.3f cpu_ceiling_ratio=%.3f\n", f, q, u, q / limit, c, c / limit, pb, pc, cc, ft, nc / u / limit }'
 echo "machine CPU during each (b) load, % busy/idle+iowait/stolen by the hypervisor: ${cpu_r[*]}"
 echo "runs: fio (4 KiB/huge-page buffers) ${fio_runs[*]} / quiver ${q_r[*]} / resident ${c_r[*]}"

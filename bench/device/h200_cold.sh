@@ -12,7 +12,8 @@
 #   against the limit, the best setting's median direct_read rate into huge
 #   pages, in raw bytes (the tiering issue's target: >= 0.90), and beside
 #   it the median of its ratios to that setting's direct_read in the same
-#   repetition (the disk's rate drifts by 20% within a run).
+#   repetition (the disk's rate drifts by 20% within a run), and its CPU
+#   ceiling: the cores it may use, all busy, at its median CPU time per GB.
 # Usage (on the device machine, from the repo root): bench/device/h200_cold.sh
 #   (REPS=3, CPUSETS="all 0,1" for taskset -c, DEVICES="cuda:0 cpu",
 #    THREADS="default" or --decode-threads values, e.g. "2 4 8 16",
@@ -112,7 +113,7 @@ for r in $(seq "$REPS"); do
   done
 done
 python3 - "$RES" "$RATIO" "${#JOBS[@]}" <<'PY'
-import statistics, sys
+import os, statistics, sys
 lines = open(sys.argv[1]).read().splitlines()
 ratio = float(sys.argv[2])
 njobs = int(sys.argv[3])
@@ -127,11 +128,21 @@ best = max(dr, key=lambda k: statistics.median(dr[k]))
 limit = statistics.median(dr[best])
 print("limit: direct_read %s into huge pages, median %.3f GB/s stored = %.3f GB/s raw equivalent "
       "(stored/raw %.3f)" % (best, limit, limit / ratio, ratio))
-runs = {}
+runs, cpu = {}, {}
 for l in lines:
     if l.startswith("cpus"):
         w = l.split()
         runs.setdefault((w[1], w[2], w[4], w[6], w[8], w[10]), []).append(float(w[12]))
+        cpu.setdefault((w[1], w[2], w[4], w[6], w[8], w[10]), []).append(float(w[w.index("CPU-s") - 1]))
+def ncores(cpus):
+    """The cores a taskset -c list names (all: this process's)."""
+    if cpus == "all":
+        return len(os.sched_getaffinity(0))
+    n = 0
+    for part in cpus.split(","):
+        a, _, b = part.partition("-")
+        n += int(b or a) - int(a) + 1
+    return n
 # Paired: each load against the limit's setting in its own repetition (its
 # lines are contiguous), which follows the disk's drift across the run. (The
 # better of several settings in each repetition would be the larger of noisy
@@ -144,10 +155,12 @@ for i in range(0, len(lines) - njobs + 1, njobs):
         if l.startswith("cpus"):
             w = l.split()
             paired.setdefault((w[1], w[2], w[4], w[6], w[8], w[10]), []).append(float(w[12]) / lim)
+# The CPU ceiling: the cores, all busy, at the load's median CPU time per
+# GB: no disk makes the load faster than that.
 for key, v in runs.items():
-    m = statistics.median(v)
-    print("cpus %-6s %-6s threads %-7s reads %-7s pages %-7s merge %-7s median %.3f GB/s raw = %.3f of the limit (target >= 0.90); paired by repetition: median %.3f" %
-          (key + (m, m / (limit / ratio), statistics.median(paired[key]))))
+    m, c = statistics.median(v), statistics.median(cpu[key])
+    print("cpus %-6s %-6s threads %-7s reads %-7s pages %-7s merge %-7s median %.3f GB/s raw = %.3f of the limit (target >= 0.90); paired by repetition: median %.3f; CPU ceiling %d cores / %.3f CPU-s per GB = %.3f of the limit" %
+          (key + (m, m / (limit / ratio), statistics.median(paired[key]), ncores(key[0]), c, ncores(key[0]) / c / (limit / ratio))))
 PY
 drop
 "$Q" --root "$R" load bench/cold@v1 --device cuda:0 --verify --json | python3 -c '
