@@ -17,8 +17,8 @@ for r in $RATES; do
   echo "$out" >&2
   rows+=("$(echo "$out" | sed -n 's/^summary: //p' | tr ' ' '\n' | awk -F= -v r="$r" '
     {v[$1] = $2}
-    END {printf "| %s | %s | %s | %s | **%s** | %s | %s | %s | %s |", r, v["a_stored"], v["b_raw"], v["b_cpu"], v["b_ratio"], v["b_paired"], v["c_raw"], v["c_ratio"], v["c_paired"]}')")
+    END {printf "| %s | %s | %s | %s | **%s** | %s | %s | %s | %s | %s |", r, v["a_stored"], v["b_raw"], v["b_cpu"], v["b_ratio"], v["b_paired"], v["cpu_ceiling_ratio"], v["c_raw"], v["c_ratio"], v["c_paired"]}')")
 done
-echo "| cap, MB/s stored | (a) fio GB/s stored | (b) fresh GB/s raw | (b) CPU-s per GB | (b) ratio | (b) paired | (c) resident GB/s raw | (c) ratio | (c) paired |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "| cap, MB/s stored | (a) fio GB/s stored | (b) fresh GB/s raw | (b) CPU-s per GB | (b) ratio | (b) paired | (b) CPU ceiling | (c) resident GB/s raw | (c) ratio | (c) paired |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 printf '%s\n' "${rows[@]}"
