@@ -101,7 +101,11 @@ job_f() {
   for flag in "" --huge; do
     drop
     "$FAULT_IN" --size $((((RAW + (2 << 20) - 1) >> 21) * 2)) $flag |
-      python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["mode"], d["seconds"]/(d["bytes"]/1e9))' >>"$TOUCH"
+      python3 -c '
+import json,sys; d=json.load(sys.stdin)
+if d["mode"] == "huge" and d["anon_huge_bytes"] <= 0:
+    print("note: fault_in --huge got no huge pages", file=sys.stderr)
+print(d["mode"], d["seconds"]/(d["bytes"]/1e9))' >>"$TOUCH"
   done
 }
 JOBS=(job_fio job_b job_c job_f)
@@ -133,7 +137,11 @@ threads=$(echo "${q_r[0]}" | cut -d' ' -f2) reads=$(echo "${q_r[0]}" | cut -d' '
 mcpu=$(median "$(printf '%s\n' "${q_r[@]}" | cut -d' ' -f3)")
 pages=$(echo "${q_r[0]}" | cut -d' ' -f5)
 mccpu=$(median "${ccpu_r[@]}")
-mtouch=$(median $(awk -v m="$pages" '$1 == m {print $2}' "$TOUCH"))
+touch_of() { awk -v m="$1" '$1 == m {print $2}' "$TOUCH"; }
+t_pages=$(touch_of "$pages") # (plain assignments: set -e sees a failure)
+[ -n "$t_pages" ] || { echo "no fault_in run with '$pages' pages, the kind (b)'s arena had" >&2; exit 1; }
+mtouch=$(median $t_pages)
+t_small=$(touch_of small) t_huge=$(touch_of huge)
 echo "machine: $(nproc) cores, $(df -T "$W" | awk 'NR==2 {print $2}') on $(df "$W" | awk 'NR==2 {print $1}'), kernel $(uname -r); caches dropped: $DROPPED; fio on huge pages: $FIO_HUGE; reads throttled: $THROTTLED"
 awk -v s="$STORED" -v r="$RAW" -v pb="$pb" -v pc="$pc" -v f="$mf" -v q="$mq" -v c="$mc" -v t="$threads" -v u="$mcpu" -v n="$reads" -v qds="$FIO_QDS" -v fb="$fbest" \
     -v cc="$mccpu" -v ft="$mtouch" -v pg="$pages" -v nc="$(nproc)" 'BEGIN {
@@ -143,10 +151,11 @@ awk -v s="$STORED" -v r="$RAW" -v pb="$pb" -v pc="$pc" -v f="$mf" -v q="$mq" -v 
   printf "(b) quiver load of the cold version, fresh memory: %.3f GB/s raw (%d decode threads, %d frames read at once, %.3f CPU-seconds per GB raw)\n", q, t, n, u
   printf "(c) the same load into a resident buffer: %.3f GB/s raw (%.3f CPU-seconds per GB raw)\n", c, cc
   printf "first touch alone (bench/fault_in, %s pages like (b)'"'"'s arena, after a drop): %.3f core-seconds per GB\n", pg, ft
-  printf "CPU ceiling of (b): %d cores / %.3f CPU-seconds per GB = %.3f GB/s raw = %.3f of the limit, however fast the disk (0.90 of the limit allows %.3f CPU-seconds per GB); of (b)'"'"'s CPU time, %.3f is (c)'"'"'s and %.3f the first touch\n", nc, u, nc / u, nc / u / limit, nc / (0.9 * limit), cc, u - cc
+  printf "CPU ceiling of (b): %d cores / %.3f CPU-seconds per GB = %.3f GB/s raw = %.3f of the limit, however fast the disk (0.90 of the limit allows %.3f CPU-seconds per GB); of (b)'"'"'s CPU time, %.3f is (c)'"'"'s, and (b) - (c), the first touch inside the load, %.3f (medians)\n", nc, u, nc / u, nc / u / limit, nc / (0.9 * limit), cc, u - cc
   printf "ratio (b) / ((a) / (stored/raw)): %.3f (target >= 0.90)\n", q / limit
   printf "ratio (c) / ((a) / (stored/raw)): %.3f\n", c / limit
   printf "paired by repetition (each load against its own repetition'"'"'s %s run), medians: (b) %.3f, (c) %.3f\n", fb, pb, pc
   printf "summary: a_stored=%.3f b_raw=%.3f b_cpu=%.3f b_ratio=%.3f c_raw=%.3f c_ratio=%.3f b_paired=%.3f c_paired=%.3f c_cpu=%.3f touch=%.3f cpu_ceiling_ratio=%.3f\n", f, q, u, q / limit, c, c / limit, pb, pc, cc, ft, nc / u / limit }'
 echo "machine CPU during each (b) load, % busy/idle+iowait/stolen by the hypervisor: ${cpu_r[*]}"
-echo "runs: fio (4 KiB/huge-page buffers) ${fio_runs[*]} / quiver ${q_r[*]} / resident ${c_r[*]}"
+echo "runs: fio (4 KiB/huge-page buffers) ${fio_runs[*]} / quiver ${q_r[*]} / resident ${c_r[*]}, CPU-s per GB ${ccpu_r[*]}"
+echo "first touch alone, core-seconds per GB: 4 KiB pages $(echo $t_small), huge pages $(echo $t_huge)"

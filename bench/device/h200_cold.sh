@@ -139,9 +139,10 @@ def ncores(cpus):
     if cpus == "all":
         return len(os.sched_getaffinity(0))
     n = 0
-    for part in cpus.split(","):
-        a, _, b = part.partition("-")
-        n += int(b or a) - int(a) + 1
+    for part in filter(None, cpus.split(",")):
+        span, _, step = part.partition(":")
+        a, _, b = span.partition("-")
+        n += len(range(int(a), int(b or a) + 1, int(step or 1)))
     return n
 # Paired: each load against the limit's setting in its own repetition (its
 # lines are contiguous), which follows the disk's drift across the run. (The
@@ -156,7 +157,8 @@ for i in range(0, len(lines) - njobs + 1, njobs):
             w = l.split()
             paired.setdefault((w[1], w[2], w[4], w[6], w[8], w[10]), []).append(float(w[12]) / lim)
 # The CPU ceiling: the cores, all busy, at the load's median CPU time per
-# GB: no disk makes the load faster than that.
+# GB: no disk makes the load faster than that. A GPU load's CPU time counts
+# the CUDA start as well, which its rate leaves out: its ceiling is low.
 for key, v in runs.items():
     m, c = statistics.median(v), statistics.median(cpu[key])
     print("cpus %-6s %-6s threads %-7s reads %-7s pages %-7s merge %-7s median %.3f GB/s raw = %.3f of the limit (target >= 0.90); paired by repetition: median %.3f; CPU ceiling %d cores / %.3f CPU-s per GB = %.3f of the limit" %
